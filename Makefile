@@ -1,0 +1,59 @@
+# Set-up, build and test entry points. `make run` and `make test` are the two
+# commands a fresh clone needs; both install what they use.
+
+MLX_VERSION := 0.32.4
+PYTHON ?= python3
+VENV := .venv
+CARGO ?= cargo
+ARGS ?= --version
+
+ifeq ($(shell uname -s),Darwin)
+  MLX_BACKEND ?= metal
+else
+  MLX_BACKEND ?= cpu
+endif
+
+# Each backend is its own wheel of the same `mlx` release: mlx-metal on macOS,
+# mlx-cpu / mlx-cuda-12 / mlx-cuda-13 on Linux, selected by pip extras.
+ifeq ($(MLX_BACKEND),metal)
+  MLX_PACKAGE := mlx==$(MLX_VERSION)
+else ifneq ($(filter $(MLX_BACKEND),cpu cuda cuda12 cuda13),)
+  MLX_PACKAGE := mlx[$(MLX_BACKEND)]==$(MLX_VERSION)
+else
+  $(error MLX_BACKEND=$(MLX_BACKEND) is not one of: metal (macOS), cpu, cuda, cuda12, cuda13 (Linux))
+endif
+
+SETUP_STAMP := $(VENV)/.setup-$(MLX_BACKEND)-$(MLX_VERSION)
+PIP := $(VENV)/bin/pip --disable-pip-version-check --quiet
+
+.PHONY: setup build run test fmt clean
+
+setup: $(SETUP_STAMP)
+
+$(SETUP_STAMP): requirements.txt Makefile
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	@# Backend wheels install into the same mlx/ folder: drop any other backend first.
+	@if ls $(VENV)/.setup-* >/dev/null 2>&1 && ! ls $(VENV)/.setup-$(MLX_BACKEND)-* >/dev/null 2>&1; then \
+		$(PIP) uninstall -y mlx mlx-cpu mlx-cuda-12 mlx-cuda-13 mlx-metal; fi
+	$(PIP) install "$(MLX_PACKAGE)" -r requirements.txt
+	@rm -f $(VENV)/.setup-*
+	@touch $@
+	@echo "MLX $(MLX_VERSION) ($(MLX_BACKEND)) and the test references are in $(VENV)"
+
+build: setup
+	$(CARGO) build --release
+
+run: build
+	./target/release/safeguard $(ARGS)
+
+test: setup
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) test
+
+fmt:
+	$(CARGO) fmt
+
+clean:
+	$(CARGO) clean
+	rm -rf $(VENV)

@@ -1,0 +1,95 @@
+//! Finds MLX, compiles the C++ shim of `src/mlx/` with cxx, and links `libmlx`.
+//!
+//! MLX is looked up in this order: `MLX_DIR` (a prefix holding `include/mlx/mlx.h`
+//! and `lib/libmlx.*`, e.g. Homebrew's), the repository's `.venv` (what `make setup`
+//! installs), then whatever `python3` imports.
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const SHIM_FILES: [&str; 3] = ["src/mlx/ffi.rs", "src/mlx/shim.h", "src/mlx/shim.cc"];
+
+fn main() {
+    for file in SHIM_FILES {
+        println!("cargo:rerun-if-changed={file}");
+    }
+    println!("cargo:rerun-if-env-changed=MLX_DIR");
+    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let venv_python = manifest_dir.join(".venv/bin/python");
+    println!("cargo:rerun-if-changed={}", venv_python.display());
+
+    let prefix = match find_mlx(&venv_python) {
+        Ok(prefix) => prefix,
+        Err(tried) => {
+            // One message that says what to run; cargo prints it with the failure.
+            eprintln!(
+                "error: MLX was not found (looked in: {tried}).\n\
+                 Run `make setup` in {} to install the pinned MLX into .venv,\n\
+                 or set MLX_DIR to a prefix that contains include/mlx/mlx.h and lib/libmlx.*",
+                manifest_dir.display()
+            );
+            std::process::exit(1);
+        }
+    };
+    let include = prefix.join("include");
+    let lib = prefix.join("lib");
+    println!(
+        "cargo:rerun-if-changed={}",
+        include.join("mlx/version.h").display()
+    );
+    println!("cargo:rerun-if-changed={}", lib.display());
+
+    cxx_build::bridge("src/mlx/ffi.rs")
+        .file("src/mlx/shim.cc")
+        .include(&include)
+        .std("c++20")
+        .flag_if_supported("-Wno-unused-parameter")
+        .flag_if_supported("-Wno-deprecated-declarations")
+        .compile("safeguard_mlx_shim");
+
+    println!("cargo:rustc-link-search=native={}", lib.display());
+    println!("cargo:rustc-link-lib=dylib=mlx");
+    // The binary and the tests find libmlx where it was at build time.
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+    println!("cargo:rustc-env=SAFEGUARD_MLX_PREFIX={}", prefix.display());
+}
+
+fn find_mlx(venv_python: &Path) -> Result<PathBuf, String> {
+    let mut tried = Vec::new();
+    if let Some(dir) = env::var_os("MLX_DIR") {
+        let dir = PathBuf::from(dir);
+        if is_mlx_prefix(&dir) {
+            return Ok(dir);
+        }
+        tried.push(format!("MLX_DIR={}", dir.display()));
+    }
+    for python in [venv_python.as_os_str(), "python3".as_ref()] {
+        match python_mlx_prefix(python.as_ref()) {
+            Some(dir) if is_mlx_prefix(&dir) => return Ok(dir),
+            _ => tried.push(format!("the `mlx` package of {}", python.to_string_lossy())),
+        }
+    }
+    Err(tried.join(", "))
+}
+
+fn python_mlx_prefix(python: &Path) -> Option<PathBuf> {
+    let output = Command::new(python)
+        .args([
+            "-c",
+            "import os, mlx.core; print(os.path.dirname(mlx.core.__file__))",
+        ])
+        .output()
+        .ok()?;
+    output
+        .status
+        .success()
+        .then(|| PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()))
+}
+
+fn is_mlx_prefix(dir: &Path) -> bool {
+    dir.join("include/mlx/mlx.h").is_file()
+        && ["libmlx.so", "libmlx.dylib"]
+            .iter()
+            .any(|lib| dir.join("lib").join(lib).is_file())
+}
