@@ -9,16 +9,20 @@ use super::{Dtype, Element, Error, Result};
 /// A handle to an MLX array: a node of MLX's lazy graph.
 ///
 /// Cloning is cheap (MLX arrays share their data); dropping frees the handle.
+///
+/// An `Array` is neither `Send` nor `Sync`. MLX 0.32 binds each default stream
+/// to the thread that created it: evaluating an array on another thread fails
+/// with "There is no Stream(cpu, 0) in current thread", and clones share graph
+/// nodes that evaluation mutates without locks. So one thread owns all MLX
+/// work (the engine) and other threads exchange plain data with it.
+///
+/// ```compile_fail
+/// fn assert_send<T: Send>() {}
+/// assert_send::<safeguard_mlx::mlx::Array>();
+/// ```
 pub struct Array {
     raw: UniquePtr<ffi::Array>,
 }
-
-// SAFETY: an MLX array is a handle to reference-counted graph state whose
-// counts are atomic, and MLX itself hands arrays to its evaluation threads.
-// Moving a handle to another thread is therefore sound. It is not `Sync`:
-// evaluation mutates the shared node without locks, so two threads must not
-// use the same array at once.
-unsafe impl Send for Array {}
 
 impl Array {
     pub(crate) fn from_raw(raw: UniquePtr<ffi::Array>) -> Array {

@@ -68,6 +68,7 @@ binary_ops!(
     matmul,
 );
 
+// Each reduces over the listed axes only: an empty list reduces nothing.
 reductions!(sum, max, min, mean, logsumexp);
 
 impl Array {

@@ -1,0 +1,168 @@
+//! Shared helpers for the binding tests: seeded inputs, the numpy reference,
+//! and tolerant comparisons.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use safeguard_mlx::mlx::{Array, Element};
+use serde_json::{json, Value};
+
+/// The Python of `make setup`, which holds numpy and the other references.
+pub fn python() -> PathBuf {
+    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    assert!(
+        python.is_file(),
+        "{} is missing: run `make setup` first (the tests compare against its numpy)",
+        python.display()
+    );
+    python
+}
+
+/// A deterministic pseudo-random vector in [-scale, scale) (xorshift64*).
+pub fn rand_vec(len: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            let bits = state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40;
+            (bits as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+/// A float32 array of the given shape filled by [`rand_vec`].
+pub fn rand_array(shape: &[i32], seed: u64) -> (Array, Vec<f32>) {
+    let len = shape.iter().product::<i32>() as usize;
+    let data = rand_vec(len, seed, 1.0);
+    (Array::from_slice(&data, shape).unwrap(), data)
+}
+
+/// An input for [`numpy`]: name, values, shape and numpy dtype name.
+pub struct Input<'a> {
+    pub name: &'a str,
+    pub data: Vec<f64>,
+    pub shape: Vec<i32>,
+    pub dtype: &'a str,
+}
+
+pub fn input<'a, T: Copy + Into<f64>>(name: &'a str, data: &[T], shape: &[i32], dtype: &'a str) -> Input<'a> {
+    Input {
+        name,
+        data: data.iter().map(|&v| v.into()).collect(),
+        shape: shape.to_vec(),
+        dtype,
+    }
+}
+
+pub fn f32_input<'a>(name: &'a str, data: &[f32], shape: &[i32]) -> Input<'a> {
+    input(name, data, shape, "float32")
+}
+
+/// One numpy result: values as f64 in row-major order, and the shape.
+#[derive(Debug)]
+pub struct Reference {
+    pub data: Vec<f64>,
+    pub shape: Vec<i32>,
+}
+
+/// Runs `code` in numpy with the inputs bound by name; `code` assigns `out`.
+pub fn numpy(code: &str, inputs: &[Input<'_>]) -> Vec<Reference> {
+    let inputs: serde_json::Map<String, Value> = inputs
+        .iter()
+        .map(|i| {
+            (
+                i.name.to_string(),
+                json!({"data": i.data, "shape": i.shape, "dtype": i.dtype}),
+            )
+        })
+        .collect();
+    let request = json!({"inputs": inputs, "code": code}).to_string();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/common/numpy_ref.py");
+    let mut child = Command::new(python())
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the numpy reference");
+    child.stdin.take().unwrap().write_all(request.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "numpy reference failed for `{code}`:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let results: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
+    results
+        .into_iter()
+        .map(|r| Reference {
+            data: r["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect(),
+            shape: r["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_i64().unwrap() as i32)
+                .collect(),
+        })
+        .collect()
+}
+
+/// The one result of a numpy expression.
+pub fn numpy1(code: &str, inputs: &[Input<'_>]) -> Reference {
+    let mut results = numpy(code, inputs);
+    assert_eq!(results.len(), 1, "`{code}` should give one output");
+    results.remove(0)
+}
+
+/// Reads an array back as f64 through float32 (exact for integers below 2^24),
+/// which every backend supports; Metal has no float64.
+pub fn values(a: &Array) -> Vec<f64> {
+    use safeguard_mlx::mlx::Dtype;
+    let a = a.astype(Dtype::Float32).unwrap();
+    a.to_vec::<f32>().unwrap().into_iter().map(f64::from).collect()
+}
+
+/// Asserts shape equality and |ours - reference| <= atol + rtol * |reference|.
+pub fn assert_close(ours: &Array, reference: &Reference, atol: f64, rtol: f64) {
+    assert_eq!(ours.shape(), reference.shape, "shape differs from numpy");
+    assert_values_close(&values(ours), &reference.data, atol, rtol);
+}
+
+pub fn assert_values_close(ours: &[f64], expected: &[f64], atol: f64, rtol: f64) {
+    assert_eq!(ours.len(), expected.len(), "element count differs");
+    let worst = ours
+        .iter()
+        .zip(expected)
+        .enumerate()
+        .map(|(i, (a, b))| (i, (a - b).abs() - (atol + rtol * b.abs())))
+        .fold(
+            (0, f64::NEG_INFINITY),
+            |best, cur| if cur.1 > best.1 { cur } else { best },
+        );
+    assert!(
+        worst.1 <= 0.0,
+        "element {} differs: ours {} vs reference {} (atol {atol}, rtol {rtol})",
+        worst.0,
+        ours[worst.0],
+        expected[worst.0]
+    );
+}
+
+/// Exact equality with a reference (for integer results).
+pub fn assert_exact(ours: &Array, reference: &Reference) {
+    assert_eq!(ours.shape(), reference.shape, "shape differs from numpy");
+    assert_eq!(values(ours), reference.data);
+}
+
+pub fn to_f64<T: Element + Into<f64>>(v: &[T]) -> Vec<f64> {
+    v.iter().map(|&x| x.into()).collect()
+}
