@@ -75,6 +75,28 @@ fn decode_expr(s: QuantSpec) -> String {
     }
 }
 
+/// Asserts each dequantized value is a nearest point of the representable
+/// values `grid` ([..., levels], built by `grid_code` from the inputs) to the
+/// original: quantization rounded to nearest, clipping at the grid's ends.
+fn assert_nearest_grid_point(
+    dequantized: &Array,
+    original: &[f32],
+    grid_code: &str,
+    inputs: &[Input<'_>],
+    atol: f64,
+) {
+    let nearest = numpy1(
+        &format!("{DECODERS}\n{grid_code}\nout = np.abs(x[..., None] - grid).min(-1)"),
+        inputs,
+    );
+    let err: Vec<f64> = values(dequantized)
+        .iter()
+        .zip(original)
+        .map(|(d, &x)| (d - f64::from(x)).abs())
+        .collect();
+    assert_values_close(&err, &nearest.data, atol, 0.0);
+}
+
 #[test]
 fn mxfp4_round_trip_is_nearest_e2m1_with_e8m0_scales() {
     let (w, dw) = rand_array(&[8, 128], 40);
@@ -91,22 +113,15 @@ fn mxfp4_round_trip_is_nearest_e2m1_with_e8m0_scales() {
     let decoded = numpy1(&format!("{DECODERS}\nout = deq_mxfp4(w, scales)"), &inputs);
     assert_close(&ours, &decoded, 0.0, 0.0);
 
-    // Every value is a nearest point of its group's grid scale·E2M1.
     inputs.push(f32_input("x", &dw, &[8, 128]));
-    let nearest = numpy1(
-        &format!(
-            "{DECODERS}\nscale = np.repeat(np.exp2(scales.astype(np.float64) - 127.0), 32, axis=-1)\n\
-             grid = E2M1[None, None, :] * scale[..., None]\n\
-             out = np.abs(x[..., None] - grid).min(-1)"
-        ),
+    assert_nearest_grid_point(
+        &ours,
+        &dw,
+        "scale = np.repeat(np.exp2(scales.astype(np.float64) - 127.0), 32, axis=-1)\n\
+         grid = E2M1[None, None, :] * scale[..., None]",
         &inputs,
+        1e-7,
     );
-    let err: Vec<f64> = values(&ours)
-        .iter()
-        .zip(&dw)
-        .map(|(d, &x)| (d - f64::from(x)).abs())
-        .collect();
-    assert_values_close(&err, &nearest.data, 1e-7, 0.0);
 }
 
 #[test]
@@ -124,23 +139,18 @@ fn affine_round_trip_is_nearest_grid_point() {
         let decoded = numpy1(&format!("{DECODERS}\nout = {}", decode_expr(s)), &inputs);
         assert_close(&ours, &decoded, 1e-6, 1e-6);
 
-        // Every value is a nearest point of its group's grid bias + scale·{0..2^bits-1}.
         inputs.push(f32_input("x", &dw, &[4, 256]));
-        let nearest = numpy1(
+        assert_nearest_grid_point(
+            &ours,
+            &dw,
             &format!(
-                "levels = np.arange(2 ** {bits})\n\
-                 scale = np.repeat(scales, 64, axis=-1)[..., None]\n\
+                "scale = np.repeat(scales, 64, axis=-1)[..., None]\n\
                  bias = np.repeat(biases, 64, axis=-1)[..., None]\n\
-                 out = np.abs(x[..., None] - (bias + scale * levels)).min(-1)"
+                 grid = bias + scale * np.arange(2 ** {bits})"
             ),
             &inputs,
+            1e-6,
         );
-        let err: Vec<f64> = values(&ours)
-            .iter()
-            .zip(&dw)
-            .map(|(d, &x)| (d - f64::from(x)).abs())
-            .collect();
-        assert_values_close(&err, &nearest.data, 1e-6, 0.0);
     }
 }
 

@@ -1,7 +1,5 @@
 use std::fmt;
 
-use super::ffi::bridge::DtypeCode;
-
 /// Element types of MLX arrays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Dtype {
@@ -22,6 +20,8 @@ pub enum Dtype {
 }
 
 impl Dtype {
+    /// In the order of `mlx::core::Dtype::Val`, which the shim's codes index.
+    /// In the order of `mlx::core::Dtype::Val`, which the shim's codes index.
     const ALL: [Dtype; 14] = [
         Dtype::Bool,
         Dtype::Uint8,
@@ -76,18 +76,17 @@ impl Dtype {
         }
     }
 
-    pub(crate) fn code(self) -> DtypeCode {
-        DtypeCode {
-            repr: Self::ALL
-                .iter()
-                .position(|&d| d == self)
-                .expect("every dtype is listed") as u8,
-        }
+    /// The shim's code for this dtype: its position in MLX's `Dtype::Val`.
+    pub(crate) fn code(self) -> u8 {
+        Self::ALL
+            .iter()
+            .position(|&d| d == self)
+            .expect("every dtype is listed") as u8
     }
 
-    pub(crate) fn from_code(code: DtypeCode) -> Dtype {
-        // The shim returns MLX's own enum value, and ALL mirrors MLX's order.
-        Self::ALL[code.repr as usize]
+    pub(crate) fn from_code(code: u8) -> Dtype {
+        // ALL mirrors MLX's order, and MLX has no dtype beyond it.
+        Self::ALL[code as usize]
     }
 }
 

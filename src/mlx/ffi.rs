@@ -1,32 +1,12 @@
 //! The cxx bridge: one declaration per forwarded MLX call. Every call that can
 //! throw returns `Result`, so an MLX exception becomes a Rust error carrying its
 //! message instead of aborting the process. Optional arrays travel as possibly
-//! null `UniquePtr`s.
+//! null `UniquePtr`s; dtypes as the `u8` of `mlx::core::Dtype::Val`.
 
 // The bridge mirrors MLX's own signatures, some of which are long.
 #[allow(clippy::too_many_arguments)]
 #[cxx::bridge(namespace = "safeguard_mlx")]
 pub(crate) mod bridge {
-    /// MLX's dtypes, in the order of `mlx::core::Dtype::Val`.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-    #[repr(u8)]
-    enum DtypeCode {
-        Bool,
-        Uint8,
-        Uint16,
-        Uint32,
-        Uint64,
-        Int8,
-        Int16,
-        Int32,
-        Int64,
-        Float16,
-        Float32,
-        Float64,
-        Bfloat16,
-        Complex64,
-    }
-
     unsafe extern "C++" {
         include!("safeguard-mlx/src/mlx/shim.h");
 
@@ -35,16 +15,16 @@ pub(crate) mod bridge {
         // Introspection and host transfer.
         fn array_clone(a: &Array) -> UniquePtr<Array>;
         fn array_shape(a: &Array) -> Vec<i32>;
-        fn array_dtype(a: &Array) -> DtypeCode;
+        fn array_dtype(a: &Array) -> u8;
         fn array_nbytes(a: &Array) -> usize;
-        fn array_from_bytes(data: &[u8], shape: &[i32], dtype: DtypeCode) -> Result<UniquePtr<Array>>;
+        fn array_from_bytes(data: &[u8], shape: &[i32], dtype: u8) -> Result<UniquePtr<Array>>;
         fn array_copy_to(a: &Array, out: &mut [u8]) -> Result<()>;
-        fn scalar_f64(value: f64, dtype: DtypeCode) -> Result<UniquePtr<Array>>;
-        fn scalar_i64(value: i64, dtype: DtypeCode) -> Result<UniquePtr<Array>>;
-        fn zeros(shape: &[i32], dtype: DtypeCode) -> Result<UniquePtr<Array>>;
-        fn ones(shape: &[i32], dtype: DtypeCode) -> Result<UniquePtr<Array>>;
-        fn arange(start: f64, stop: f64, step: f64, dtype: DtypeCode) -> Result<UniquePtr<Array>>;
-        fn astype(a: &Array, dtype: DtypeCode) -> Result<UniquePtr<Array>>;
+        fn scalar_f64(value: f64, dtype: u8) -> Result<UniquePtr<Array>>;
+        fn scalar_i64(value: i64, dtype: u8) -> Result<UniquePtr<Array>>;
+        fn zeros(shape: &[i32], dtype: u8) -> Result<UniquePtr<Array>>;
+        fn ones(shape: &[i32], dtype: u8) -> Result<UniquePtr<Array>>;
+        fn arange(start: f64, stop: f64, step: f64, dtype: u8) -> Result<UniquePtr<Array>>;
+        fn astype(a: &Array, dtype: u8) -> Result<UniquePtr<Array>>;
 
         // Evaluation.
         fn eval(arrays: &CxxVector<Array>) -> Result<()>;
@@ -134,7 +114,7 @@ pub(crate) mod bridge {
             group_size: i32,
             bits: i32,
             mode: &str,
-            dtype: DtypeCode,
+            dtype: u8,
         ) -> Result<UniquePtr<Array>>;
         fn quantized_matmul(
             x: &Array,
@@ -191,8 +171,8 @@ pub(crate) mod bridge {
         // Random numbers from explicit keys.
         fn random_key(seed: u64) -> Result<UniquePtr<Array>>;
         fn random_split(key: &Array, num: i32) -> Result<UniquePtr<Array>>;
-        fn random_uniform(shape: &[i32], dtype: DtypeCode, key: &Array) -> Result<UniquePtr<Array>>;
-        fn random_normal(shape: &[i32], dtype: DtypeCode, key: &Array) -> Result<UniquePtr<Array>>;
+        fn random_uniform(shape: &[i32], dtype: u8, key: &Array) -> Result<UniquePtr<Array>>;
+        fn random_normal(shape: &[i32], dtype: u8, key: &Array) -> Result<UniquePtr<Array>>;
         fn random_categorical(logits: &Array, axis: i32, key: &Array) -> Result<UniquePtr<Array>>;
 
         // Safetensors files.

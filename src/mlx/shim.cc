@@ -7,21 +7,20 @@
 #include <optional>
 #include <string>
 
-#include "safeguard-mlx/src/mlx/ffi.rs.h"
 
 namespace mx = mlx::core;
 
 namespace safeguard_mlx {
 namespace {
 
-// Indexed by DtypeCode, which mirrors the order of mx::Dtype::Val.
+// Indexed by the dtype codes of ffi.rs: the order of mx::Dtype::Val.
 const mx::Dtype kDtypes[] = {
     mx::bool_, mx::uint8,   mx::uint16,  mx::uint32,   mx::uint64,
     mx::int8,  mx::int16,   mx::int32,   mx::int64,    mx::float16,
     mx::float32, mx::float64, mx::bfloat16, mx::complex64,
 };
 
-mx::Dtype to_mlx(DtypeCode code) {
+mx::Dtype to_mlx(uint8_t code) {
   auto index = static_cast<size_t>(code);
   if (index >= std::size(kDtypes)) {
     throw std::invalid_argument("unknown dtype code " + std::to_string(index));
@@ -50,12 +49,12 @@ rust::Vec<int32_t> array_shape(const Array& a) {
   return out;
 }
 
-DtypeCode array_dtype(const Array& a) { return static_cast<DtypeCode>(a.dtype().val()); }
+uint8_t array_dtype(const Array& a) { return static_cast<uint8_t>(a.dtype().val()); }
 
 size_t array_nbytes(const Array& a) { return a.nbytes(); }
 
 ArrayPtr array_from_bytes(rust::Slice<const uint8_t> data, rust::Slice<const int32_t> shape,
-                          DtypeCode dtype) {
+                          uint8_t dtype) {
   auto t = to_mlx(dtype);
   size_t count = 1;
   for (auto d : shape) count *= static_cast<size_t>(d);
@@ -79,20 +78,20 @@ void array_copy_to(const Array& a, rust::Slice<uint8_t> out) {
   std::memcpy(out.data(), c.data<uint8_t>(), c.nbytes());
 }
 
-ArrayPtr scalar_f64(double value, DtypeCode dtype) {
+ArrayPtr scalar_f64(double value, uint8_t dtype) {
   return own(Array(value, to_mlx(dtype)));
 }
-ArrayPtr scalar_i64(int64_t value, DtypeCode dtype) { return own(Array(value, to_mlx(dtype))); }
-ArrayPtr zeros(rust::Slice<const int32_t> shape, DtypeCode dtype) {
+ArrayPtr scalar_i64(int64_t value, uint8_t dtype) { return own(Array(value, to_mlx(dtype))); }
+ArrayPtr zeros(rust::Slice<const int32_t> shape, uint8_t dtype) {
   return own(mx::zeros(to_shape(shape), to_mlx(dtype)));
 }
-ArrayPtr ones(rust::Slice<const int32_t> shape, DtypeCode dtype) {
+ArrayPtr ones(rust::Slice<const int32_t> shape, uint8_t dtype) {
   return own(mx::ones(to_shape(shape), to_mlx(dtype)));
 }
-ArrayPtr arange(double start, double stop, double step, DtypeCode dtype) {
+ArrayPtr arange(double start, double stop, double step, uint8_t dtype) {
   return own(mx::arange(start, stop, step, to_mlx(dtype)));
 }
-ArrayPtr astype(const Array& a, DtypeCode dtype) { return own(mx::astype(a, to_mlx(dtype))); }
+ArrayPtr astype(const Array& a, uint8_t dtype) { return own(mx::astype(a, to_mlx(dtype))); }
 
 void eval(const ArrayList& arrays) { mx::eval(arrays); }
 void async_eval(const ArrayList& arrays) { mx::async_eval(arrays); }
@@ -211,7 +210,7 @@ std::unique_ptr<ArrayList> quantize(const Array& w, int32_t group_size, int32_t 
   return std::make_unique<ArrayList>(mx::quantize(w, group_size, bits, str(mode)));
 }
 ArrayPtr dequantize(const Array& w, const Array& scales, ArrayPtr biases, int32_t group_size,
-                    int32_t bits, rust::Str mode, DtypeCode dtype) {
+                    int32_t bits, rust::Str mode, uint8_t dtype) {
   return own(mx::dequantize(w, scales, opt(biases), group_size, bits, str(mode), std::nullopt,
                             to_mlx(dtype)));
 }
@@ -244,10 +243,10 @@ ArrayPtr scaled_dot_product_attention(const Array& queries, const Array& keys, c
 
 ArrayPtr random_key(uint64_t seed) { return own(mx::random::key(seed)); }
 ArrayPtr random_split(const Array& key, int32_t num) { return own(mx::random::split(key, num)); }
-ArrayPtr random_uniform(rust::Slice<const int32_t> shape, DtypeCode dtype, const Array& key) {
+ArrayPtr random_uniform(rust::Slice<const int32_t> shape, uint8_t dtype, const Array& key) {
   return own(mx::random::uniform(to_shape(shape), to_mlx(dtype), key));
 }
-ArrayPtr random_normal(rust::Slice<const int32_t> shape, DtypeCode dtype, const Array& key) {
+ArrayPtr random_normal(rust::Slice<const int32_t> shape, uint8_t dtype, const Array& key) {
   return own(mx::random::normal(to_shape(shape), to_mlx(dtype), key));
 }
 ArrayPtr random_categorical(const Array& logits, int32_t axis, const Array& key) {

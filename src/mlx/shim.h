@@ -12,22 +12,21 @@
 namespace safeguard_mlx {
 
 using Array = mlx::core::array;
-enum class DtypeCode : uint8_t;
 using ArrayPtr = std::unique_ptr<Array>;
 using ArrayList = std::vector<Array>;
 
 ArrayPtr array_clone(const Array& a);
 rust::Vec<int32_t> array_shape(const Array& a);
-DtypeCode array_dtype(const Array& a);
+uint8_t array_dtype(const Array& a);
 size_t array_nbytes(const Array& a);
-ArrayPtr array_from_bytes(rust::Slice<const uint8_t> data, rust::Slice<const int32_t> shape, DtypeCode dtype);
+ArrayPtr array_from_bytes(rust::Slice<const uint8_t> data, rust::Slice<const int32_t> shape, uint8_t dtype);
 void array_copy_to(const Array& a, rust::Slice<uint8_t> out);
-ArrayPtr scalar_f64(double value, DtypeCode dtype);
-ArrayPtr scalar_i64(int64_t value, DtypeCode dtype);
-ArrayPtr zeros(rust::Slice<const int32_t> shape, DtypeCode dtype);
-ArrayPtr ones(rust::Slice<const int32_t> shape, DtypeCode dtype);
-ArrayPtr arange(double start, double stop, double step, DtypeCode dtype);
-ArrayPtr astype(const Array& a, DtypeCode dtype);
+ArrayPtr scalar_f64(double value, uint8_t dtype);
+ArrayPtr scalar_i64(int64_t value, uint8_t dtype);
+ArrayPtr zeros(rust::Slice<const int32_t> shape, uint8_t dtype);
+ArrayPtr ones(rust::Slice<const int32_t> shape, uint8_t dtype);
+ArrayPtr arange(double start, double stop, double step, uint8_t dtype);
+ArrayPtr astype(const Array& a, uint8_t dtype);
 
 void eval(const ArrayList& arrays);
 void async_eval(const ArrayList& arrays);
@@ -96,7 +95,7 @@ ArrayPtr gather_mm(const Array& a, const Array& b, ArrayPtr lhs_indices, ArrayPt
                    bool sorted_indices);
 std::unique_ptr<ArrayList> quantize(const Array& w, int32_t group_size, int32_t bits, rust::Str mode);
 ArrayPtr dequantize(const Array& w, const Array& scales, ArrayPtr biases, int32_t group_size,
-                    int32_t bits, rust::Str mode, DtypeCode dtype);
+                    int32_t bits, rust::Str mode, uint8_t dtype);
 ArrayPtr quantized_matmul(const Array& x, const Array& w, const Array& scales, ArrayPtr biases,
                           bool transpose, int32_t group_size, int32_t bits, rust::Str mode);
 ArrayPtr gather_qmm(const Array& x, const Array& w, const Array& scales, ArrayPtr biases,
@@ -112,8 +111,8 @@ ArrayPtr scaled_dot_product_attention(const Array& queries, const Array& keys, c
 
 ArrayPtr random_key(uint64_t seed);
 ArrayPtr random_split(const Array& key, int32_t num);
-ArrayPtr random_uniform(rust::Slice<const int32_t> shape, DtypeCode dtype, const Array& key);
-ArrayPtr random_normal(rust::Slice<const int32_t> shape, DtypeCode dtype, const Array& key);
+ArrayPtr random_uniform(rust::Slice<const int32_t> shape, uint8_t dtype, const Array& key);
+ArrayPtr random_normal(rust::Slice<const int32_t> shape, uint8_t dtype, const Array& key);
 ArrayPtr random_categorical(const Array& logits, int32_t axis, const Array& key);
 
 void load_safetensors(rust::Str path, rust::Vec<rust::String>& names, ArrayList& arrays,
