@@ -7,7 +7,10 @@
 //! - `harmony/`, `classify/`, `hub/`: prompts, policies and verdicts, model download;
 //! - `server/` and [`cli`]: the HTTP API and the `safeguard` command.
 //!
-//! Each module appears here as it is built; only [`mlx`] and [`cli`] exist so far.
+//! Each module appears here as it is built.
 
 pub mod cli;
+pub mod engine;
 pub mod mlx;
+pub mod model;
+pub mod tokenizer;

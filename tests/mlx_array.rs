@@ -374,3 +374,42 @@ fn eval_and_async_eval_compute_lazily_built_graphs() {
     assert_close(&b, &numpy1("out = a @ a + a", &inputs), 1e-4, 1e-4);
     assert_close(&c, &numpy1("out = (a @ a + a).sum()", &inputs), 1e-2, 1e-4);
 }
+
+#[test]
+fn view_floor_divide_and_contiguous_match_numpy() {
+    let bytes: Vec<u8> = (0..32u8).map(|b| b.wrapping_mul(37)).collect();
+    let a = Array::from_slice(&bytes, &[2, 16]).unwrap();
+    let viewed = a.view(Dtype::Uint32).unwrap();
+    assert_eq!(viewed.shape(), vec![2, 4]);
+    let expected = numpy1(
+        "out = b.view(np.uint32).astype(np.float64)",
+        &[input("b", &bytes, &[2, 16], "uint8")],
+    );
+    let words: Vec<f64> = viewed
+        .to_vec::<u32>()
+        .unwrap()
+        .into_iter()
+        .map(f64::from)
+        .collect();
+    assert_eq!(words, expected.data);
+
+    let ints = [-7i32, -1, 0, 5, 9, 12];
+    let x = Array::from_slice(&ints, &[6]).unwrap();
+    let four = Array::scalar_int(4, Dtype::Int32).unwrap();
+    assert_exact(
+        &x.floor_divide(&four).unwrap(),
+        &numpy1("out = x // 4", &[input("x", &ints, &[6], "int32")]),
+    );
+
+    let (m, data) = rand_array(&[3, 4], 12);
+    let strided = m.slice(&[0, 0], &[3, 4], &[1, 2]).unwrap().contiguous().unwrap();
+    assert_close(
+        &strided,
+        &numpy1(
+            "out = np.ascontiguousarray(m[:, ::2])",
+            &[f32_input("m", &data, &[3, 4])],
+        ),
+        0.0,
+        0.0,
+    );
+}

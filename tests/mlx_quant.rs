@@ -109,7 +109,12 @@ fn mxfp4_round_trip_is_nearest_e2m1_with_e8m0_scales() {
     assert!(q.biases.is_none(), "MXFP4 has no biases");
 
     let mut inputs = quant_inputs(&q);
-    let ours = q.dequantize(Dtype::Float32).unwrap();
+    let ours = q.dequantize(Some(Dtype::Float32)).unwrap();
+    assert_eq!(
+        q.dequantize(None).unwrap().dtype(),
+        Dtype::Bfloat16,
+        "MLX's default for byte scales"
+    );
     let decoded = numpy1(&format!("{DECODERS}\nout = deq_mxfp4(w, scales)"), &inputs);
     assert_close(&ours, &decoded, 0.0, 0.0);
 
@@ -135,7 +140,12 @@ fn affine_round_trip_is_nearest_grid_point() {
         assert_eq!(q.biases.as_ref().unwrap().shape(), vec![4, 4]);
 
         let mut inputs = quant_inputs(&q);
-        let ours = q.dequantize(Dtype::Float32).unwrap();
+        let ours = q.dequantize(Some(Dtype::Float32)).unwrap();
+        assert_eq!(
+            q.dequantize(None).unwrap().dtype(),
+            Dtype::Float32,
+            "the scales' dtype"
+        );
         let decoded = numpy1(&format!("{DECODERS}\nout = {}", decode_expr(s)), &inputs);
         assert_close(&ours, &decoded, 1e-6, 1e-6);
 
@@ -207,7 +217,7 @@ fn gather_qmm_equals_gather_then_dense_matmul() {
         assert_close(&ours, &expected, 1e-4, 1e-4);
 
         // The same through MLX's dense path: take the decoded experts, then matmul.
-        let dense = q.dequantize(Dtype::Float32).unwrap();
+        let dense = q.dequantize(Some(Dtype::Float32)).unwrap();
         let picked = dense.take(&rhs, 0).unwrap().swapaxes(-1, -2).unwrap();
         let via_dense = x.matmul(&picked).unwrap();
         let via_dense = Reference {

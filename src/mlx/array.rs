@@ -128,6 +128,14 @@ impl Array {
             .map(Array::from_raw)
     }
 
+    /// The same bytes read as another dtype; the last axis scales by the size
+    /// ratio (e.g. uint8 `[.., 16]` viewed as uint32 is `[.., 4]`).
+    pub fn view(&self, dtype: Dtype) -> Result<Array> {
+        ffi::view(self.raw(), dtype.code())
+            .op("view")
+            .map(Array::from_raw)
+    }
+
     /// Evaluates the array (and the graph it depends on).
     pub fn eval(&self) -> Result<()> {
         eval(&[self])

@@ -25,6 +25,8 @@ pub(crate) mod bridge {
         fn ones(shape: &[i32], dtype: u8) -> Result<UniquePtr<Array>>;
         fn arange(start: f64, stop: f64, step: f64, dtype: u8) -> Result<UniquePtr<Array>>;
         fn astype(a: &Array, dtype: u8) -> Result<UniquePtr<Array>>;
+        fn view(a: &Array, dtype: u8) -> Result<UniquePtr<Array>>;
+        fn contiguous(a: &Array) -> Result<UniquePtr<Array>>;
 
         // Evaluation.
         fn eval(arrays: &CxxVector<Array>) -> Result<()>;
@@ -50,6 +52,7 @@ pub(crate) mod bridge {
         fn concatenate(arrays: &CxxVector<Array>, axis: i32) -> Result<UniquePtr<Array>>;
         fn take(a: &Array, indices: &Array, axis: i32) -> Result<UniquePtr<Array>>;
         fn take_along_axis(a: &Array, indices: &Array, axis: i32) -> Result<UniquePtr<Array>>;
+        fn put_along_axis(a: &Array, indices: &Array, values: &Array, axis: i32) -> Result<UniquePtr<Array>>;
         fn where_(condition: &Array, x: &Array, y: &Array) -> Result<UniquePtr<Array>>;
 
         // Element-wise arithmetic and comparisons (numpy broadcasting).
@@ -57,6 +60,7 @@ pub(crate) mod bridge {
         fn subtract(a: &Array, b: &Array) -> Result<UniquePtr<Array>>;
         fn multiply(a: &Array, b: &Array) -> Result<UniquePtr<Array>>;
         fn divide(a: &Array, b: &Array) -> Result<UniquePtr<Array>>;
+        fn floor_divide(a: &Array, b: &Array) -> Result<UniquePtr<Array>>;
         fn power(a: &Array, b: &Array) -> Result<UniquePtr<Array>>;
         fn maximum(a: &Array, b: &Array) -> Result<UniquePtr<Array>>;
         fn minimum(a: &Array, b: &Array) -> Result<UniquePtr<Array>>;
@@ -114,6 +118,7 @@ pub(crate) mod bridge {
             group_size: i32,
             bits: i32,
             mode: &str,
+            has_dtype: bool,
             dtype: u8,
         ) -> Result<UniquePtr<Array>>;
         fn quantized_matmul(

@@ -45,7 +45,9 @@ unary_ops!(
     rsqrt,
     square,
     sigmoid,
-    tanh
+    tanh,
+    /// A row-major copy when the array is a strided view, else the array itself.
+    contiguous,
 );
 
 binary_ops!(
@@ -53,6 +55,8 @@ binary_ops!(
     subtract,
     multiply,
     divide,
+    /// Integer division rounding toward negative infinity (numpy's `//`).
+    floor_divide,
     power,
     maximum,
     minimum,
@@ -157,6 +161,13 @@ impl Array {
     pub fn take_along_axis(&self, indices: &Array, axis: i32) -> Result<Array> {
         ffi::take_along_axis(self.raw(), indices.raw(), axis)
             .op("take_along_axis")
+            .map(Array::from_raw)
+    }
+
+    /// A copy with `values` written at `indices` along `axis`.
+    pub fn put_along_axis(&self, indices: &Array, values: &Array, axis: i32) -> Result<Array> {
+        ffi::put_along_axis(self.raw(), indices.raw(), values.raw(), axis)
+            .op("put_along_axis")
             .map(Array::from_raw)
     }
 

@@ -89,7 +89,9 @@ impl Quantized {
         })
     }
 
-    pub fn dequantize(&self, dtype: Dtype) -> Result<Array> {
+    /// The float matrix. Without a `dtype`, MLX picks one: the scales' dtype
+    /// for affine, bfloat16 for MXFP4 (whose scales are bytes).
+    pub fn dequantize(&self, dtype: Option<Dtype>) -> Result<Array> {
         ffi::dequantize(
             self.weight.raw(),
             self.scales.raw(),
@@ -97,7 +99,8 @@ impl Quantized {
             self.spec.group_size,
             self.spec.bits,
             self.spec.mode.as_str(),
-            dtype.code(),
+            dtype.is_some(),
+            dtype.map_or(0, Dtype::code),
         )
         .op("dequantize")
         .map(Array::from_raw)

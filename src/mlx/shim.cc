@@ -92,6 +92,8 @@ ArrayPtr arange(double start, double stop, double step, uint8_t dtype) {
   return own(mx::arange(start, stop, step, to_mlx(dtype)));
 }
 ArrayPtr astype(const Array& a, uint8_t dtype) { return own(mx::astype(a, to_mlx(dtype))); }
+ArrayPtr view(const Array& a, uint8_t dtype) { return own(mx::view(a, to_mlx(dtype))); }
+ArrayPtr contiguous(const Array& a) { return own(mx::contiguous(a)); }
 
 void eval(const ArrayList& arrays) { mx::eval(arrays); }
 void async_eval(const ArrayList& arrays) { mx::async_eval(arrays); }
@@ -129,6 +131,9 @@ ArrayPtr take(const Array& a, const Array& indices, int32_t axis) {
 ArrayPtr take_along_axis(const Array& a, const Array& indices, int32_t axis) {
   return own(mx::take_along_axis(a, indices, axis));
 }
+ArrayPtr put_along_axis(const Array& a, const Array& indices, const Array& values, int32_t axis) {
+  return own(mx::put_along_axis(a, indices, values, axis));
+}
 ArrayPtr where_(const Array& condition, const Array& x, const Array& y) {
   return own(mx::where(condition, x, y));
 }
@@ -142,6 +147,7 @@ FORWARD_BINARY(add)
 FORWARD_BINARY(subtract)
 FORWARD_BINARY(multiply)
 FORWARD_BINARY(divide)
+FORWARD_BINARY(floor_divide)
 FORWARD_BINARY(power)
 FORWARD_BINARY(maximum)
 FORWARD_BINARY(minimum)
@@ -210,9 +216,9 @@ std::unique_ptr<ArrayList> quantize(const Array& w, int32_t group_size, int32_t 
   return std::make_unique<ArrayList>(mx::quantize(w, group_size, bits, str(mode)));
 }
 ArrayPtr dequantize(const Array& w, const Array& scales, ArrayPtr biases, int32_t group_size,
-                    int32_t bits, rust::Str mode, uint8_t dtype) {
-  return own(mx::dequantize(w, scales, opt(biases), group_size, bits, str(mode), std::nullopt,
-                            to_mlx(dtype)));
+                    int32_t bits, rust::Str mode, bool has_dtype, uint8_t dtype) {
+  auto out_dtype = has_dtype ? std::optional<mx::Dtype>(to_mlx(dtype)) : std::nullopt;
+  return own(mx::dequantize(w, scales, opt(biases), group_size, bits, str(mode), std::nullopt, out_dtype));
 }
 ArrayPtr quantized_matmul(const Array& x, const Array& w, const Array& scales, ArrayPtr biases,
                           bool transpose, int32_t group_size, int32_t bits, rust::Str mode) {

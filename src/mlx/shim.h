@@ -27,6 +27,8 @@ ArrayPtr zeros(rust::Slice<const int32_t> shape, uint8_t dtype);
 ArrayPtr ones(rust::Slice<const int32_t> shape, uint8_t dtype);
 ArrayPtr arange(double start, double stop, double step, uint8_t dtype);
 ArrayPtr astype(const Array& a, uint8_t dtype);
+ArrayPtr view(const Array& a, uint8_t dtype);
+ArrayPtr contiguous(const Array& a);
 
 void eval(const ArrayList& arrays);
 void async_eval(const ArrayList& arrays);
@@ -46,12 +48,14 @@ ArrayPtr slice_update(const Array& src, const Array& update, rust::Slice<const i
 ArrayPtr concatenate(const ArrayList& arrays, int32_t axis);
 ArrayPtr take(const Array& a, const Array& indices, int32_t axis);
 ArrayPtr take_along_axis(const Array& a, const Array& indices, int32_t axis);
+ArrayPtr put_along_axis(const Array& a, const Array& indices, const Array& values, int32_t axis);
 ArrayPtr where_(const Array& condition, const Array& x, const Array& y);
 
 ArrayPtr add(const Array& a, const Array& b);
 ArrayPtr subtract(const Array& a, const Array& b);
 ArrayPtr multiply(const Array& a, const Array& b);
 ArrayPtr divide(const Array& a, const Array& b);
+ArrayPtr floor_divide(const Array& a, const Array& b);
 ArrayPtr power(const Array& a, const Array& b);
 ArrayPtr maximum(const Array& a, const Array& b);
 ArrayPtr minimum(const Array& a, const Array& b);
@@ -95,7 +99,7 @@ ArrayPtr gather_mm(const Array& a, const Array& b, ArrayPtr lhs_indices, ArrayPt
                    bool sorted_indices);
 std::unique_ptr<ArrayList> quantize(const Array& w, int32_t group_size, int32_t bits, rust::Str mode);
 ArrayPtr dequantize(const Array& w, const Array& scales, ArrayPtr biases, int32_t group_size,
-                    int32_t bits, rust::Str mode, uint8_t dtype);
+                    int32_t bits, rust::Str mode, bool has_dtype, uint8_t dtype);
 ArrayPtr quantized_matmul(const Array& x, const Array& w, const Array& scales, ArrayPtr biases,
                           bool transpose, int32_t group_size, int32_t bits, rust::Str mode);
 ArrayPtr gather_qmm(const Array& x, const Array& w, const Array& scales, ArrayPtr biases,

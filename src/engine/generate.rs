@@ -1,0 +1,134 @@
+//! The decode loop, shaped like mlx-lm's `generate_step`: the prompt but its
+//! last token is prefilled in chunks, then each step's graph is built once and
+//! evaluated asynchronously one step ahead, so the host reads token `n` while
+//! MLX computes token `n + 1`. The only host sync per step is reading the id.
+
+use super::cache::{make_caches, LayerCache};
+use super::sampler::{Sampler, SamplerOptions};
+use crate::mlx::{self, Array};
+use crate::model::{GptOss, Result};
+
+#[derive(Debug, Clone, Copy)]
+pub struct GenerateOptions {
+    pub max_tokens: usize,
+    /// Prompt tokens per prefill forward; bounds activation memory.
+    pub prefill_step: usize,
+    pub sampler: SamplerOptions,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions {
+            max_tokens: 256,
+            prefill_step: 2048,
+            sampler: SamplerOptions::default(),
+        }
+    }
+}
+
+/// One generated token and the distribution it was drawn from.
+pub struct Step {
+    pub token: u32,
+    /// Log-probabilities over the vocabulary `[vocab]`, lazily evaluated.
+    pub logprobs: Array,
+}
+
+/// Tokens generated after a prompt, one per `next()`.
+pub struct Generation<'m> {
+    model: &'m GptOss,
+    caches: Vec<LayerCache>,
+    sampler: Sampler,
+    /// The step computed ahead: (token `[1]`, logprobs `[vocab]`).
+    pending: Option<(Array, Array)>,
+    produced: usize,
+    max_tokens: usize,
+}
+
+impl<'m> Generation<'m> {
+    /// Prefills `prompt` (at least one token) and starts computing the first
+    /// generated token.
+    pub fn new(model: &'m GptOss, prompt: &[u32], options: GenerateOptions) -> Result<Generation<'m>> {
+        let caches = make_caches(model);
+        Generation::with_caches(model, caches, prompt, options)
+    }
+
+    /// Like [`Generation::new`], continuing from caches that already hold a
+    /// prefix of the conversation.
+    pub fn with_caches(
+        model: &'m GptOss,
+        mut caches: Vec<LayerCache>,
+        prompt: &[u32],
+        options: GenerateOptions,
+    ) -> Result<Generation<'m>> {
+        let (last, rest) = prompt.split_last().ok_or_else(|| {
+            crate::model::Error::Mlx(mlx::Error::Invalid {
+                op: "generate",
+                message: "the prompt is empty".into(),
+            })
+        })?;
+        for chunk in rest.chunks(options.prefill_step.max(1)) {
+            model.forward(&tokens_array(chunk)?, &mut caches)?;
+            let state: Vec<&Array> = caches.iter().flat_map(LayerCache::state).collect();
+            mlx::eval(&state)?;
+            mlx::memory::clear_cache();
+        }
+        let mut generation = Generation {
+            model,
+            caches,
+            sampler: Sampler::new(options.sampler)?,
+            pending: None,
+            produced: 0,
+            max_tokens: options.max_tokens,
+        };
+        if options.max_tokens > 0 {
+            generation.pending = Some(generation.step(&tokens_array(&[*last])?)?);
+        }
+        Ok(generation)
+    }
+
+    /// Builds the graph for the token after `input [1, n]` and starts it.
+    fn step(&mut self, input: &Array) -> Result<(Array, Array)> {
+        let logits = self.model.forward(input, &mut self.caches)?;
+        let last = logits.dim(1)? - 1;
+        let logits = logits.slice_axis(1, last, last + 1)?.squeeze(1)?; // [1, vocab]
+        let logprobs = logits.subtract(&logits.logsumexp(&[-1], true)?)?;
+        let token = self.sampler.sample(&logprobs)?;
+        mlx::async_eval(&[&token, &logprobs])?;
+        Ok((token, logprobs.squeeze(0)?))
+    }
+
+    /// The caches after everything generated so far (for reuse).
+    pub fn into_caches(self) -> Vec<LayerCache> {
+        self.caches
+    }
+}
+
+impl Iterator for Generation<'_> {
+    type Item = Result<Step>;
+
+    fn next(&mut self) -> Option<Result<Step>> {
+        let (token, logprobs) = self.pending.take()?;
+        self.produced += 1;
+        // Queue the following step before waiting on this one's id.
+        if self.produced < self.max_tokens {
+            match token
+                .reshape(&[1, 1])
+                .map_err(Into::into)
+                .and_then(|t| self.step(&t))
+            {
+                Ok(next) => self.pending = Some(next),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        Some(
+            token
+                .item::<u32>()
+                .map_err(Into::into)
+                .map(|token| Step { token, logprobs }),
+        )
+    }
+}
+
+fn tokens_array(tokens: &[u32]) -> Result<Array> {
+    Ok(Array::from_slice(tokens, &[1, tokens.len() as i32])?)
+}

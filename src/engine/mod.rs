@@ -1,0 +1,5 @@
+//! Generation on top of the model: caches, sampling and the decode loop.
+
+pub mod cache;
+pub mod generate;
+pub mod sampler;

@@ -1,0 +1,360 @@
+//! gpt-oss, read side by side with mlx-lm's `models/gpt_oss.py`: attention
+//! with learned sinks over alternating sliding-window and full layers, YaRN
+//! RoPE, and a top-k mixture of clamped-SwiGLU experts.
+
+use std::path::Path;
+
+use super::config::{Config, LayerType};
+use super::layers::{Embedding, Linear, RmsNorm, SwitchLinear};
+use super::rope::Rope;
+use super::{ComputeDtype, Result, Weights};
+use crate::mlx::fast::{self, AttentionMask};
+use crate::mlx::{self, Array, Dtype};
+
+/// Which keys each query may see in one forward step.
+#[derive(Debug, Clone)]
+pub enum Mask {
+    /// A single query sees every cached key.
+    None,
+    /// Queries aligned to the end of the keys see keys up to their own position.
+    Causal,
+    /// Explicit `[queries, keys]` booleans (sliding windows).
+    Array(Array),
+}
+
+impl Mask {
+    /// mlx-lm's `create_causal_mask`: queries at `offset..offset+n` over keys
+    /// `0..offset+n`, each seeing at most `window` keys ending at itself.
+    pub fn causal(n: i32, offset: i32, window: Option<i32>) -> Result<Mask> {
+        let keys = Array::arange(0.0, f64::from(offset + n), 1.0, Dtype::Int32)?.expand_dims(0)?;
+        let queries =
+            Array::arange(f64::from(offset), f64::from(offset + n), 1.0, Dtype::Int32)?.expand_dims(1)?;
+        let mut mask = queries.greater_equal(&keys)?;
+        if let Some(window) = window {
+            mask = mask
+                .logical_and(&queries.less(&keys.add(&Array::scalar_int(window.into(), Dtype::Int32)?)?)?)?;
+        }
+        Ok(Mask::Array(mask))
+    }
+
+    fn as_attention_mask(&self) -> AttentionMask<'_> {
+        match self {
+            Mask::None => AttentionMask::None,
+            Mask::Causal => AttentionMask::Causal,
+            Mask::Array(mask) => AttentionMask::Array(mask),
+        }
+    }
+}
+
+/// A layer's key/value cache, as the model uses it (engine/cache.rs has them).
+pub trait AttentionCache {
+    /// Tokens seen so far: the position of the next one.
+    fn offset(&self) -> i32;
+    /// Appends `[batch, kv_heads, n, head_dim]` keys and values and returns all
+    /// keys and values attention should read.
+    fn update_and_fetch(&mut self, keys: &Array, values: &Array) -> Result<(Array, Array)>;
+    /// The mask for `n` new queries (before they are added).
+    fn make_mask(&self, n: i32, window: Option<i32>) -> Result<Mask>;
+}
+
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    sinks: Array,
+    head_dim: i32,
+    scale: f32,
+    rope: Rope,
+}
+
+impl Attention {
+    fn load(weights: &mut Weights, cfg: &Config, prefix: &str) -> Result<Attention> {
+        let (hidden, d) = (cfg.hidden_size, cfg.head_dim);
+        let (heads, kv_heads) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let q = cfg.quantization.as_ref();
+        Ok(Attention {
+            q_proj: Linear::load(weights, q, &format!("{prefix}.q_proj"), hidden, heads * d, true)?,
+            k_proj: Linear::load(
+                weights,
+                q,
+                &format!("{prefix}.k_proj"),
+                hidden,
+                kv_heads * d,
+                true,
+            )?,
+            v_proj: Linear::load(
+                weights,
+                q,
+                &format!("{prefix}.v_proj"),
+                hidden,
+                kv_heads * d,
+                true,
+            )?,
+            o_proj: Linear::load(weights, q, &format!("{prefix}.o_proj"), heads * d, hidden, true)?,
+            sinks: weights.take_float(&format!("{prefix}.sinks"), &[heads])?,
+            head_dim: d,
+            scale: 1.0 / (d as f32).sqrt(),
+            rope: Rope::new(d, cfg.rope_theta, cfg.rope_scaling.as_ref())?,
+        })
+    }
+
+    /// `x [B, L, hidden]` → `[B, L, hidden]`.
+    fn forward(&self, x: &Array, mask: &Mask, cache: &mut impl AttentionCache) -> Result<Array> {
+        let (b, l) = (x.dim(0)?, x.dim(1)?);
+        let split_heads = |t: Array| t.reshape(&[b, l, -1, self.head_dim])?.swapaxes(1, 2);
+        let q = split_heads(self.q_proj.forward(x)?)?;
+        let k = split_heads(self.k_proj.forward(x)?)?;
+        let v = split_heads(self.v_proj.forward(x)?)?;
+
+        let offset = cache.offset();
+        let q = self.rope.forward(&q, offset)?;
+        let k = self.rope.forward(&k, offset)?;
+        let (k, v) = cache.update_and_fetch(&k, &v)?;
+
+        let out = fast::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            self.scale,
+            mask.as_attention_mask(),
+            Some(&self.sinks),
+        )?;
+        self.o_proj.forward(&out.swapaxes(1, 2)?.reshape(&[b, l, -1])?)
+    }
+}
+
+/// The experts' SwiGLU variant: the gate clamped from above, the linear part
+/// clamped both ways and shifted by one.
+fn swiglu(x_linear: &Array, x_gate: &Array, limit: f32) -> Result<Array> {
+    const ALPHA: f64 = 1.702;
+    let gate = x_gate.minimum(&x_gate.scalar_like(limit.into())?)?;
+    let linear = x_linear.clip(
+        Some(&x_linear.scalar_like(-f64::from(limit))?),
+        Some(&x_linear.scalar_like(limit.into())?),
+    )?;
+    let glu = gate.multiply(&gate.multiply(&gate.scalar_like(ALPHA)?)?.sigmoid()?)?;
+    Ok(linear.add(&linear.scalar_like(1.0)?)?.multiply(&glu)?)
+}
+
+/// Token/expert pairs from which gathering is sorted by expert (mlx-lm's rule).
+const SORT_THRESHOLD: usize = 64;
+
+struct Experts {
+    gate_proj: SwitchLinear,
+    up_proj: SwitchLinear,
+    down_proj: SwitchLinear,
+    limit: f32,
+}
+
+impl Experts {
+    /// `x [B, L, hidden]`, `indices [B, L, k]` → `[B, L, k, hidden]`.
+    fn forward(&self, x: &Array, indices: &Array) -> Result<Array> {
+        let x = x.expand_dims(-2)?.expand_dims(-3)?; // [B, L, 1, 1, hidden]
+        let mut shape = indices.shape();
+        let sort = indices.size() >= SORT_THRESHOLD;
+        let (x, idx, inverse) = if sort {
+            // Group the (token, expert) pairs by expert so each expert's
+            // weights are read once.
+            let k = shape.pop().expect("indices are [B, L, k]");
+            let flat = indices.reshape(&[-1])?;
+            let order = flat.argsort(0)?;
+            let tokens = order.floor_divide(&Array::scalar_int(k.into(), order.dtype())?)?;
+            let rows = x.reshape(&[-1, 1, x.dim(-1)?])?.take(&tokens, 0)?;
+            shape.push(k);
+            (rows, flat.take(&order, 0)?, Some(order.argsort(0)?))
+        } else {
+            (x, indices.clone(), None)
+        };
+        let up = self.up_proj.forward(&x, &idx, sort)?;
+        let gate = self.gate_proj.forward(&x, &idx, sort)?;
+        let mut y = self
+            .down_proj
+            .forward(&swiglu(&up, &gate, self.limit)?, &idx, sort)?;
+        if let Some(inverse) = inverse {
+            y = y.take(&inverse, 0)?;
+            let mut unflat = shape;
+            unflat.extend(&y.shape()[1..]);
+            y = y.reshape(&unflat)?;
+        }
+        Ok(y.squeeze(-2)?)
+    }
+}
+
+struct MoeBlock {
+    router: Linear,
+    experts: Experts,
+    top_k: i32,
+}
+
+impl MoeBlock {
+    fn load(weights: &mut Weights, cfg: &Config, prefix: &str) -> Result<MoeBlock> {
+        let q = cfg.quantization.as_ref();
+        let (e, hidden, inter) = (cfg.num_local_experts, cfg.hidden_size, cfg.intermediate_size);
+        let switch = |w: &mut Weights, name: &str, i, o| {
+            SwitchLinear::load(w, q, &format!("{prefix}.experts.{name}"), e, i, o)
+        };
+        Ok(MoeBlock {
+            router: Linear::load(weights, q, &format!("{prefix}.router"), hidden, e, true)?,
+            experts: Experts {
+                gate_proj: switch(weights, "gate_proj", hidden, inter)?,
+                up_proj: switch(weights, "up_proj", hidden, inter)?,
+                down_proj: switch(weights, "down_proj", inter, hidden)?,
+                limit: cfg.swiglu_limit,
+            },
+            top_k: cfg.num_experts_per_tok,
+        })
+    }
+
+    fn forward(&self, x: &Array) -> Result<Array> {
+        let g = self.router.forward(x)?; // [B, L, experts]
+                                         // Top-k by partition (unordered, as mlx-lm), softmax over the k.
+        let indices = g
+            .argpartition(-self.top_k, -1)?
+            .slice_axis(-1, -self.top_k, g.dim(-1)?)?;
+        let expert_weights = g.take_along_axis(&indices, -1)?.softmax(&[-1], true)?;
+        let y = self.experts.forward(x, &indices)?; // [B, L, k, hidden]
+        Ok(y.multiply(&expert_weights.expand_dims(-1)?)?.sum(&[-2], false)?)
+    }
+}
+
+struct TransformerBlock {
+    self_attn: Attention,
+    mlp: MoeBlock,
+    input_layernorm: RmsNorm,
+    post_attention_layernorm: RmsNorm,
+    layer_type: LayerType,
+}
+
+impl TransformerBlock {
+    fn forward(&self, x: &Array, mask: &Mask, cache: &mut impl AttentionCache) -> Result<Array> {
+        let h = x.add(
+            &self
+                .self_attn
+                .forward(&self.input_layernorm.forward(x)?, mask, cache)?,
+        )?;
+        Ok(h.add(&self.mlp.forward(&self.post_attention_layernorm.forward(&h)?)?)?)
+    }
+}
+
+pub struct GptOss {
+    pub config: Config,
+    embed_tokens: Embedding,
+    layers: Vec<TransformerBlock>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    dtype: Dtype,
+}
+
+impl GptOss {
+    /// Loads a model folder: config.json and its safetensors shards.
+    pub fn load(dir: &Path, compute: ComputeDtype) -> Result<GptOss> {
+        let config = Config::load(dir)?;
+        let mut weights = Weights::open(dir, compute)?;
+        let model = GptOss::from_weights(config, &mut weights)?;
+        weights.finish()?;
+        mlx::eval(&model.parameters())?;
+        Ok(model)
+    }
+
+    pub fn from_weights(config: Config, weights: &mut Weights) -> Result<GptOss> {
+        if weights.contains_original_layout() {
+            weights.sanitize_original_layout()?;
+        }
+        let q = config.quantization.as_ref();
+        let (vocab, hidden, eps) = (config.vocab_size, config.hidden_size, config.rms_norm_eps);
+        let layers = config
+            .layer_types()
+            .into_iter()
+            .enumerate()
+            .map(|(i, layer_type)| {
+                let prefix = format!("model.layers.{i}");
+                Ok(TransformerBlock {
+                    self_attn: Attention::load(weights, &config, &format!("{prefix}.self_attn"))?,
+                    mlp: MoeBlock::load(weights, &config, &format!("{prefix}.mlp"))?,
+                    input_layernorm: RmsNorm::load(
+                        weights,
+                        &format!("{prefix}.input_layernorm"),
+                        hidden,
+                        eps,
+                    )?,
+                    post_attention_layernorm: RmsNorm::load(
+                        weights,
+                        &format!("{prefix}.post_attention_layernorm"),
+                        hidden,
+                        eps,
+                    )?,
+                    layer_type,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(GptOss {
+            embed_tokens: Embedding::load(weights, q, "model.embed_tokens", vocab, hidden)?,
+            norm: RmsNorm::load(weights, "model.norm", hidden, eps)?,
+            lm_head: Linear::load(weights, q, "lm_head", hidden, vocab, false)?,
+            layers,
+            dtype: weights.compute_dtype(),
+            config,
+        })
+    }
+
+    /// The dtype activations are computed in.
+    pub fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
+    pub fn layer_types(&self) -> Vec<LayerType> {
+        self.layers.iter().map(|l| l.layer_type).collect()
+    }
+
+    /// `tokens [B, L]` → logits `[B, L, vocab]`, reading and extending one
+    /// cache per layer.
+    pub fn forward(&self, tokens: &Array, caches: &mut [impl AttentionCache]) -> Result<Array> {
+        let mut x = self.embed_tokens.forward(tokens)?;
+        let n = tokens.dim(1)?;
+        let window = self.config.sliding_window;
+        // Every layer of a type shares one mask, made from that type's first cache.
+        let first = |t| self.layers.iter().position(|l| l.layer_type == t);
+        let full_mask = match first(LayerType::FullAttention) {
+            Some(i) => caches[i].make_mask(n, None)?,
+            None => Mask::None,
+        };
+        let sliding_mask = match first(LayerType::SlidingAttention) {
+            Some(i) => caches[i].make_mask(n, Some(window))?,
+            None => Mask::None,
+        };
+        for (layer, cache) in self.layers.iter().zip(caches.iter_mut()) {
+            let mask = match layer.layer_type {
+                LayerType::FullAttention => &full_mask,
+                LayerType::SlidingAttention => &sliding_mask,
+            };
+            x = layer.forward(&x, mask, cache)?;
+        }
+        self.lm_head.forward(&self.norm.forward(&x)?)
+    }
+
+    /// Every weight array, e.g. to evaluate them all after loading.
+    fn parameters(&self) -> Vec<&Array> {
+        let mut params = Vec::new();
+        self.embed_tokens.collect(&mut params);
+        for layer in &self.layers {
+            let a = &layer.self_attn;
+            for linear in [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &layer.mlp.router] {
+                linear.collect(&mut params);
+            }
+            params.push(&a.sinks);
+            for switch in [
+                &layer.mlp.experts.gate_proj,
+                &layer.mlp.experts.up_proj,
+                &layer.mlp.experts.down_proj,
+            ] {
+                switch.collect(&mut params);
+            }
+            layer.input_layernorm.collect(&mut params);
+            layer.post_attention_layernorm.collect(&mut params);
+        }
+        self.norm.collect(&mut params);
+        self.lm_head.collect(&mut params);
+        params
+    }
+}

@@ -1,0 +1,285 @@
+//! The building blocks, each dense or quantized as the checkpoint stores it:
+//! linear layers, the embedding, expert (switch) linears and RMSNorm. They
+//! mirror mlx's `nn.Linear`/`nn.QuantizedLinear`, `nn.Embedding`/
+//! `nn.QuantizedEmbedding` and mlx-lm's `SwitchLinear`/`QuantizedSwitchLinear`
+//! op for op, so results match mlx-lm's bit for bit.
+
+use super::config::{ModuleQuantization, Quantization};
+use super::{Error, Result, Weights};
+use crate::mlx::{fast, Array, Dtype, QuantMode, QuantSpec, Quantized};
+
+/// Reads a module's weight as stored: dense `[..lead, out, in]`, or quantized
+/// with the spec the quantization map (or the tensors themselves) give.
+pub(crate) enum Matrix {
+    Dense(Array),
+    Quantized(Quantized),
+}
+
+impl Matrix {
+    /// `lead` are leading axes (the experts), `[out, in]` the matrix.
+    pub(crate) fn load(
+        weights: &mut Weights,
+        map: Option<&Quantization>,
+        path: &str,
+        lead: &[i32],
+        out_dims: i32,
+        in_dims: i32,
+    ) -> Result<Matrix> {
+        let weight_name = format!("{path}.weight");
+        let scales_name = format!("{path}.scales");
+        let mut shape = lead.to_vec();
+        shape.push(out_dims);
+        let entry = match map {
+            Some(map) => map.module(path).map_err(|message| Error::Quantization {
+                tensor: weight_name.clone(),
+                file: weights.file_of(&weight_name),
+                message,
+            })?,
+            None => ModuleQuantization::Unlisted,
+        };
+        if !weights.contains(&scales_name) {
+            if let ModuleQuantization::Spec(_) = entry {
+                // The map promises a quantized module the shards don't hold.
+                weights.peek_shape(&scales_name)?;
+            }
+            shape.push(in_dims);
+            return Ok(Matrix::Dense(weights.take_float(&weight_name, &shape)?));
+        }
+        let spec = match entry {
+            ModuleQuantization::Spec(spec) => spec,
+            ModuleQuantization::Unlisted => infer_spec(weights, path, in_dims)?,
+            ModuleQuantization::Dense => {
+                return Err(Error::UnexpectedTensor {
+                    file: weights.file_of(&scales_name),
+                    tensor: scales_name,
+                })
+            }
+        };
+        let quant_error = |message: String| Error::Quantization {
+            tensor: weight_name.clone(),
+            file: weights.file_of(&weight_name),
+            message,
+        };
+        if spec.mode == QuantMode::Mxfp4 && (spec.group_size, spec.bits) != (32, 4) {
+            return Err(quant_error(format!(
+                "mxfp4 needs group_size 32 and bits 4, the config says {} and {}",
+                spec.group_size, spec.bits
+            )));
+        }
+        if !(2..=8).contains(&spec.bits) || spec.group_size <= 0 || in_dims % spec.group_size != 0 {
+            return Err(quant_error(format!(
+                "{} bits with group size {} cannot pack {in_dims} inputs",
+                spec.bits, spec.group_size
+            )));
+        }
+        let mut packed = shape.clone();
+        packed.push(in_dims * spec.bits / 32);
+        let mut grouped = shape;
+        grouped.push(in_dims / spec.group_size);
+        let weight = weights.take_typed(&weight_name, &packed, Dtype::Uint32)?;
+        let (scales, biases) = match spec.mode {
+            QuantMode::Mxfp4 => (weights.take_typed(&scales_name, &grouped, Dtype::Uint8)?, None),
+            QuantMode::Affine => (
+                weights.take_float(&scales_name, &grouped)?,
+                Some(weights.take_float(&format!("{path}.biases"), &grouped)?),
+            ),
+        };
+        Ok(Matrix::Quantized(Quantized {
+            weight,
+            scales,
+            biases,
+            spec,
+        }))
+    }
+}
+
+impl Matrix {
+    fn collect<'a>(&'a self, out: &mut Vec<&'a Array>) {
+        match self {
+            Matrix::Dense(w) => out.push(w),
+            Matrix::Quantized(q) => {
+                out.extend([&q.weight, &q.scales]);
+                out.extend(q.biases.as_ref());
+            }
+        }
+    }
+}
+
+/// mlx-lm's `infer_quant_config`: a module the map does not name was packed
+/// with whatever its tensors imply. Byte scales mean a microscaling format.
+fn infer_spec(weights: &Weights, path: &str, in_dims: i32) -> Result<QuantSpec> {
+    let weight_name = format!("{path}.weight");
+    let scales_name = format!("{path}.scales");
+    let packed_cols = *weights.peek_shape(&weight_name)?.last().unwrap_or(&0);
+    let scale_cols = *weights.peek_shape(&scales_name)?.last().unwrap_or(&0);
+    let error = |message: String| Error::Quantization {
+        tensor: weight_name.clone(),
+        file: weights.file_of(&weight_name),
+        message,
+    };
+    if scale_cols == 0 || in_dims % scale_cols != 0 || (packed_cols * 32) % in_dims != 0 {
+        return Err(error(format!(
+            "cannot infer its quantization: {packed_cols} packed columns and {scale_cols} scale columns \
+             for {in_dims} inputs"
+        )));
+    }
+    let (group_size, bits) = (in_dims / scale_cols, packed_cols * 32 / in_dims);
+    if weights.peek_dtype(&scales_name)? != Dtype::Uint8 {
+        return Ok(QuantSpec {
+            group_size,
+            bits,
+            mode: QuantMode::Affine,
+        });
+    }
+    match (bits, group_size) {
+        (4, 32) => Ok(QuantSpec {
+            group_size,
+            bits,
+            mode: QuantMode::Mxfp4,
+        }),
+        _ => Err(error(format!(
+            "unknown quantization mode: byte scales with {bits} bits and group size {group_size} \
+             (supported: mxfp4 = 4 bits, group 32; affine)"
+        ))),
+    }
+}
+
+/// A linear layer, `x @ W.T + b`.
+pub(crate) struct Linear {
+    weight: Matrix,
+    bias: Option<Array>,
+}
+
+impl Linear {
+    pub(crate) fn load(
+        weights: &mut Weights,
+        map: Option<&Quantization>,
+        path: &str,
+        in_dims: i32,
+        out_dims: i32,
+        bias: bool,
+    ) -> Result<Linear> {
+        let weight = Matrix::load(weights, map, path, &[], out_dims, in_dims)?;
+        let bias = bias
+            .then(|| weights.take_float(&format!("{path}.bias"), &[out_dims]))
+            .transpose()?;
+        Ok(Linear { weight, bias })
+    }
+
+    pub(crate) fn collect<'a>(&'a self, out: &mut Vec<&'a Array>) {
+        self.weight.collect(out);
+        out.extend(self.bias.as_ref());
+    }
+
+    pub(crate) fn forward(&self, x: &Array) -> Result<Array> {
+        Ok(match (&self.weight, &self.bias) {
+            (Matrix::Dense(w), Some(b)) => b.addmm(x, &w.transpose(&[1, 0])?, 1.0, 1.0)?,
+            (Matrix::Dense(w), None) => x.matmul(&w.transpose(&[1, 0])?)?,
+            (Matrix::Quantized(q), bias) => {
+                let y = q.matmul(x, true)?;
+                match bias {
+                    Some(b) => y.add(b)?,
+                    None => y,
+                }
+            }
+        })
+    }
+}
+
+/// Token embeddings `[vocab, hidden]`.
+pub(crate) struct Embedding {
+    weight: Matrix,
+}
+
+impl Embedding {
+    pub(crate) fn load(
+        weights: &mut Weights,
+        map: Option<&Quantization>,
+        path: &str,
+        vocab: i32,
+        hidden: i32,
+    ) -> Result<Embedding> {
+        Ok(Embedding {
+            weight: Matrix::load(weights, map, path, &[], vocab, hidden)?,
+        })
+    }
+
+    pub(crate) fn collect<'a>(&'a self, out: &mut Vec<&'a Array>) {
+        self.weight.collect(out);
+    }
+
+    /// `ids [..]` → `[.., hidden]`. A quantized table dequantizes just the
+    /// rows looked up, in MLX's default dtype for it (bfloat16 for MXFP4).
+    pub(crate) fn forward(&self, ids: &Array) -> Result<Array> {
+        Ok(match &self.weight {
+            Matrix::Dense(w) => w.take(ids, 0)?,
+            Matrix::Quantized(q) => Quantized {
+                weight: q.weight.take(ids, 0)?,
+                scales: q.scales.take(ids, 0)?,
+                biases: q.biases.as_ref().map(|b| b.take(ids, 0)).transpose()?,
+                spec: q.spec,
+            }
+            .dequantize(None)?,
+        })
+    }
+}
+
+/// One linear layer per expert `[experts, out, in]`, applied to the experts
+/// each token was routed to.
+pub(crate) struct SwitchLinear {
+    weight: Matrix,
+    bias: Array,
+}
+
+impl SwitchLinear {
+    pub(crate) fn load(
+        weights: &mut Weights,
+        map: Option<&Quantization>,
+        path: &str,
+        experts: i32,
+        in_dims: i32,
+        out_dims: i32,
+    ) -> Result<SwitchLinear> {
+        Ok(SwitchLinear {
+            weight: Matrix::load(weights, map, path, &[experts], out_dims, in_dims)?,
+            bias: weights.take_float(&format!("{path}.bias"), &[experts, out_dims])?,
+        })
+    }
+
+    pub(crate) fn collect<'a>(&'a self, out: &mut Vec<&'a Array>) {
+        self.weight.collect(out);
+        out.push(&self.bias);
+    }
+
+    /// `x [.., 1, in]` with `indices` naming each row's expert → `[.., 1, out]`.
+    /// `sorted` promises the indices are sorted, which MLX exploits.
+    pub(crate) fn forward(&self, x: &Array, indices: &Array, sorted: bool) -> Result<Array> {
+        let y = match &self.weight {
+            Matrix::Dense(w) => x.gather_mm(&w.swapaxes(-1, -2)?, None, Some(indices), sorted)?,
+            Matrix::Quantized(q) => q.gather_matmul(x, None, Some(indices), true, sorted)?,
+        };
+        Ok(y.add(&self.bias.take(indices, 0)?.expand_dims(-2)?)?)
+    }
+}
+
+pub(crate) struct RmsNorm {
+    weight: Array,
+    eps: f32,
+}
+
+impl RmsNorm {
+    pub(crate) fn load(weights: &mut Weights, path: &str, dims: i32, eps: f32) -> Result<RmsNorm> {
+        Ok(RmsNorm {
+            weight: weights.take_float(&format!("{path}.weight"), &[dims])?,
+            eps,
+        })
+    }
+
+    pub(crate) fn collect<'a>(&'a self, out: &mut Vec<&'a Array>) {
+        out.push(&self.weight);
+    }
+
+    pub(crate) fn forward(&self, x: &Array) -> Result<Array> {
+        Ok(fast::rms_norm(x, Some(&self.weight), self.eps)?)
+    }
+}

@@ -1,0 +1,59 @@
+//! The gpt-oss architecture on MLX: configuration, weight loading, layers and
+//! the forward pass. The model maps token ids and caches to logits and nothing
+//! else; sampling, generation and prompts live elsewhere.
+
+mod config;
+mod gpt_oss;
+mod layers;
+mod load;
+mod rope;
+
+use std::path::PathBuf;
+
+pub use config::{stop_tokens, Config, LayerType, Quantization, RopeScaling};
+pub use gpt_oss::{AttentionCache, GptOss, Mask};
+pub use load::{ComputeDtype, Weights};
+
+use crate::mlx::{self, Dtype};
+
+/// What can go wrong loading or running a model. Loading errors name the file,
+/// the tensor, and what was expected against what was found.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {message}")]
+    Config { path: PathBuf, message: String },
+    #[error("{path}: model_type {model_type:?} is not supported; safeguard runs gpt_oss models")]
+    UnsupportedModel { path: PathBuf, model_type: String },
+    #[error("{dir}: no weights found: expected model*.safetensors (and model.safetensors.index.json when sharded)")]
+    NoWeights { dir: PathBuf },
+    #[error("{path}: {message}")]
+    WeightFile { path: PathBuf, message: String },
+    #[error("tensor {tensor} is missing from {dir}")]
+    MissingTensor { tensor: String, dir: PathBuf },
+    #[error("{file}: unexpected tensor {tensor} (not part of a gpt_oss model with this config)")]
+    UnexpectedTensor { tensor: String, file: PathBuf },
+    #[error("{file}: tensor {tensor} has shape {found:?}, expected {expected:?}")]
+    Shape {
+        tensor: String,
+        file: PathBuf,
+        expected: Vec<i32>,
+        found: Vec<i32>,
+    },
+    #[error("{file}: tensor {tensor} has dtype {found}, expected {expected}")]
+    Dtype {
+        tensor: String,
+        file: PathBuf,
+        expected: String,
+        found: Dtype,
+    },
+    #[error("{file}: tensor {tensor}: {message}")]
+    Quantization {
+        tensor: String,
+        file: PathBuf,
+        message: String,
+    },
+    #[error(transparent)]
+    Mlx(#[from] mlx::Error),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
