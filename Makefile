@@ -24,9 +24,11 @@ else
 endif
 
 SETUP_STAMP := $(VENV)/.setup-$(MLX_BACKEND)-$(MLX_VERSION)
+FIXTURES := target/fixtures
+TOKENIZER_FIXTURE := $(FIXTURES)/tokenizer/tokenizer.json
 PIP := $(VENV)/bin/pip --disable-pip-version-check --quiet
 
-.PHONY: setup build run test fmt clean
+.PHONY: setup fixtures build run test fmt clean
 
 setup: $(SETUP_STAMP)
 
@@ -40,13 +42,21 @@ $(SETUP_STAMP): requirements.txt Makefile
 	@touch $@
 	@echo "MLX $(MLX_VERSION) ($(MLX_BACKEND)) and the test references are in $(VENV)"
 
+# Test fixtures are generated, never committed: the o200k_harmony tokenizer
+# (verified against tiktoken and openai-harmony) and small random-weight
+# gpt-oss models with mlx-lm's reference outputs.
+fixtures: $(TOKENIZER_FIXTURE)
+
+$(TOKENIZER_FIXTURE): $(SETUP_STAMP) tests/fixtures/tokenizer.py
+	$(VENV)/bin/python tests/fixtures/tokenizer.py $(FIXTURES)/tokenizer
+
 build: setup
 	$(CARGO) build --release
 
 run: build
 	./target/release/safeguard $(ARGS)
 
-test: setup
+test: setup fixtures
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) test

@@ -50,6 +50,20 @@ impl Sampler {
         if o.temperature == 0.0 {
             return Ok(logprobs.argmax(-1, false)?);
         }
+        let logprobs = self.filter(logprobs)?;
+        let keys = random::split(&self.key, 2)?;
+        let first = |i: i64| keys.take(&Array::scalar_int(i, mlx::Dtype::Int32)?, 0);
+        self.key = first(0)?;
+        let scaled = logprobs.multiply(&logprobs.scalar_like(1.0 / f64::from(o.temperature))?)?;
+        Ok(random::categorical(&scaled, -1, &first(1)?)?)
+    }
+}
+
+impl Sampler {
+    /// The log-probabilities with the tokens the filters exclude set to -inf,
+    /// in mlx-lm's order: top-p, then min-p, then top-k.
+    pub fn filter(&self, logprobs: &Array) -> Result<Array> {
+        let o = self.options;
         let mut logprobs = logprobs.clone();
         if 0.0 < o.top_p && o.top_p < 1.0 {
             logprobs = top_p(&logprobs, o.top_p)?;
@@ -60,11 +74,7 @@ impl Sampler {
         if o.top_k > 0 {
             logprobs = top_k(&logprobs, o.top_k)?;
         }
-        let keys = random::split(&self.key, 2)?;
-        let first = |i: i64| keys.take(&Array::scalar_int(i, mlx::Dtype::Int32)?, 0);
-        self.key = first(0)?;
-        let scaled = logprobs.multiply(&logprobs.scalar_like(1.0 / f64::from(o.temperature))?)?;
-        Ok(random::categorical(&scaled, -1, &first(1)?)?)
+        Ok(logprobs)
     }
 }
 

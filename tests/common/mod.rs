@@ -20,6 +20,17 @@ pub fn python() -> PathBuf {
     python
 }
 
+/// A folder `make fixtures` generated under `target/fixtures`.
+pub fn fixture(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/fixtures").join(name);
+    assert!(
+        dir.is_dir(),
+        "fixture {} is missing: run `make fixtures` (or `make test`, which runs it)",
+        dir.display()
+    );
+    dir
+}
+
 /// A deterministic pseudo-random vector in [-scale, scale) (xorshift64*).
 pub fn rand_vec(len: usize, seed: u64, scale: f32) -> Vec<f32> {
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
