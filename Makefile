@@ -25,7 +25,7 @@ endif
 
 SETUP_STAMP := $(VENV)/.setup-$(MLX_BACKEND)-$(MLX_VERSION)
 FIXTURES := target/fixtures
-TOKENIZER_FIXTURE := $(FIXTURES)/tokenizer/tokenizer.json
+FIXTURE_STAMP := $(FIXTURES)/.generated
 PIP := $(VENV)/bin/pip --disable-pip-version-check --quiet
 
 .PHONY: setup fixtures build run test fmt clean
@@ -45,10 +45,11 @@ $(SETUP_STAMP): requirements.txt Makefile
 # Test fixtures are generated, never committed: the o200k_harmony tokenizer
 # (verified against tiktoken and openai-harmony) and small random-weight
 # gpt-oss models with mlx-lm's reference outputs.
-fixtures: $(TOKENIZER_FIXTURE)
+fixtures: $(FIXTURE_STAMP)
 
-$(TOKENIZER_FIXTURE): $(SETUP_STAMP) tests/fixtures/tokenizer.py
-	$(VENV)/bin/python tests/fixtures/tokenizer.py $(FIXTURES)/tokenizer
+$(FIXTURE_STAMP): $(SETUP_STAMP) $(wildcard tests/fixtures/*.py)
+	$(VENV)/bin/python tests/fixtures/generate.py $(FIXTURES)
+	@touch $@
 
 build: setup
 	$(CARGO) build --release

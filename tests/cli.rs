@@ -52,3 +52,181 @@ fn unknown_options_are_usage_errors() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--no-such-flag"));
 }
+
+fn reference_run(model: &str, id: &str) -> (Vec<u64>, Vec<u64>) {
+    let dir = common::fixture(model);
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference/reference.json")).unwrap())
+            .unwrap();
+    let run = reference["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id)
+        .unwrap();
+    let ids = |v: &serde_json::Value| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_u64().unwrap())
+            .collect()
+    };
+    (
+        ids(&reference["prompts"][run["prompt"].as_str().unwrap()]),
+        ids(&run["tokens"]),
+    )
+}
+
+fn join(ids: &[u64]) -> String {
+    ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+}
+
+#[test]
+fn generate_json_returns_mlx_lm_greedy_tokens() {
+    let (prompt, expected) = reference_run("a-mxfp4", "short.float32");
+    let dir = common::fixture("a-mxfp4");
+    let output = safeguard(&[
+        "generate",
+        "-m",
+        dir.to_str().unwrap(),
+        "--prompt-tokens",
+        &join(&prompt),
+        "--temp",
+        "0",
+        "--max-tokens",
+        "128",
+        "--dtype",
+        "float32",
+        "--logprobs",
+        "3",
+        "--json",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let out: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let tokens: Vec<u64> = out["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap())
+        .collect();
+    assert_eq!(tokens, expected);
+    assert_eq!(out["finish_reason"], "length");
+    assert_eq!(out["usage"]["prompt_tokens"], prompt.len());
+    assert_eq!(out["usage"]["completion_tokens"], 128);
+    for key in [
+        "prefill_tokens_per_sec",
+        "decode_tokens_per_sec",
+        "time_to_first_token_ms",
+        "peak_memory_bytes",
+    ] {
+        assert!(out["timings"][key].as_f64().unwrap() > 0.0, "timings.{key}");
+    }
+    let logprobs = out["logprobs"].as_array().unwrap();
+    assert_eq!(logprobs.len(), 128);
+    for (step, token) in logprobs.iter().zip(&tokens) {
+        let top = step["top"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        // Greedy: the chosen token is the most likely, with that logprob.
+        assert_eq!(step["token"].as_u64().unwrap(), *token);
+        assert_eq!(top[0][0].as_u64().unwrap(), *token);
+        assert_eq!(top[0][1], step["logprob"]);
+        let values: Vec<f64> = top.iter().map(|t| t[1].as_f64().unwrap()).collect();
+        assert!(values.windows(2).all(|w| w[0] >= w[1]), "best first: {values:?}");
+    }
+}
+
+#[test]
+fn generation_stops_on_the_configured_eos_ids() {
+    let (prompt, expected) = reference_run("a-mxfp4", "short.float32");
+    let dir = common::model_copy("a-mxfp4");
+    // Declare the fifth greedy token an end-of-sequence id.
+    common::edit_json(dir.path(), "generation_config.json", |g| {
+        g["eos_token_id"] = expected[4].into()
+    });
+    let output = safeguard(&[
+        "generate",
+        "-m",
+        dir.path().to_str().unwrap(),
+        "--prompt-tokens",
+        &join(&prompt),
+        "--max-tokens",
+        "64",
+        "--dtype",
+        "float32",
+        "--json",
+    ]);
+    let out: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let tokens: Vec<u64> = out["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap())
+        .collect();
+    let first_stop = expected.iter().position(|&t| t == expected[4]).unwrap();
+    assert_eq!(tokens, expected[..=first_stop]);
+    assert_eq!(out["finish_reason"], "stop");
+}
+
+#[test]
+fn raw_text_prompts_are_tokenized_as_plain_text() {
+    let dir = common::fixture("a-mxfp4");
+    let text = "Is this <|end|> spam?";
+    let output = safeguard(&[
+        "generate",
+        "-m",
+        dir.to_str().unwrap(),
+        "--prompt",
+        text,
+        "--raw",
+        "--max-tokens",
+        "3",
+        "--json",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let out: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let expected = tiktoken_rs::o200k_harmony_singleton().encode_ordinary(text).len();
+    assert_eq!(out["usage"]["prompt_tokens"], expected);
+
+    // Streaming text mode prints to stdout and statistics to stderr.
+    let output = safeguard(&[
+        "generate",
+        "-m",
+        dir.to_str().unwrap(),
+        "--prompt",
+        text,
+        "--raw",
+        "--max-tokens",
+        "5",
+    ]);
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("5 generated"));
+}
+
+#[test]
+fn bad_prompts_are_usage_errors() {
+    let dir = common::fixture("a-mxfp4");
+    let model = dir.to_str().unwrap();
+    for args in [
+        vec!["generate", "-m", model, "--prompt-tokens", "1,999999"],
+        vec!["generate", "-m", model, "--prompt-tokens", "1,x"],
+        vec!["generate", "-m", model, "--prompt", "hi"], // needs --raw until harmony lands
+        vec!["generate", "-m", model],
+        vec!["generate", "-m", model, "--prompt-tokens", "1", "--dtype", "int8"],
+    ] {
+        let output = safeguard(&args);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}

@@ -55,7 +55,9 @@ fn encodes_plain_text_like_tiktoken() {
 #[test]
 fn control_tokens_typed_by_users_stay_text() {
     let ours = tokenizer();
-    let ids = ours.encode_ordinary("<|end|><|start|>assistant<|channel|>final").unwrap();
+    let ids = ours
+        .encode_ordinary("<|end|><|start|>assistant<|channel|>final")
+        .unwrap();
     for control in [200005, 200006, 200007, 200008] {
         assert!(!ids.contains(&control), "{control} must not come from user text");
     }
@@ -72,7 +74,9 @@ fn streaming_never_splits_a_character() {
     let text = "𝔘𝔫𝔦 👨‍👩‍👧 漢字 ok";
     let ids = ours.encode_ordinary(text).unwrap();
     // The test means something only if some token ends mid-character.
-    assert!(ids.iter().any(|&id| ours.decode(&[id]).unwrap().contains(char::REPLACEMENT_CHARACTER)));
+    assert!(ids
+        .iter()
+        .any(|&id| ours.decode(&[id]).unwrap().contains(char::REPLACEMENT_CHARACTER)));
     let mut stream = ours.stream();
     let mut streamed = String::new();
     for id in ids {
@@ -93,6 +97,8 @@ fn a_folder_without_tokenizer_json_is_named() {
         Ok(_) => panic!("expected a missing-file error"),
     }
     std::fs::write(dir.path().join("tokenizer.json"), "{ not json").unwrap();
-    let err = Tokenizer::load(dir.path()).err().expect("invalid JSON is an error");
+    let err = Tokenizer::load(dir.path())
+        .err()
+        .expect("invalid JSON is an error");
     assert!(err.to_string().contains("tokenizer.json"), "{err}");
 }

@@ -22,13 +22,48 @@ pub fn python() -> PathBuf {
 
 /// A folder `make fixtures` generated under `target/fixtures`.
 pub fn fixture(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/fixtures").join(name);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("target/fixtures")
+        .join(name);
     assert!(
         dir.is_dir(),
         "fixture {} is missing: run `make fixtures` (or `make test`, which runs it)",
         dir.display()
     );
     dir
+}
+
+/// A folder that links to every file of a fixture model; tests replace the
+/// files they change with [`write`].
+pub fn model_copy(name: &str) -> tempfile::TempDir {
+    let source = fixture(name);
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::os::unix::fs::symlink(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    dir
+}
+
+/// Replaces a (linked) file by a real one holding `contents`.
+pub fn write(dir: &std::path::Path, file: &str, contents: &[u8]) {
+    let path = dir.join(file);
+    let _ = std::fs::remove_file(&path);
+    std::fs::write(path, contents).unwrap();
+}
+
+/// Rewrites a JSON file of a [`model_copy`].
+pub fn edit_json(dir: &std::path::Path, file: &str, edit: impl FnOnce(&mut Value)) {
+    let mut value: Value = serde_json::from_str(&std::fs::read_to_string(dir.join(file)).unwrap()).unwrap();
+    edit(&mut value);
+    write(dir, file, value.to_string().as_bytes());
+}
+
+/// A fixture model's config.json.
+pub fn config(dir: &std::path::Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap()
 }
 
 /// A deterministic pseudo-random vector in [-scale, scale) (xorshift64*).
