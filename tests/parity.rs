@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use safeguard_mlx::engine::cache::make_caches;
+use safeguard_mlx::engine::cache::{make_caches, trim_caches};
 use safeguard_mlx::engine::generate::{GenerateOptions, Generation};
 use safeguard_mlx::mlx::{safetensors, Array, Dtype};
 use safeguard_mlx::model::{ComputeDtype, GptOss};
@@ -295,4 +295,33 @@ fn continuing_from_copied_caches_equals_one_pass() {
             .collect();
         assert_eq!(tokens, one_pass.tokens);
     }
+}
+
+#[test]
+fn trimmed_caches_continue_like_fresh_ones() {
+    // Window 128: the sliding layers' rings have not wrapped, so they trim.
+    let model = GptOss::load(&common::fixture("b-mxfp4"), ComputeDtype::Float32).unwrap();
+    let tokens = |ids: &[u32]| Array::from_slice(ids, &[1, ids.len() as i32]).unwrap();
+    let prefix: Vec<u32> = (0..30).map(|i| 500 + i * 11).collect();
+    let mut caches = make_caches(&model);
+    model.forward(&tokens(&prefix), &mut caches).unwrap();
+    let mut fresh = caches.clone();
+
+    // A detour of 5 tokens (one multi-token step, then single steps), then trim it away.
+    model.forward(&tokens(&[7, 8, 9]), &mut caches).unwrap();
+    model.forward(&tokens(&[10]), &mut caches).unwrap();
+    model.forward(&tokens(&[11]), &mut caches).unwrap();
+    assert_eq!(trim_caches(&mut caches, 5), 5);
+
+    let next = [200006u32, 300, 301];
+    let a = model.forward(&tokens(&next), &mut caches).unwrap();
+    let b = model.forward(&tokens(&next), &mut fresh).unwrap();
+    let diff = max_abs_diff(&a.reshape(&[-1]).unwrap(), &b.reshape(&[-1]).unwrap());
+    assert!(diff < 1e-5, "logits differ by {diff} after trimming");
+
+    // Once a sliding ring wraps, trimming would lose context: it refuses.
+    let small = GptOss::load(&common::fixture("a-mxfp4"), ComputeDtype::Float32).unwrap();
+    let mut wrapped = make_caches(&small);
+    small.forward(&tokens(&prefix), &mut wrapped).unwrap();
+    assert_eq!(trim_caches(&mut wrapped, 2), 0);
 }

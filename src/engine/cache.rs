@@ -21,6 +21,28 @@ pub fn make_caches(model: &GptOss) -> Vec<LayerCache> {
         .collect()
 }
 
+/// Forgets the last `n` positions of every layer, to reuse the caches for a
+/// different continuation, as mlx-lm's `trim_prompt_cache`. A sliding layer
+/// whose ring has wrapped no longer holds what came before those positions,
+/// so then nothing is trimmed. Returns the positions removed.
+pub fn trim_caches(caches: &mut [LayerCache], n: i32) -> i32 {
+    let trimmable = caches.iter().all(|c| match c {
+        LayerCache::Full(_) => true,
+        LayerCache::Rotating(r) => r.offset < r.max_size,
+    });
+    if !trimmable || caches.is_empty() {
+        return 0;
+    }
+    caches
+        .iter_mut()
+        .map(|c| match c {
+            LayerCache::Full(c) => c.trim(n),
+            LayerCache::Rotating(c) => c.trim(n),
+        })
+        .min()
+        .unwrap_or(0)
+}
+
 #[derive(Clone)]
 pub enum LayerCache {
     Full(KvCache),
@@ -124,8 +146,7 @@ impl KvCache {
         }
     }
 
-    /// Forgets the last `n` positions (at most all of them); returns how many.
-    pub fn trim(&mut self, n: i32) -> i32 {
+    fn trim(&mut self, n: i32) -> i32 {
         let n = n.min(self.offset);
         self.offset -= n;
         n
@@ -157,7 +178,7 @@ impl RotatingKvCache {
     }
 
     /// Drops the oldest `trim` positions and appends `append`.
-    fn trim(trim: i32, v: &Array, append: Option<&Array>) -> Result<Array> {
+    fn drop_oldest(trim: i32, v: &Array, append: Option<&Array>) -> Result<Array> {
         let kept = if trim > 0 {
             v.slice_axis(2, trim, v.dim(2)?)?
         } else {
@@ -190,8 +211,8 @@ impl RotatingKvCache {
                 let (k, v) = (self.temporal_order(k)?, self.temporal_order(v)?);
                 self.idx = k.dim(2)?;
                 let trim = self.idx - self.max_size + 1;
-                self.keys = Some(Self::trim(trim, &k, Some(keys))?);
-                self.values = Some(Self::trim(trim, &v, Some(values))?);
+                self.keys = Some(Self::drop_oldest(trim, &k, Some(keys))?);
+                self.values = Some(Self::drop_oldest(trim, &v, Some(values))?);
             }
             _ => {
                 self.keys = Some(keys.clone());
@@ -232,8 +253,8 @@ impl RotatingKvCache {
         );
         let trim = k.dim(2)? - self.max_size;
         if trim > 0 {
-            k = Self::trim(trim, &k, None)?;
-            v = Self::trim(trim, &v, None)?;
+            k = Self::drop_oldest(trim, &k, None)?;
+            v = Self::drop_oldest(trim, &v, None)?;
             self.idx = self.max_size;
         }
         if self.idx == self.max_size {
@@ -252,6 +273,14 @@ impl RotatingKvCache {
         } else {
             Ok((k.clone(), v.clone()))
         }
+    }
+
+    /// Only valid before the ring wraps (see [`trim_caches`]).
+    fn trim(&mut self, n: i32) -> i32 {
+        let n = n.min(self.offset);
+        self.offset -= n;
+        self.idx -= n;
+        n
     }
 
     fn update_and_fetch(&mut self, keys: &Array, values: &Array) -> Result<(Array, Array)> {
