@@ -1,0 +1,3 @@
+//! Classification: policies, the classification prompt, verdicts.
+
+pub mod verdict;

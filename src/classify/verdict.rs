@@ -1,0 +1,206 @@
+//! Reading the model's answer (the final channel, never the reasoning) into a
+//! verdict. Policies ask for a bare 0/1, a JSON object, `Label: 1`-style
+//! text or keywords; the parser accepts each and reports what it could not.
+
+use std::sync::LazyLock;
+
+use regex::Regex;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// How the answer was written, as far as the parser could tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnswerFormat {
+    Json,
+    Digit,
+    LabelText,
+    Keyword,
+    Unparsed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Verdict {
+    /// 1: violates the policy; 0: does not; None: the answer did not say.
+    pub label: Option<u8>,
+    pub policy_category: Option<String>,
+    pub rule_ids: Vec<String>,
+    /// The confidence the model stated (e.g. "high"), when it stated one.
+    pub confidence: Option<String>,
+    pub rationale: Option<String>,
+    pub format: AnswerFormat,
+    /// Why no label could be read, with enough detail to fix the policy.
+    pub parse_error: Option<String>,
+}
+
+/// Words that carry a label, matched as whole words, case-insensitively.
+#[derive(Debug, Clone)]
+pub struct Keywords {
+    pub violating: Vec<String>,
+    pub safe: Vec<String>,
+}
+
+impl Default for Keywords {
+    /// The vocabularies of published safeguard policies: INVALID/VALID (the
+    /// spam example) and the template's VIOLATES / DOES NOT VIOLATE.
+    fn default() -> Self {
+        let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect();
+        Keywords {
+            violating: words(&["INVALID", "VIOLATES", "VIOLATION"]),
+            safe: words(&["VALID", "DOES NOT VIOLATE", "NO VIOLATION"]),
+        }
+    }
+}
+
+static CODE_FENCE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"(?s)^```[A-Za-z0-9_-]*\s*\n?(.*?)\n?\s*```$").expect("valid regex"));
+static LABEL_TEXT: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r#"(?i)\b(?:label|answer|verdict|violation|output|result)\b[*"']*\s*[:=]\s*["'(\[*]*\s*([01])\b"#)
+        .expect("valid regex")
+});
+
+/// Parses the final-channel text of one answer.
+pub fn parse(answer: &str, keywords: &Keywords) -> Verdict {
+    let text = strip_fences(answer.trim());
+    if let Some(object) = json_object(text) {
+        return from_json(&object);
+    }
+    let mut verdict = Verdict {
+        label: None,
+        policy_category: None,
+        rule_ids: Vec::new(),
+        confidence: None,
+        rationale: None,
+        format: AnswerFormat::Unparsed,
+        parse_error: None,
+    };
+    let digit = text.trim_end_matches(['.', '!']).trim();
+    if digit == "0" || digit == "1" {
+        verdict.label = Some(u8::from(digit == "1"));
+        verdict.format = AnswerFormat::Digit;
+    } else if let Some(captures) = LABEL_TEXT.captures(text) {
+        verdict.label = Some(u8::from(&captures[1] == "1"));
+        verdict.format = AnswerFormat::LabelText;
+    } else if let Some(label) = lone_digit(text) {
+        verdict.label = Some(label);
+        verdict.format = AnswerFormat::Digit;
+    } else {
+        match keyword_label(text, keywords) {
+            Ok(Some(label)) => {
+                verdict.label = Some(label);
+                verdict.format = AnswerFormat::Keyword;
+            }
+            Ok(None) => {
+                verdict.parse_error = Some(if text.is_empty() {
+                    "the answer is empty".into()
+                } else {
+                    "no label found: expected 0 or 1, a JSON object with \"violation\", \"Label: 0|1\", \
+                     or a policy keyword"
+                        .into()
+                })
+            }
+            Err(message) => verdict.parse_error = Some(message),
+        }
+    }
+    verdict
+}
+
+fn strip_fences(text: &str) -> &str {
+    CODE_FENCE
+        .captures(text)
+        .and_then(|c| c.get(1))
+        .map_or(text, |m| m.as_str().trim())
+}
+
+/// The answer as a JSON object: all of it, or the outermost `{...}` in it.
+fn json_object(text: &str) -> Option<Map<String, Value>> {
+    let parse = |s: &str| match serde_json::from_str::<Value>(s) {
+        Ok(Value::Object(map)) => Some(map),
+        _ => None,
+    };
+    parse(text).or_else(|| {
+        let (start, end) = (text.find('{')?, text.rfind('}')?);
+        (start < end).then(|| parse(&text[start..=end])).flatten()
+    })
+}
+
+fn from_json(object: &Map<String, Value>) -> Verdict {
+    let string = |key: &str| match object.get(key) {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Null) | None => None,
+        Some(other) => Some(other.to_string()),
+    };
+    let (label, parse_error) = match object.get("violation") {
+        Some(Value::Number(n)) if n.as_f64() == Some(0.0) => (Some(0), None),
+        Some(Value::Number(n)) if n.as_f64() == Some(1.0) => (Some(1), None),
+        Some(Value::Bool(b)) => (Some(u8::from(*b)), None),
+        Some(Value::String(s)) if matches!(s.trim(), "0" | "1") => (Some(u8::from(s.trim() == "1")), None),
+        Some(Value::String(s)) if s.trim().eq_ignore_ascii_case("true") => (Some(1), None),
+        Some(Value::String(s)) if s.trim().eq_ignore_ascii_case("false") => (Some(0), None),
+        Some(other) => (None, Some(format!("\"violation\" is {other}, expected 0 or 1"))),
+        None => (
+            None,
+            Some("the JSON answer has no \"violation\" field".to_string()),
+        ),
+    };
+    let rule_ids = match object.get("rule_ids") {
+        Some(Value::Array(ids)) => ids
+            .iter()
+            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+            .collect(),
+        Some(Value::String(id)) => vec![id.clone()],
+        _ => Vec::new(),
+    };
+    Verdict {
+        label,
+        policy_category: string("policy_category"),
+        rule_ids,
+        confidence: string("confidence"),
+        rationale: string("rationale"),
+        format: AnswerFormat::Json,
+        parse_error,
+    }
+}
+
+/// A label written as a lone 0 or 1 ("I'd say 1."), if the text has exactly
+/// one such value. Numbers like 10 or 1.5 are not labels.
+fn lone_digit(text: &str) -> Option<u8> {
+    let mut labels = text
+        .split(|c: char| !(c.is_alphanumeric() || c == '.'))
+        .map(|word| word.trim_end_matches('.'))
+        .filter(|word| *word == "0" || *word == "1");
+    let first = labels.next()?;
+    labels
+        .all(|other| other == first)
+        .then_some(u8::from(first == "1"))
+}
+
+fn word_pattern(word: &str) -> Regex {
+    Regex::new(&format!(r"(?i)\b{}\b", regex::escape(word))).expect("an escaped word is a valid pattern")
+}
+
+/// The longest of `words` that occurs in `text` as whole words.
+fn find_word<'w>(text: &str, words: &'w [String]) -> Option<&'w str> {
+    let mut by_length: Vec<&String> = words.iter().collect();
+    by_length.sort_by_key(|w| std::cmp::Reverse(w.len()));
+    by_length
+        .into_iter()
+        .find(|w| word_pattern(w).is_match(text))
+        .map(String::as_str)
+}
+
+fn keyword_label(text: &str, keywords: &Keywords) -> Result<Option<u8>, String> {
+    // A safe phrase may contain a violating word ("DOES NOT VIOLATE"): find
+    // it first and blank it out before looking for the violating side.
+    let safe = find_word(text, &keywords.safe);
+    let rest = match safe {
+        Some(word) => word_pattern(word).replace_all(text, " "),
+        None => text.into(),
+    };
+    match (safe, find_word(&rest, &keywords.violating)) {
+        (Some(s), Some(v)) => Err(format!("the answer names both {s:?} and {v:?}")),
+        (Some(_), None) => Ok(Some(0)),
+        (None, Some(_)) => Ok(Some(1)),
+        (None, None) => Ok(None),
+    }
+}

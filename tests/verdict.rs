@@ -1,0 +1,123 @@
+//! Verdict parsing: a table of final-channel answers in every style the
+//! safeguard guide and LM Studio's template produce, and a property test that
+//! no input makes it panic.
+
+use proptest::prelude::*;
+use safeguard_mlx::classify::verdict::{parse, AnswerFormat, Keywords};
+
+use AnswerFormat::*;
+
+#[test]
+fn reads_labels_in_every_documented_style() {
+    // (final-channel text, label, format)
+    let table: &[(&str, Option<u8>, AnswerFormat)] = &[
+        ("1", Some(1), Digit),
+        ("0", Some(0), Digit),
+        ("  1\n", Some(1), Digit),
+        ("1.", Some(1), Digit),
+        ("I'd say 1.", Some(1), Digit),
+        ("The content does not match; 0", Some(0), Digit),
+        ("Label: 1", Some(1), LabelText),
+        ("label:0", Some(0), LabelText),
+        ("**Label**: 1 because it advertises", Some(1), LabelText),
+        ("Answer: 0", Some(0), LabelText),
+        ("Verdict = 1 (SP2)", Some(1), LabelText),
+        ("Label: \"1\"", Some(1), LabelText),
+        (r#"{"violation": 1, "policy_category": "H2.f"}"#, Some(1), Json),
+        (r#"{"violation": 0, "policy_category": null}"#, Some(0), Json),
+        (r#"{"violation": "1"}"#, Some(1), Json),
+        (r#"{"violation": "0"}"#, Some(0), Json),
+        (r#"{"violation": true}"#, Some(1), Json),
+        (r#"{"violation": false}"#, Some(0), Json),
+        (r#"{"violation": 1.0}"#, Some(1), Json),
+        (
+            "```json\n{\"violation\": 1, \"rule_ids\": [\"SP2\"]}\n```",
+            Some(1),
+            Json,
+        ),
+        ("```\n{\"violation\": 0}\n```", Some(0), Json),
+        (
+            r#"Here is my answer: {"violation": 1, "confidence": "high"} Thanks."#,
+            Some(1),
+            Json,
+        ),
+        (r#"{"violation": 2}"#, None, Json),
+        (r#"{"violation": "maybe"}"#, None, Json),
+        (r#"{"policy_category": "SP1"}"#, None, Json),
+        ("INVALID", Some(1), Keyword),
+        ("VALID", Some(0), Keyword),
+        ("This content is INVALID (SP3).", Some(1), Keyword),
+        ("The message DOES NOT VIOLATE the policy.", Some(0), Keyword),
+        ("It violates the policy", Some(1), Keyword),
+        ("VALID or INVALID? Hard to say", None, Unparsed),
+        ("0 or 1", None, Unparsed),
+        ("", None, Unparsed),
+        ("I cannot decide.", None, Unparsed),
+        ("10 items were listed", None, Unparsed),
+        ("Score 1.5", None, Unparsed),
+        (r#"{"violation": 1"#, Some(1), LabelText),
+    ];
+    assert!(table.len() >= 30);
+    for (text, label, format) in table {
+        let verdict = parse(text, &Keywords::default());
+        assert_eq!(
+            (verdict.label, verdict.format),
+            (*label, *format),
+            "{text:?} -> {verdict:?}"
+        );
+        assert_eq!(
+            verdict.label.is_none(),
+            verdict.parse_error.is_some(),
+            "{text:?}: an unread label says why"
+        );
+    }
+}
+
+#[test]
+fn json_answers_pass_their_fields_through() {
+    let verdict = parse(
+        r#"{"violation": 1, "policy_category": "H2.f", "rule_ids": ["H2.d", "H2.f"], "confidence": "high", "rationale": "Targets a protected group."}"#,
+        &Keywords::default(),
+    );
+    assert_eq!(verdict.label, Some(1));
+    assert_eq!(verdict.policy_category.as_deref(), Some("H2.f"));
+    assert_eq!(verdict.rule_ids, vec!["H2.d", "H2.f"]);
+    assert_eq!(verdict.confidence.as_deref(), Some("high"));
+    assert_eq!(verdict.rationale.as_deref(), Some("Targets a protected group."));
+
+    let safe = parse(
+        r#"{"violation": 0, "policy_category": null, "rule_ids": [], "confidence": 0.9}"#,
+        &Keywords::default(),
+    );
+    assert_eq!(
+        (safe.label, safe.policy_category, safe.confidence.as_deref()),
+        (Some(0), None, Some("0.9"))
+    );
+}
+
+#[test]
+fn custom_keywords_replace_the_defaults() {
+    let keywords = Keywords {
+        violating: vec!["FLAG".into()],
+        safe: vec!["PASS".into()],
+    };
+    assert_eq!(parse("PASS", &keywords).label, Some(0));
+    assert_eq!(parse("flag it", &keywords).label, Some(1));
+    assert_eq!(parse("INVALID", &keywords).label, None);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let text = String::from_utf8_lossy(&bytes);
+        let verdict = parse(&text, &Keywords::default());
+        prop_assert_eq!(verdict.label.is_none(), verdict.parse_error.is_some());
+    }
+
+    #[test]
+    fn never_panics_on_json_like_text(text in r#"[\{\}\[\]":,01a-z \n`]{0,200}"#) {
+        let _ = parse(&text, &Keywords::default());
+    }
+}
