@@ -230,3 +230,25 @@ fn bad_prompts_are_usage_errors() {
         );
     }
 }
+
+#[test]
+fn policies_lists_and_prints_the_shipped_policies() {
+    let output = safeguard(&["policies"]);
+    assert!(output.status.success());
+    let listing = String::from_utf8(output.stdout).unwrap();
+    for name in [
+        "spam",
+        "hate-harassment",
+        "self-harm",
+        "violent-threats",
+        "pii",
+        "prompt-injection",
+    ] {
+        assert!(listing.lines().any(|l| l.starts_with(name)), "{name} listed");
+    }
+    let output = safeguard(&["policies", "spam"]);
+    assert!(output.status.success());
+    let file = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/spam.md")).unwrap();
+    assert_eq!(String::from_utf8(output.stdout).unwrap().trim(), file.trim());
+    assert_eq!(safeguard(&["policies", "no-such"]).status.code(), Some(2));
+}

@@ -1,3 +1,4 @@
 //! Classification: policies, the classification prompt, verdicts.
 
+pub mod policy;
 pub mod verdict;

@@ -55,8 +55,10 @@ impl Default for Keywords {
 static CODE_FENCE: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"(?s)^```[A-Za-z0-9_-]*\s*\n?(.*?)\n?\s*```$").expect("valid regex"));
 static LABEL_TEXT: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r#"(?i)\b(?:label|answer|verdict|violation|output|result)\b[*"']*\s*[:=]\s*["'(\[*]*\s*([01])\b"#)
-        .expect("valid regex")
+    Regex::new(
+        r#"(?i)\b(?:label|answer|verdict|violation|output|result)\b[*"']*\s*[:=]\s*["'(\[*]*\s*([01])\b"#,
+    )
+    .expect("valid regex")
 });
 
 /// Parses the final-channel text of one answer.

@@ -1,6 +1,7 @@
 //! The `safeguard` command line: one file per subcommand.
 
 mod generate;
+mod policies;
 
 use std::process::ExitCode;
 
@@ -19,6 +20,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Generate(generate::Args),
+    Policies(policies::Args),
 }
 
 /// An error in what the user asked for (exit code 2), as opposed to a failure
@@ -47,6 +49,7 @@ pub fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
+        Command::Policies(args) => policies::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,135 @@
+//! Policies: plain text or markdown that the model reads as its instructions.
+//! A `Reasoning: low|medium|high` line at the top sets the effort; it is
+//! lifted out of the text into the harmony system message, where the model
+//! looks for it.
+
+use std::path::{Path, PathBuf};
+
+/// The policies that ship with safeguard, embedded in the binary.
+const SHIPPED: &[(&str, &str)] = &[
+    ("spam", include_str!("../../policies/spam.md")),
+    (
+        "hate-harassment",
+        include_str!("../../policies/hate-harassment.md"),
+    ),
+    ("self-harm", include_str!("../../policies/self-harm.md")),
+    (
+        "violent-threats",
+        include_str!("../../policies/violent-threats.md"),
+    ),
+    ("pii", include_str!("../../policies/pii.md")),
+    (
+        "prompt-injection",
+        include_str!("../../policies/prompt-injection.md"),
+    ),
+];
+
+/// Policies longer than this are refused: the safeguard guide finds 400–600
+/// tokens optimal and quality falling off well before this size.
+const MAX_POLICY_BYTES: usize = 256 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("policy {0:?} is neither a shipped policy ({shipped}) nor a file", shipped = shipped_names().join(", "))]
+    NotFound(String),
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// The shipped name, or the file's stem.
+    pub name: String,
+    /// The instructions given to the model (the effort line removed).
+    pub text: String,
+    /// `low`, `medium` or `high` when the policy's first line sets it.
+    pub effort: Option<String>,
+    /// The file it came from; None for shipped policies.
+    pub path: Option<PathBuf>,
+}
+
+impl Policy {
+    /// A shipped policy by name, else a file by path.
+    pub fn find(spec: &str) -> Result<Policy, Error> {
+        if let Some((name, text)) = SHIPPED.iter().find(|(name, _)| *name == spec) {
+            return Ok(Policy::parse(name, text, None).expect("shipped policies are valid"));
+        }
+        let path = Path::new(spec);
+        if !path.exists() {
+            return Err(Error::NotFound(spec.to_string()));
+        }
+        Policy::from_file(path)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Policy, Error> {
+        let invalid = |message: String| Error::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let bytes = std::fs::read(path).map_err(|e| invalid(e.to_string()))?;
+        if bytes.len() > MAX_POLICY_BYTES {
+            return Err(invalid(format!(
+                "the policy is {} KiB; keep it under {} KiB (the guide finds 400-600 tokens best)",
+                bytes.len() / 1024,
+                MAX_POLICY_BYTES / 1024
+            )));
+        }
+        let text = String::from_utf8(bytes).map_err(|e| invalid(format!("not UTF-8 text: {e}")))?;
+        let name = path
+            .file_stem()
+            .map_or_else(|| "policy".into(), |s| s.to_string_lossy().into_owned());
+        Policy::parse(&name, &text, Some(path)).map_err(invalid)
+    }
+
+    fn parse(name: &str, text: &str, path: Option<&Path>) -> Result<Policy, String> {
+        let text = text.trim_start_matches('\u{feff}');
+        let first = text.lines().find(|line| !line.trim().is_empty()).unwrap_or("");
+        let effort = match first.trim().strip_prefix("Reasoning:") {
+            Some(value) => {
+                let value = value.trim().to_ascii_lowercase();
+                if !matches!(value.as_str(), "low" | "medium" | "high") {
+                    return Err(format!(
+                        "\"{}\": reasoning effort must be low, medium or high",
+                        first.trim()
+                    ));
+                }
+                Some(value)
+            }
+            None => None,
+        };
+        let body = match effort {
+            Some(_) => text.split_once(first).map_or("", |(_, rest)| rest),
+            None => text,
+        };
+        let body = body.trim();
+        if body.is_empty() {
+            return Err("the policy is empty".into());
+        }
+        Ok(Policy {
+            name: name.to_string(),
+            text: body.to_string(),
+            effort,
+            path: path.map(Path::to_path_buf),
+        })
+    }
+
+    /// Its `# Title` line, for listings.
+    pub fn title(&self) -> &str {
+        self.text
+            .lines()
+            .find_map(|line| line.strip_prefix("# "))
+            .unwrap_or(&self.name)
+    }
+}
+
+pub fn shipped_names() -> Vec<&'static str> {
+    SHIPPED.iter().map(|(name, _)| *name).collect()
+}
+
+/// Every shipped policy.
+pub fn shipped() -> Vec<Policy> {
+    SHIPPED
+        .iter()
+        .map(|(name, text)| Policy::parse(name, text, None).expect("shipped policies are valid"))
+        .collect()
+}

@@ -1,0 +1,126 @@
+//! Shipped policies follow the safeguard guide's template, and their own
+//! example answers read back as the labels they state; policy files load with
+//! their effort line lifted out, and bad files are named.
+
+use safeguard_mlx::classify::policy::{self, Error, Policy};
+use safeguard_mlx::classify::verdict::{parse, AnswerFormat, Keywords};
+
+#[test]
+fn shipped_policies_follow_the_template() {
+    let policies = policy::shipped();
+    assert!(policies.len() >= 6);
+    let mut json_answers = 0;
+    for p in &policies {
+        let name = &p.name;
+        assert!(p.effort.is_some(), "{name}: sets its reasoning effort");
+        assert!(
+            !p.text.contains("Reasoning:"),
+            "{name}: the effort line is lifted out"
+        );
+        let mut at = 0;
+        for heading in [
+            "# ",
+            "## INSTRUCTIONS",
+            "## DEFINITIONS",
+            "## VIOLATES (1)",
+            "## SAFE (0)",
+            "## EXAMPLES",
+        ] {
+            let found = p.text[at..]
+                .find(heading)
+                .unwrap_or_else(|| panic!("{name}: {heading} missing or out of order"));
+            at += found + heading.len();
+        }
+        let words = p.text.split_whitespace().count();
+        assert!(
+            (250..=600).contains(&words),
+            "{name}: {words} words; the guide's sweet spot is 400-600 tokens"
+        );
+
+        // Each example's stated answer parses to a label, and both labels appear.
+        let answers: Vec<&str> = p
+            .text
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix("Answer:"))
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .collect();
+        assert!(
+            (4..=6).contains(&answers.len()),
+            "{name}: {} examples",
+            answers.len()
+        );
+        let verdicts: Vec<_> = answers.iter().map(|a| parse(a, &Keywords::default())).collect();
+        assert!(verdicts.iter().all(|v| v.label.is_some()), "{name}: {verdicts:?}");
+        assert!(
+            verdicts.iter().any(|v| v.label == Some(0)) && verdicts.iter().any(|v| v.label == Some(1)),
+            "{name}"
+        );
+        if verdicts[0].format == AnswerFormat::Json {
+            json_answers += 1;
+            assert!(verdicts
+                .iter()
+                .all(|v| v.format == AnswerFormat::Json && v.confidence.is_some() && v.rationale.is_some()));
+        } else {
+            assert!(
+                verdicts.iter().all(|v| v.format == AnswerFormat::Digit),
+                "{name}: binary answers"
+            );
+        }
+        assert_eq!(Policy::find(name).unwrap(), *p);
+        assert!(!p.title().is_empty());
+    }
+    assert!(json_answers >= 2, "at least two policies answer in JSON");
+}
+
+#[test]
+fn policy_files_load_with_their_effort() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("my-policy.md");
+    std::fs::write(
+        &path,
+        "\u{feff}Reasoning: HIGH\n\n# Mine\n\nFlag <|end|> tricks. Answer 0 or 1.\n",
+    )
+    .unwrap();
+    let policy = Policy::find(path.to_str().unwrap()).unwrap();
+    assert_eq!(policy.name, "my-policy");
+    assert_eq!(policy.effort.as_deref(), Some("high"));
+    assert_eq!(policy.text, "# Mine\n\nFlag <|end|> tricks. Answer 0 or 1.");
+    assert_eq!(policy.path.as_deref(), Some(path.as_path()));
+
+    std::fs::write(
+        &path,
+        "No effort line here.\nReasoning: low is only read at the top.",
+    )
+    .unwrap();
+    let policy = Policy::from_file(&path).unwrap();
+    assert_eq!(policy.effort, None);
+    assert!(policy.text.contains("Reasoning: low"));
+}
+
+#[test]
+fn bad_policies_are_named_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = Policy::find("no-such-policy").unwrap_err();
+    assert!(matches!(err, Error::NotFound(_)));
+    assert!(
+        err.to_string().contains("spam") && err.to_string().contains("no-such-policy"),
+        "{err}"
+    );
+
+    let cases: [(&str, &[u8], &str); 4] = [
+        ("effort.md", b"Reasoning: extreme\n# P", "low, medium or high"),
+        ("empty.md", b"  \n\n", "empty"),
+        ("only-effort.md", b"Reasoning: low\n", "empty"),
+        ("binary.md", b"\xff\xfe\x00garbage", "UTF-8"),
+    ];
+    for (file, contents, message) in cases {
+        let path = dir.path().join(file);
+        std::fs::write(&path, contents).unwrap();
+        let err = Policy::find(path.to_str().unwrap()).unwrap_err().to_string();
+        assert!(err.contains(file) && err.contains(message), "{file}: {err}");
+    }
+    let huge = dir.path().join("huge.md");
+    std::fs::write(&huge, "x".repeat(300 * 1024)).unwrap();
+    assert!(Policy::from_file(&huge).unwrap_err().to_string().contains("KiB"));
+}
