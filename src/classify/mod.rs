@@ -1,4 +1,5 @@
 //! Classification: policies, the classification prompt, verdicts.
 
+pub mod input;
 pub mod policy;
 pub mod verdict;
