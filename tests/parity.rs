@@ -325,3 +325,39 @@ fn trimmed_caches_continue_like_fresh_ones() {
     small.forward(&tokens(&prefix), &mut wrapped).unwrap();
     assert_eq!(trim_caches(&mut wrapped, 2), 0);
 }
+
+#[test]
+fn prefix_cache_gives_the_tokens_a_full_prefill_gives() {
+    use safeguard_mlx::engine::prefix::PrefixCache;
+    let model = GptOss::load(&common::fixture("a-mxfp4"), ComputeDtype::Float32).unwrap();
+    let policy: Vec<u32> = (0..45).map(|i| 2000 + i * 13).collect(); // crosses window 8 many times
+    let mut prefixes = PrefixCache::new(64 << 20);
+    for item in [
+        [200006u32, 1428, 200008, 9, 99, 999],
+        [200006, 1428, 200008, 5, 55, 555],
+    ] {
+        let whole: Vec<u32> = policy.iter().chain(&item).copied().collect();
+        let reference = generate(&model, &whole, 16, 2048).tokens;
+        let caches = prefixes.caches_for(&model, &policy, 2048).unwrap();
+        let options = GenerateOptions {
+            max_tokens: 16,
+            ..Default::default()
+        };
+        let tokens: Vec<u32> = Generation::with_caches(&model, caches, &item, options)
+            .unwrap()
+            .map(|s| s.unwrap().token)
+            .collect();
+        assert_eq!(tokens, reference);
+    }
+    assert_eq!(
+        prefixes.stats(),
+        (1, 1),
+        "the second item reuses the first one's prefix"
+    );
+    assert!(prefixes.bytes() > 0);
+
+    // A capacity too small to hold a prefix stores nothing and still works.
+    let mut tiny = PrefixCache::new(1);
+    tiny.caches_for(&model, &policy, 2048).unwrap();
+    assert_eq!(tiny.bytes(), 0);
+}

@@ -2,4 +2,5 @@
 
 pub mod cache;
 pub mod generate;
+pub mod prefix;
 pub mod sampler;

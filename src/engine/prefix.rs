@@ -1,0 +1,84 @@
+//! Reusing the KV state of a shared prompt prefix (the system message and the
+//! policy) across every item and request that starts with it. Caches are
+//! immutable MLX graphs underneath, so a copy is cheap and writes to one copy
+//! never show in another (copy-on-write for free). Entries are evicted least
+//! recently used first, bounded by their bytes.
+
+use super::cache::{make_caches, LayerCache};
+use crate::mlx::{self, Array};
+use crate::model::{GptOss, Result};
+
+struct Entry {
+    tokens: Vec<u32>,
+    caches: Vec<LayerCache>,
+    bytes: usize,
+    last_used: u64,
+}
+
+pub struct PrefixCache {
+    entries: Vec<Entry>,
+    capacity_bytes: usize,
+    clock: u64,
+    hits: u64,
+    misses: u64,
+}
+
+impl PrefixCache {
+    pub fn new(capacity_bytes: usize) -> PrefixCache {
+        PrefixCache {
+            entries: Vec::new(),
+            capacity_bytes,
+            clock: 0,
+            hits: 0,
+            misses: 0,
+        }
+    }
+
+    /// Caches holding `prefix` (prefilled now unless stored), as a private copy.
+    pub fn caches_for(
+        &mut self,
+        model: &GptOss,
+        prefix: &[u32],
+        prefill_step: usize,
+    ) -> Result<Vec<LayerCache>> {
+        self.clock += 1;
+        if let Some(entry) = self.entries.iter_mut().find(|e| e.tokens == prefix) {
+            entry.last_used = self.clock;
+            self.hits += 1;
+            return Ok(entry.caches.clone());
+        }
+        self.misses += 1;
+        let mut caches = make_caches(model);
+        for chunk in prefix.chunks(prefill_step.max(1)) {
+            model.forward(&Array::from_slice(chunk, &[1, chunk.len() as i32])?, &mut caches)?;
+            let state: Vec<&Array> = caches.iter().flat_map(LayerCache::state).collect();
+            mlx::eval(&state)?;
+        }
+        let bytes = caches.iter().flat_map(LayerCache::state).map(Array::nbytes).sum();
+        if bytes <= self.capacity_bytes {
+            while self.entries.iter().map(|e| e.bytes).sum::<usize>() + bytes > self.capacity_bytes {
+                let oldest = (0..self.entries.len())
+                    .min_by_key(|&i| self.entries[i].last_used)
+                    .expect("over capacity means some entry exists");
+                self.entries.swap_remove(oldest);
+            }
+            self.entries.push(Entry {
+                tokens: prefix.to_vec(),
+                caches: caches.clone(),
+                bytes,
+                last_used: self.clock,
+            });
+        }
+        Ok(caches)
+    }
+
+    /// (hits, misses) so far.
+    pub fn stats(&self) -> (u64, u64) {
+        (self.hits, self.misses)
+    }
+
+    /// Bytes held by stored prefixes.
+    pub fn bytes(&self) -> usize {
+        self.entries.iter().map(|e| e.bytes).sum()
+    }
+}
