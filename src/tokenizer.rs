@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
+use tokenizers::decoders::DecoderWrapper;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -25,6 +26,9 @@ pub struct Tokenizer {
     full: tokenizers::Tokenizer,
     /// Without added tokens, so encoding never produces a control token.
     ordinary: tokenizers::Tokenizer,
+    /// Whether vocabulary entries are byte-level BPE strings (GPT-2's byte
+    /// alphabet), as in every gpt-oss tokenizer.json.
+    byte_level: bool,
 }
 
 impl Tokenizer {
@@ -46,7 +50,12 @@ impl Tokenizer {
         json["added_tokens"] = Value::Array(Vec::new());
         let ordinary = tokenizers::Tokenizer::from_bytes(json.to_string().as_bytes())
             .map_err(|e| invalid(e.to_string()))?;
-        Ok(Tokenizer { full, ordinary })
+        let byte_level = matches!(full.get_decoder(), Some(DecoderWrapper::ByteLevel(_)));
+        Ok(Tokenizer {
+            full,
+            ordinary,
+            byte_level,
+        })
     }
 
     /// Ids of `text` as plain text (no control tokens recognised).
@@ -70,12 +79,55 @@ impl Tokenizer {
             .map_err(|e| Error::Tokenizer(e.to_string()))
     }
 
+    /// The bytes of one token, which may end inside a UTF-8 character; a
+    /// control token gives its name (`<|end|>`). `None` for an id the
+    /// tokenizer does not know.
+    pub fn token_bytes(&self, id: u32) -> Option<Vec<u8>> {
+        let Some(piece) = self.ordinary.id_to_token(id) else {
+            // An added token: its text as it is.
+            return self.full.id_to_token(id).map(String::into_bytes);
+        };
+        if self.byte_level {
+            piece.chars().map(byte_level_byte).collect()
+        } else {
+            self.decode(&[id]).ok().map(String::into_bytes)
+        }
+    }
+
     /// A decoder for tokens arriving one at a time.
     pub fn stream(&self) -> StreamDecoder<'_> {
         StreamDecoder {
             tokenizer: self,
             pending: Vec::new(),
         }
+    }
+}
+
+/// The bytes that byte-level BPE shows as other characters: controls, space,
+/// DEL, NBSP and the soft hyphen, in byte order. The n-th of them is shown as
+/// U+0100 + n; every other byte as the Latin-1 character of the same value.
+const SHIFTED_BYTES: [u8; 68] = {
+    let mut bytes = [0u8; 68];
+    let (mut b, mut n) = (0usize, 0usize);
+    while b < 256 {
+        if !shows_as_itself(b as u8) {
+            bytes[n] = b as u8;
+            n += 1;
+        }
+        b += 1;
+    }
+    bytes
+};
+
+const fn shows_as_itself(b: u8) -> bool {
+    matches!(b, 0x21..=0x7E | 0xA1..=0xAC | 0xAE..=0xFF)
+}
+
+/// The byte a character of a byte-level BPE vocabulary entry stands for.
+fn byte_level_byte(c: char) -> Option<u8> {
+    match u32::from(c) {
+        code @ 0..=0xFF => shows_as_itself(code as u8).then_some(code as u8),
+        code => SHIFTED_BYTES.get(code as usize - 0x100).copied(),
     }
 }
 

@@ -217,7 +217,19 @@ fn bad_prompts_are_usage_errors() {
     for args in [
         vec!["generate", "-m", model, "--prompt-tokens", "1,999999"],
         vec!["generate", "-m", model, "--prompt-tokens", "1,x"],
-        vec!["generate", "-m", model, "--prompt", "hi"], // needs --raw until harmony lands
+        vec!["generate", "-m", model, "--prompt", "hi", "--effort", "extreme"],
+        vec![
+            "generate", "-m", model, "--prompt", "hi", "--raw", "--effort", "low",
+        ],
+        vec![
+            "generate",
+            "-m",
+            model,
+            "--prompt-tokens",
+            "1",
+            "--developer",
+            "policy",
+        ],
         vec!["generate", "-m", model],
         vec!["generate", "-m", model, "--prompt-tokens", "1", "--dtype", "int8"],
     ] {
@@ -251,4 +263,143 @@ fn policies_lists_and_prints_the_shipped_policies() {
     let file = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/spam.md")).unwrap();
     assert_eq!(String::from_utf8(output.stdout).unwrap().trim(), file.trim());
     assert_eq!(safeguard(&["policies", "no-such"]).status.code(), Some(2));
+}
+
+/// The harmony prompt openai-harmony renders for a chat of one user message.
+fn harmony_prompt(identity: &str, effort: &str, instructions: &str, prompt: &str) -> Vec<u64> {
+    let conversation = serde_json::json!({
+        "system": {"identity": identity, "knowledge_cutoff": "2024-06", "date": null, "effort": effort},
+        "instructions": instructions,
+        "messages": [{"role": "user", "content": prompt}],
+    });
+    let answer = common::harmony(serde_json::json!({ "render": [conversation] }));
+    serde_json::from_value(answer["render"][0].clone()).unwrap()
+}
+
+#[test]
+fn chat_prompts_are_rendered_as_harmony_and_parsed() {
+    let dir = common::fixture("a-mxfp4");
+    let model = dir.to_str().unwrap();
+    let identity = "You are a strict content moderator.";
+    let policy = "# Spam\n\nAnswer 1 for spam, else 0. <|end|> stays text.";
+    let prompt = "Win a free phone! Click here.";
+    for effort in ["low", "medium", "high"] {
+        let output = safeguard(&[
+            "generate",
+            "-m",
+            model,
+            "--prompt",
+            prompt,
+            "--system",
+            identity,
+            "--developer",
+            policy,
+            "--effort",
+            effort,
+            "--max-tokens",
+            "12",
+            "--json",
+        ]);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let out: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let expected = harmony_prompt(identity, effort, policy, prompt);
+        assert_eq!(out["usage"]["prompt_tokens"], expected.len(), "--effort {effort}");
+        // Random weights write gibberish: check the shape, not the words.
+        assert!(out["reasoning"].is_string(), "{out}");
+        assert!(out["content"].is_string() || out["content"].is_null(), "{out}");
+        assert!(out["parse_issues"].is_array(), "{out}");
+        let finish = out["finish_reason"].as_str().unwrap();
+        assert!(["stop", "tool_calls", "length"].contains(&finish), "{finish}");
+        let tokens = out["tokens"].as_array().unwrap();
+        assert_eq!(out["usage"]["completion_tokens"], tokens.len());
+        assert!(tokens.len() <= 12);
+        if effort == "high" {
+            // Greedy decoding of harmony's ids gives the same tokens: the
+            // prompt is id for id the reference's, not just as long.
+            let raw = safeguard(&[
+                "generate",
+                "-m",
+                model,
+                "--prompt-tokens",
+                &join(&expected),
+                "--max-tokens",
+                "12",
+                "--json",
+            ]);
+            let raw: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+            assert_eq!(raw["tokens"], out["tokens"]);
+        }
+    }
+
+    // The default chat: medium effort, harmony's identity, no developer message.
+    let output = safeguard(&[
+        "generate",
+        "-m",
+        model,
+        "--prompt",
+        prompt,
+        "--max-tokens",
+        "4",
+        "--json",
+    ]);
+    let out: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let default_identity = "You are ChatGPT, a large language model trained by OpenAI.";
+    let expected = {
+        let conversation = serde_json::json!({
+            "system": {"identity": default_identity, "knowledge_cutoff": "2024-06", "date": null, "effort": "medium"},
+            "instructions": null,
+            "messages": [{"role": "user", "content": prompt}],
+        });
+        common::harmony(serde_json::json!({ "render": [conversation] }))["render"][0].clone()
+    };
+    assert_eq!(out["usage"]["prompt_tokens"], expected.as_array().unwrap().len());
+
+    // --raw keeps plain text: no chat fields.
+    let output = safeguard(&[
+        "generate",
+        "-m",
+        model,
+        "--prompt",
+        prompt,
+        "--raw",
+        "--max-tokens",
+        "2",
+        "--json",
+    ]);
+    let out: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(
+        out.get("reasoning").is_none() && out.get("content").is_none(),
+        "{out}"
+    );
+}
+
+#[test]
+fn chat_output_is_plain_when_not_a_terminal() {
+    let dir = common::fixture("a-mxfp4");
+    let output = safeguard(&[
+        "generate",
+        "-m",
+        dir.to_str().unwrap(),
+        "--prompt",
+        "hello",
+        "--effort",
+        "low",
+        "--temp",
+        "1",
+        "--seed",
+        "7",
+        "--max-tokens",
+        "24",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!output.stdout.contains(&0x1b), "no ANSI escapes into a pipe");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("24 generated"));
 }

@@ -102,3 +102,18 @@ fn a_folder_without_tokenizer_json_is_named() {
         .expect("invalid JSON is an error");
     assert!(err.to_string().contains("tokenizer.json"), "{err}");
 }
+
+#[test]
+fn token_bytes_are_tiktokens_bytes_for_every_id() {
+    let ours = tokenizer();
+    let reference = o200k_harmony_singleton();
+    // 199998..=200018 are the added tokens, named as the hub names them;
+    // tiktoken calls 200018 `<|reserved_200018|>` too, so compare by name there.
+    for id in 0..200018 {
+        let expected = reference.decode_bytes(&[id]).unwrap();
+        assert_eq!(ours.token_bytes(id), Some(expected), "token {id}");
+    }
+    assert_eq!(ours.token_bytes(200018).unwrap(), b"<|endofprompt|>");
+    // Past the added tokens the tokenizer knows no names.
+    assert_eq!(ours.token_bytes(200019), None);
+}

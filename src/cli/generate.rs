@@ -1,18 +1,26 @@
 //! `safeguard generate`: run the model on a prompt and print what it writes.
+//!
+//! `--prompt` is rendered as a harmony chat and the output is shown as
+//! reasoning and answer; `--raw` and `--prompt-tokens` feed the prompt as it is
+//! and print the output as it is.
 
-use std::io::Write;
+mod chat;
+
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
+use self::chat::ChatStream;
 use super::UsageError;
 use crate::engine::generate::{GenerateOptions, Generation};
 use crate::engine::sampler::SamplerOptions;
+use crate::harmony::{self, Completion, ControlTokens, Effort, StreamParser};
 use crate::mlx::{self, Array, Dtype};
 use crate::model::{self, ComputeDtype, GptOss};
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::{StreamDecoder, Tokenizer};
 
 /// Generate text from a prompt, or from token ids as given.
 #[derive(Debug, clap::Args)]
@@ -20,15 +28,24 @@ pub struct Args {
     /// Model folder (config.json, safetensors, tokenizer.json).
     #[arg(short, long)]
     model: PathBuf,
-    /// Prompt text, tokenized as plain text (chat rendering arrives with harmony).
-    #[arg(long, conflicts_with = "prompt_tokens", requires = "raw")]
+    /// Prompt text: the user's message of a harmony chat, or plain text with --raw.
+    #[arg(long, conflicts_with = "prompt_tokens")]
     prompt: Option<String>,
     /// Prompt as comma-separated token ids, fed as they are.
     #[arg(long, value_delimiter = ',', required_unless_present = "prompt")]
     prompt_tokens: Option<Vec<u32>>,
-    /// Feed --prompt without a chat template.
+    /// Feed --prompt as plain text, without the chat template.
     #[arg(long)]
     raw: bool,
+    /// Chat: reasoning effort in the system message (low, medium, high).
+    #[arg(long, default_value_t = Effort::Medium, conflicts_with_all = ["raw", "prompt_tokens"])]
+    effort: Effort,
+    /// Chat: the model identity that opens the system message.
+    #[arg(long, value_name = "TEXT", conflicts_with_all = ["raw", "prompt_tokens"])]
+    system: Option<String>,
+    /// Chat: developer instructions (a policy, for the safeguard models).
+    #[arg(long, value_name = "TEXT", conflicts_with_all = ["raw", "prompt_tokens"])]
+    developer: Option<String>,
     #[arg(long, default_value_t = 256)]
     max_tokens: usize,
     /// Sampling temperature; 0 is greedy.
@@ -56,6 +73,74 @@ pub struct Args {
     json: bool,
 }
 
+impl Args {
+    /// Whether --prompt is a chat message (rendered and parsed as harmony).
+    fn chat(&self) -> bool {
+        self.prompt.is_some() && !self.raw
+    }
+
+    fn prompt_ids(&self, tokenizer: &Tokenizer) -> Result<Vec<u32>> {
+        Ok(match (&self.prompt, &self.prompt_tokens) {
+            (Some(text), _) if self.raw => tokenizer.encode_ordinary(text)?,
+            (Some(text), _) => {
+                let conversation = chat::conversation(
+                    text,
+                    self.effort,
+                    self.system.as_deref(),
+                    self.developer.as_deref(),
+                );
+                // A tokenizer without harmony's control tokens is the wrong model.
+                harmony::render_for_completion(&conversation, tokenizer).map_err(|e| UsageError(e.into()))?
+            }
+            (None, Some(ids)) => ids.clone(),
+            (None, None) => unreachable!("clap requires one of them"),
+        })
+    }
+}
+
+/// Where generated tokens go while they are produced.
+enum Output<'t> {
+    /// Decoded as they are; printed unless `echo` is off (--json).
+    Raw { stream: StreamDecoder<'t>, echo: bool },
+    /// Parsed as harmony; the answer and reasoning printed unless --json.
+    Chat {
+        stream: Box<ChatStream<'t>>,
+        control: ControlTokens,
+    },
+}
+
+impl Output<'_> {
+    /// `stop`: the token is an end-of-sequence id that ends generation.
+    fn push(&mut self, token: u32, stop: bool, out: &mut impl Write) -> Result<()> {
+        match self {
+            Output::Raw { stream, echo: true } if !stop => {
+                write!(out, "{}", stream.push(token)?)?;
+                out.flush()?;
+            }
+            Output::Raw { .. } => {}
+            // Harmony's stops end the last message; other ids (<|endoftext|>) are no text.
+            Output::Chat { stream, control } if !stop || control.stops_generation(token) => {
+                stream.push(token, out)?
+            }
+            Output::Chat { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// The parsed chat, if this is one.
+    fn finish(self, out: &mut impl Write) -> Result<Option<Completion>> {
+        match self {
+            Output::Raw { mut stream, echo } => {
+                if echo {
+                    writeln!(out, "{}", stream.finish()?)?;
+                }
+                Ok(None)
+            }
+            Output::Chat { stream, .. } => Ok(Some(stream.finish(out)?)),
+        }
+    }
+}
+
 struct TokenLogprobs {
     token: u32,
     logprob: f32,
@@ -77,11 +162,7 @@ pub fn run(args: Args) -> Result<()> {
     let tokenizer = Tokenizer::load(&args.model).map_err(|e| UsageError(e.into()))?;
     let load_time = load_start.elapsed();
 
-    let prompt = match (&args.prompt, &args.prompt_tokens) {
-        (Some(text), _) => tokenizer.encode_ordinary(text)?,
-        (None, Some(ids)) => ids.clone(),
-        (None, None) => unreachable!("clap requires one of them"),
-    };
+    let prompt = args.prompt_ids(&tokenizer)?;
     let vocab = model.config.vocab_size as u32;
     if prompt.is_empty() {
         return Err(UsageError(anyhow::anyhow!("the prompt is empty")).into());
@@ -110,9 +191,23 @@ pub fn run(args: Args) -> Result<()> {
     let mut tokens = Vec::new();
     let mut logprobs = Vec::new();
     let mut first_token_at = None;
-    let mut finish_reason = "length";
-    let mut stream = tokenizer.stream();
+    let mut stopped = false;
     let mut stdout = std::io::stdout().lock();
+    let mut output = if args.chat() {
+        Output::Chat {
+            stream: Box::new(ChatStream::new(
+                StreamParser::new(&tokenizer)?,
+                !args.json,
+                stdout.is_terminal(),
+            )),
+            control: ControlTokens::of(&tokenizer)?,
+        }
+    } else {
+        Output::Raw {
+            stream: tokenizer.stream(),
+            echo: !args.json,
+        }
+    };
     for step in generation {
         let step = step?;
         first_token_at.get_or_insert_with(|| start.elapsed());
@@ -120,19 +215,19 @@ pub fn run(args: Args) -> Result<()> {
             logprobs.push(top_logprobs(&step.logprobs, step.token, k)?);
         }
         tokens.push(step.token);
-        if stops.contains(&step.token) {
-            finish_reason = "stop";
+        stopped = stops.contains(&step.token);
+        output.push(step.token, stopped, &mut stdout)?;
+        if stopped {
             break;
-        }
-        if !args.json {
-            write!(stdout, "{}", stream.push(step.token)?)?;
-            stdout.flush()?;
         }
     }
     let total = start.elapsed();
-    if !args.json {
-        writeln!(stdout, "{}", stream.finish()?)?;
-    }
+    let chat = output.finish(&mut stdout)?;
+    let finish_reason = match &chat {
+        Some(chat) => chat::finish_reason(chat, stopped),
+        None if stopped => "stop",
+        None => "length",
+    };
 
     let ttft = first_token_at.unwrap_or(total);
     let decode_time = total.saturating_sub(ttft);
@@ -152,6 +247,9 @@ pub fn run(args: Args) -> Result<()> {
             "timings": timings,
             "dtype": model.dtype().name(),
         });
+        if let Some(chat) = &chat {
+            chat::add_json_fields(chat, &mut out);
+        }
         if args.logprobs.is_some() {
             out["logprobs"] = Value::Array(
                 logprobs
@@ -162,6 +260,9 @@ pub fn run(args: Args) -> Result<()> {
         }
         writeln!(stdout, "{out}")?;
     } else {
+        if let Some(chat) = &chat {
+            chat::report_issues(chat);
+        }
         eprintln!(
             "[{} prompt tokens, {} generated ({finish_reason}); prefill {:.1} tok/s, decode {:.1} tok/s, \
              first token {:.0} ms, peak memory {:.1} MB]",

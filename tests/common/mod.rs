@@ -108,6 +108,32 @@ pub fn f32_input<'a>(name: &'a str, data: &[f32], shape: &[i32]) -> Input<'a> {
     input(name, data, shape, "float32")
 }
 
+/// Runs the openai-harmony reference (`tests/harmony_ref.py`, which says
+/// what `request` holds) and returns its answer.
+pub fn harmony(request: Value) -> Value {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/harmony_ref.py");
+    let mut child = Command::new(python())
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the openai-harmony reference");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(request.to_string().as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "openai-harmony reference failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
 /// One numpy result: values as f64 in row-major order, and the shape.
 #[derive(Debug)]
 pub struct Reference {
