@@ -11,6 +11,7 @@
 
 pub mod cli;
 pub mod engine;
+pub mod hub;
 pub mod mlx;
 pub mod model;
 pub mod tokenizer;
