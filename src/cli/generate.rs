@@ -1,7 +1,6 @@
 //! `safeguard generate`: run the model on a prompt and print what it writes.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -17,9 +16,9 @@ use crate::tokenizer::Tokenizer;
 /// Generate text from a prompt, or from token ids as given.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Model folder (config.json, safetensors, tokenizer.json).
+    /// Model: a local folder, a catalog alias (`safeguard ls`) or a hub repo id (org/name).
     #[arg(short, long)]
-    model: PathBuf,
+    model: String,
     /// Prompt text, tokenized as plain text (chat rendering arrives with harmony).
     #[arg(long, conflicts_with = "prompt_tokens", requires = "raw")]
     prompt: Option<String>,
@@ -63,18 +62,19 @@ struct TokenLogprobs {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    if !args.model.join("config.json").is_file() {
+    let model_dir = super::resolve_model(&args.model)?;
+    if !model_dir.join("config.json").is_file() {
         return Err(UsageError(anyhow::anyhow!(
             "{} is not a model folder (no config.json); pass a local folder with config.json, \
              safetensors shards and tokenizer.json",
-            args.model.display()
+            model_dir.display()
         ))
         .into());
     }
     let load_start = Instant::now();
-    let model = GptOss::load(&args.model, args.dtype).map_err(|e| UsageError(e.into()))?;
-    let stops = model::stop_tokens(&args.model, &model.config).map_err(|e| UsageError(e.into()))?;
-    let tokenizer = Tokenizer::load(&args.model).map_err(|e| UsageError(e.into()))?;
+    let model = GptOss::load(&model_dir, args.dtype).map_err(|e| UsageError(e.into()))?;
+    let stops = model::stop_tokens(&model_dir, &model.config).map_err(|e| UsageError(e.into()))?;
+    let tokenizer = Tokenizer::load(&model_dir).map_err(|e| UsageError(e.into()))?;
     let load_time = load_start.elapsed();
 
     let prompt = match (&args.prompt, &args.prompt_tokens) {
