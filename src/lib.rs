@@ -13,6 +13,7 @@ pub mod classify;
 pub mod cli;
 pub mod engine;
 pub mod harmony;
+pub mod hub;
 pub mod mlx;
 pub mod model;
 pub mod tokenizer;

@@ -7,7 +7,6 @@
 mod chat;
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -25,9 +24,9 @@ use crate::tokenizer::{StreamDecoder, Tokenizer};
 /// Generate text from a prompt, or from token ids as given.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Model folder (config.json, safetensors, tokenizer.json).
+    /// Model: a local folder, a catalog alias (`safeguard ls`) or a hub repo id (org/name).
     #[arg(short, long)]
-    model: PathBuf,
+    model: String,
     /// Prompt text: the user's message of a harmony chat, or plain text with --raw.
     #[arg(long, conflicts_with = "prompt_tokens")]
     prompt: Option<String>,
@@ -148,18 +147,19 @@ struct TokenLogprobs {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    if !args.model.join("config.json").is_file() {
+    let model_dir = super::resolve_model(&args.model)?;
+    if !model_dir.join("config.json").is_file() {
         return Err(UsageError(anyhow::anyhow!(
             "{} is not a model folder (no config.json); pass a local folder with config.json, \
              safetensors shards and tokenizer.json",
-            args.model.display()
+            model_dir.display()
         ))
         .into());
     }
     let load_start = Instant::now();
-    let model = GptOss::load(&args.model, args.dtype).map_err(|e| UsageError(e.into()))?;
-    let stops = model::stop_tokens(&args.model, &model.config).map_err(|e| UsageError(e.into()))?;
-    let tokenizer = Tokenizer::load(&args.model).map_err(|e| UsageError(e.into()))?;
+    let model = GptOss::load(&model_dir, args.dtype).map_err(|e| UsageError(e.into()))?;
+    let stops = model::stop_tokens(&model_dir, &model.config).map_err(|e| UsageError(e.into()))?;
+    let tokenizer = Tokenizer::load(&model_dir).map_err(|e| UsageError(e.into()))?;
     let load_time = load_start.elapsed();
 
     let prompt = args.prompt_ids(&tokenizer)?;

@@ -1,12 +1,16 @@
 //! The `safeguard` command line: one file per subcommand.
 
 mod generate;
+mod ls;
 mod policies;
+mod pull;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
+use crate::hub::{self, HubConfig, HubError};
 use crate::mlx;
 
 /// Run OpenAI's gpt-oss-safeguard policy classifiers locally on MLX.
@@ -21,6 +25,8 @@ pub struct Cli {
 enum Command {
     Generate(generate::Args),
     Policies(policies::Args),
+    Pull(pull::Args),
+    Ls(ls::Args),
 }
 
 /// An error in what the user asked for (exit code 2), as opposed to a failure
@@ -28,6 +34,22 @@ enum Command {
 #[derive(Debug, thiserror::Error)]
 #[error(transparent)]
 pub struct UsageError(#[from] pub anyhow::Error);
+
+/// A hub error for the CLI: a bad name, missing access or offline use is the
+/// user's to fix (exit code 2); network, disk and integrity failures are not.
+pub(crate) fn hub_error(e: HubError) -> anyhow::Error {
+    if e.is_usage() {
+        UsageError(e.into()).into()
+    } else {
+        e.into()
+    }
+}
+
+/// The folder of the model `-m` names: a local folder, a catalog alias or a hub
+/// repo id (pulled into the cache first unless HF_HUB_OFFLINE is set).
+pub(crate) fn resolve_model(model: &str) -> anyhow::Result<PathBuf> {
+    hub::resolve(model, &HubConfig::from_env()).map_err(hub_error)
+}
 
 /// What `--version` prints after the program name: the crate, the MLX library
 /// it is linked against, and the device MLX will run on.
@@ -50,6 +72,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Policies(args) => policies::run(args),
+        Command::Pull(args) => pull::run(args),
+        Command::Ls(args) => ls::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
