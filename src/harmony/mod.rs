@@ -26,7 +26,7 @@ use std::fmt;
 use std::str::FromStr;
 
 pub use parse::{Completion, Delta, Finish, HeaderProblem, Issue, StreamParser};
-pub use render::{render_for_completion, Conversation, SystemContent};
+pub use render::{render_for_completion, Conversation, SystemContent, DEFAULT_IDENTITY};
 
 use crate::tokenizer::Tokenizer;
 
