@@ -338,7 +338,7 @@ fn prefix_cache_gives_the_tokens_a_full_prefill_gives() {
     ] {
         let whole: Vec<u32> = policy.iter().chain(&item).copied().collect();
         let reference = generate(&model, &whole, 16, 2048).tokens;
-        let caches = prefixes.caches_for(&model, &policy, 2048).unwrap();
+        let (caches, _) = prefixes.caches_for(&model, &policy, 2048).unwrap();
         let options = GenerateOptions {
             max_tokens: 16,
             ..Default::default()

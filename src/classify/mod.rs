@@ -2,4 +2,5 @@
 
 pub mod input;
 pub mod policy;
+pub mod run;
 pub mod verdict;

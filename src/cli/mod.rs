@@ -1,5 +1,6 @@
 //! The `safeguard` command line: one file per subcommand.
 
+mod classify;
 mod generate;
 mod ls;
 mod policies;
@@ -23,6 +24,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    Classify(classify::Args),
     Generate(generate::Args),
     Policies(policies::Args),
     Pull(pull::Args),
@@ -70,6 +72,7 @@ pub fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     let result = match cli.command {
+        Command::Classify(args) => classify::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Policies(args) => policies::run(args),
         Command::Pull(args) => pull::run(args),
@@ -77,6 +80,10 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<classify::ViolationFound>().is_some() => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             if e.downcast_ref::<UsageError>().is_some() {

@@ -34,18 +34,19 @@ impl PrefixCache {
         }
     }
 
-    /// Caches holding `prefix` (prefilled now unless stored), as a private copy.
+    /// Caches holding `prefix` (prefilled now unless stored), as a private
+    /// copy, and whether they were stored.
     pub fn caches_for(
         &mut self,
         model: &GptOss,
         prefix: &[u32],
         prefill_step: usize,
-    ) -> Result<Vec<LayerCache>> {
+    ) -> Result<(Vec<LayerCache>, bool)> {
         self.clock += 1;
         if let Some(entry) = self.entries.iter_mut().find(|e| e.tokens == prefix) {
             entry.last_used = self.clock;
             self.hits += 1;
-            return Ok(entry.caches.clone());
+            return Ok((entry.caches.clone(), true));
         }
         self.misses += 1;
         let mut caches = make_caches(model);
@@ -69,7 +70,7 @@ impl PrefixCache {
                 last_used: self.clock,
             });
         }
-        Ok(caches)
+        Ok((caches, false))
     }
 
     /// (hits, misses) so far.

@@ -1,0 +1,255 @@
+//! Classifying items against one policy: the harmony prompt (the policy as
+//! developer instructions, the item as the user message), generation that
+//! reuses the policy's KV state for every item, and the verdict with the
+//! model's probability for it.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::input::Item;
+use super::policy::Policy;
+use super::verdict::{self, Keywords, Verdict};
+use crate::engine::generate::{GenerateOptions, Generation};
+use crate::engine::prefix::PrefixCache;
+use crate::engine::sampler::SamplerOptions;
+use crate::harmony::{
+    self, ControlTokens, Conversation, Effort, Finish, Message, StreamParser, SystemContent,
+};
+use crate::mlx::{Array, Dtype};
+use crate::model::GptOss;
+use crate::tokenizer::Tokenizer;
+
+#[derive(Debug, Clone)]
+pub struct ClassifyOptions {
+    /// Overrides the policy's own `Reasoning:` line; medium when neither says.
+    pub effort: Option<Effort>,
+    /// `Current date:` in the system message; none by default, as harmony.
+    pub date: Option<String>,
+    pub max_tokens: usize,
+    pub sampler: SamplerOptions,
+    pub prefill_step: usize,
+    pub keywords: Keywords,
+}
+
+/// The outcome for one item.
+#[derive(Debug, Clone)]
+pub struct Classification {
+    pub id: String,
+    pub verdict: Verdict,
+    /// The model's probability for the label it gave, P(label) / (P(0) + P(1))
+    /// at the token that states it.
+    pub confidence: Option<f64>,
+    pub reasoning: String,
+    /// The final answer's text as written.
+    pub answer: String,
+    /// Everything the model generated, control tokens written out.
+    pub raw: String,
+    /// Why there is no label, when there is none.
+    pub error: Option<String>,
+    pub finish: Finish,
+    pub prompt_tokens: usize,
+    /// Prompt tokens served from the policy prefix cache.
+    pub cached_tokens: usize,
+    pub completion_tokens: usize,
+    pub latency: Duration,
+}
+
+impl Classification {
+    pub fn violates(&self) -> bool {
+        self.verdict.label == Some(1)
+    }
+
+    /// The result line of `--json`/`--jsonl` and `--output`.
+    pub fn to_json(&self) -> Value {
+        let v = &self.verdict;
+        json!({
+            "id": self.id,
+            "label": v.label,
+            "violation": v.label.map(|l| l == 1),
+            "policy_category": v.policy_category,
+            "rule_ids": v.rule_ids,
+            "confidence": self.confidence,
+            "model_confidence": v.confidence,
+            "rationale": v.rationale,
+            "reasoning": self.reasoning,
+            "answer": self.answer,
+            "raw": self.raw,
+            "answer_format": v.format,
+            "error": self.error,
+            "finish_reason": self.finish.reason(),
+            "usage": {
+                "prompt_tokens": self.prompt_tokens,
+                "cached_tokens": self.cached_tokens,
+                "completion_tokens": self.completion_tokens,
+            },
+            "latency_ms": (self.latency.as_secs_f64() * 1e3).round(),
+        })
+    }
+}
+
+/// The classification conversation for a policy: the system message with
+/// the effort (the option, else the policy's `Reasoning:` line, else medium)
+/// and the policy as the developer's instructions.
+pub fn conversation(policy: &Policy, options: &ClassifyOptions) -> Conversation {
+    let effort = options
+        .effort
+        .or_else(|| policy.effort.as_deref().and_then(|e| e.parse().ok()))
+        .unwrap_or_default();
+    let mut system = SystemContent::default().with_effort(effort);
+    if let Some(date) = &options.date {
+        system = system.with_date(date.clone());
+    }
+    Conversation::new(system).with_instructions(policy.text.clone())
+}
+
+/// The prompt tokens that ask the model to judge `content`.
+pub fn render_prompt(
+    tokenizer: &Tokenizer,
+    policy: &Policy,
+    options: &ClassifyOptions,
+    content: &str,
+) -> Result<Vec<u32>, harmony::Error> {
+    with_content(&conversation(policy, options), content, tokenizer)
+}
+
+fn with_content(
+    conversation: &Conversation,
+    content: &str,
+    tokenizer: &Tokenizer,
+) -> Result<Vec<u32>, harmony::Error> {
+    harmony::render_for_completion(
+        &conversation.clone().with_message(Message::user(content)),
+        tokenizer,
+    )
+}
+
+pub struct Classifier<'a> {
+    model: &'a GptOss,
+    tokenizer: &'a Tokenizer,
+    control: ControlTokens,
+    conversation: Conversation,
+    /// The prompt tokens every item shares: system, policy, user header.
+    prefix: Vec<u32>,
+    prefixes: PrefixCache,
+    options: ClassifyOptions,
+    /// Ids of "0" and "1": o200k splits digits from what precedes them, so
+    /// every way of writing a verdict ends in one of these tokens.
+    digits: [u32; 2],
+}
+
+/// Room for a handful of policies' KV state.
+const PREFIX_CACHE_BYTES: usize = 1 << 30;
+
+impl<'a> Classifier<'a> {
+    pub fn new(
+        model: &'a GptOss,
+        tokenizer: &'a Tokenizer,
+        policy: &Policy,
+        options: ClassifyOptions,
+    ) -> Result<Classifier<'a>, harmony::Error> {
+        let conversation = conversation(policy, &options);
+        // Two items that differ from their first token on share exactly the
+        // prefix up to the item's content.
+        let (a, b) = (
+            with_content(&conversation, "0", tokenizer)?,
+            with_content(&conversation, "1", tokenizer)?,
+        );
+        let shared = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+        let digit = |text: &str| -> Result<u32, harmony::Error> {
+            match tokenizer.encode_ordinary(text)?.as_slice() {
+                [id] => Ok(*id),
+                _ => Err(harmony::Error::MissingToken("single-token digits")),
+            }
+        };
+        Ok(Classifier {
+            model,
+            tokenizer,
+            control: ControlTokens::of(tokenizer)?,
+            prefix: a[..shared].to_vec(),
+            conversation,
+            prefixes: PrefixCache::new(PREFIX_CACHE_BYTES),
+            digits: [digit("0")?, digit("1")?],
+            options,
+        })
+    }
+
+    pub fn classify(&mut self, item: &Item) -> anyhow::Result<Classification> {
+        let start = Instant::now();
+        let prompt = with_content(&self.conversation, &item.content, self.tokenizer)?;
+        let options = GenerateOptions {
+            max_tokens: self.options.max_tokens,
+            prefill_step: self.options.prefill_step,
+            sampler: self.options.sampler,
+        };
+        let mut cached_tokens = 0;
+        let generation = if prompt.starts_with(&self.prefix) {
+            let (caches, hit) =
+                self.prefixes
+                    .caches_for(self.model, &self.prefix, self.options.prefill_step)?;
+            if hit {
+                cached_tokens = self.prefix.len();
+            }
+            Generation::with_caches(self.model, caches, &prompt[self.prefix.len()..], options)?
+        } else {
+            Generation::new(self.model, &prompt, options)?
+        };
+
+        let digits = Array::from_slice(&self.digits, &[2])?;
+        let mut parser = StreamParser::new(self.tokenizer)?;
+        let mut verdict_probabilities = None;
+        let mut generated = Vec::new();
+        for step in generation {
+            let step = step?;
+            generated.push(step.token);
+            let in_answer = parser.current().is_some_and(|m| m.is_final());
+            parser.push(step.token);
+            // The first digit written in the answer states the verdict.
+            if in_answer && verdict_probabilities.is_none() && self.digits.contains(&step.token) {
+                let p = step
+                    .logprobs
+                    .take(&digits, 0)?
+                    .astype(Dtype::Float32)?
+                    .exp()?
+                    .to_vec::<f32>()?;
+                verdict_probabilities = Some((p[0], p[1]));
+            }
+            if self.control.stops_generation(step.token) {
+                break;
+            }
+        }
+        let completion = parser.finish();
+        let answer = completion.answer().map(|m| m.content.clone()).unwrap_or_default();
+        let verdict = verdict::parse(&answer, &self.options.keywords);
+        let error = match (&verdict.parse_error, completion.answer(), completion.finish) {
+            (_, None, Finish::Length) => Some(format!(
+                "the token limit ({}) ended generation before an answer; raise --max-tokens or lower --effort",
+                self.options.max_tokens
+            )),
+            (_, None, _) => Some("the model gave no final answer".to_string()),
+            (Some(e), Some(_), _) => Some(e.clone()),
+            (None, Some(_), _) => None,
+        };
+        let confidence = match (verdict.label, verdict_probabilities) {
+            (Some(label), Some((p0, p1))) if p0 + p1 > 0.0 => {
+                let p = if label == 1 { p1 } else { p0 };
+                Some(f64::from(p) / f64::from(p0 + p1))
+            }
+            _ => None,
+        };
+        Ok(Classification {
+            id: item.id.clone(),
+            reasoning: completion.reasoning(),
+            finish: completion.finish,
+            raw: self.tokenizer.decode(&generated)?,
+            answer,
+            error,
+            confidence,
+            verdict,
+            prompt_tokens: prompt.len(),
+            cached_tokens,
+            completion_tokens: generated.len(),
+            latency: start.elapsed(),
+        })
+    }
+}

@@ -1,0 +1,226 @@
+//! `safeguard classify`: judge text against a policy.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use super::UsageError;
+use crate::classify::input::{self, Item, ResultLog};
+use crate::classify::policy::Policy;
+use crate::classify::run::{render_prompt, Classification, Classifier, ClassifyOptions};
+use crate::classify::verdict::Keywords;
+use crate::engine::sampler::SamplerOptions;
+use crate::harmony::Effort;
+use crate::model::{ComputeDtype, GptOss};
+use crate::tokenizer::Tokenizer;
+
+/// Classify text against a policy: one text, a file, a JSONL batch or stdin.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Texts to classify; `-` reads one from stdin.
+    texts: Vec<String>,
+    /// Model: a local folder, a catalog alias (`safeguard ls`) or a hub repo id.
+    #[arg(short, long, default_value = "safeguard-20b")]
+    model: String,
+    /// A shipped policy (`safeguard policies`) or a policy file.
+    #[arg(short, long)]
+    policy: String,
+    /// Items from a file: `.jsonl` ({"id", "text"} or {"id", "messages"}) or one per line.
+    #[arg(short, long, conflicts_with = "texts")]
+    input: Option<PathBuf>,
+    /// Reasoning effort; default: the policy's `Reasoning:` line, else medium.
+    #[arg(long, value_parser = clap::builder::ValueParser::new(str::parse::<Effort>))]
+    effort: Option<Effort>,
+    /// Token budget for reasoning and answer; an answer cut off is reported, not guessed.
+    #[arg(long, default_value_t = 4096)]
+    max_tokens: usize,
+    /// Sampling temperature; 0 (the default) is greedy and repeatable.
+    #[arg(long = "temp", default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// `Current date:` for the system message (YYYY-MM-DD); none by default.
+    #[arg(long)]
+    date: Option<String>,
+    /// One JSON object per item, one per line.
+    #[arg(long, alias = "jsonl")]
+    json: bool,
+    /// Append each finished item's JSON line here; a rerun skips ids already in it.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Print the rendered prompt and its token ids; do not run the model.
+    #[arg(long)]
+    dry_run: bool,
+    /// Also print the model's reasoning.
+    #[arg(long)]
+    show_reasoning: bool,
+    /// Exit with 1 when any item violates the policy.
+    #[arg(long)]
+    fail_on_violation: bool,
+    /// Compute dtype: auto, float32, bfloat16, float16.
+    #[arg(long, default_value = "auto", value_parser = clap::builder::ValueParser::new(str::parse::<ComputeDtype>))]
+    dtype: ComputeDtype,
+    /// Prompt tokens per prefill step.
+    #[arg(long, default_value_t = 2048)]
+    prefill_step: usize,
+}
+
+/// Exit status 1 with `--fail-on-violation`: not an error, a finding.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} of the items violate the policy")]
+pub struct ViolationFound(pub usize);
+
+pub fn run(args: Args) -> Result<()> {
+    let usage = |e: anyhow::Error| UsageError(e);
+    let policy = Policy::find(&args.policy).map_err(|e| usage(e.into()))?;
+    let items = match &args.input {
+        Some(path) => input::read_file(path),
+        None if args.texts.is_empty() => {
+            return Err(usage(anyhow::anyhow!(
+                "nothing to classify: give texts, `-` for stdin, or --input FILE"
+            ))
+            .into())
+        }
+        None => input::from_args(&args.texts),
+    }
+    .map_err(|e| usage(e.into()))?;
+    let model_dir = super::resolve_model(&args.model)?;
+    let tokenizer = Tokenizer::load(&model_dir).map_err(|e| usage(e.into()))?;
+    let options = ClassifyOptions {
+        effort: args.effort,
+        date: args.date.clone(),
+        max_tokens: args.max_tokens,
+        sampler: SamplerOptions {
+            temperature: args.temperature,
+            seed: args.seed,
+            ..Default::default()
+        },
+        prefill_step: args.prefill_step,
+        keywords: Keywords::default(),
+    };
+
+    if args.dry_run {
+        // Rendering needs the tokenizer only; the weights are not read.
+        return print_prompts(&tokenizer, &policy, &options, &items);
+    }
+
+    let model = GptOss::load(&model_dir, args.dtype).map_err(|e| usage(e.into()))?;
+    let mut classifier = Classifier::new(&model, &tokenizer, &policy, options)?;
+    let mut log = args
+        .output
+        .as_deref()
+        .map(ResultLog::open)
+        .transpose()
+        .map_err(|e| usage(e.into()))?;
+    let todo: Vec<&Item> = items
+        .iter()
+        .filter(|item| log.as_ref().is_none_or(|l| !l.is_done(&item.id)))
+        .collect();
+    if let Some(log) = &log {
+        if log.done_count() > 0 {
+            eprintln!(
+                "{}: {} items already done, {} to go",
+                args.output.as_ref().expect("log implies output").display(),
+                items.len() - todo.len(),
+                todo.len()
+            );
+        }
+    }
+
+    let progress = progress_bar(todo.len());
+    let mut stdout = std::io::stdout().lock();
+    let colour = stdout.is_terminal();
+    let mut violations = 0;
+    for item in todo {
+        let result = classifier.classify(item)?;
+        violations += usize::from(result.violates());
+        if let Some(log) = &mut log {
+            log.append(&result.id, &result.to_json())?;
+        }
+        progress.suspend(|| -> Result<()> {
+            if args.json {
+                writeln!(stdout, "{}", result.to_json())?;
+            } else {
+                print_human(&mut stdout, &result, colour, args.show_reasoning)?;
+            }
+            Ok(stdout.flush()?)
+        })?;
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+    if args.fail_on_violation && violations > 0 {
+        return Err(ViolationFound(violations).into());
+    }
+    Ok(())
+}
+
+fn progress_bar(len: usize) -> indicatif::ProgressBar {
+    if len < 2 || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} items  {per_sec}  eta {eta}")
+            .expect("a valid template"),
+    );
+    bar
+}
+
+fn print_human(out: &mut impl Write, r: &Classification, colour: bool, show_reasoning: bool) -> Result<()> {
+    let paint = |code: &str, text: &str| {
+        if colour {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
+    };
+    let label = match r.verdict.label {
+        Some(1) => paint("1;31", "VIOLATES (1)"),
+        Some(_) => paint("1;32", "SAFE (0)"),
+        None => paint("1;33", "NO VERDICT"),
+    };
+    let mut line = format!("[{}] {label}", r.id);
+    if let Some(category) = &r.verdict.policy_category {
+        line.push_str(&format!("  {category}"));
+    }
+    if let Some(p) = r.confidence {
+        line.push_str(&format!("  p={p:.2}"));
+    }
+    if let Some(stated) = &r.verdict.confidence {
+        line.push_str(&format!("  stated={stated}"));
+    }
+    writeln!(out, "{line}")?;
+    if let Some(rationale) = &r.verdict.rationale {
+        writeln!(out, "    {rationale}")?;
+    }
+    if let Some(error) = &r.error {
+        writeln!(out, "    {}", paint("33", error))?;
+        if r.verdict.label.is_none() && !r.answer.is_empty() {
+            writeln!(out, "    answer: {:?}", r.answer)?;
+        }
+    }
+    if show_reasoning && !r.reasoning.is_empty() {
+        for line in r.reasoning.lines() {
+            writeln!(out, "    {}", paint("2", line))?;
+        }
+    }
+    Ok(())
+}
+
+fn print_prompts(
+    tokenizer: &Tokenizer,
+    policy: &Policy,
+    options: &ClassifyOptions,
+    items: &[Item],
+) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    for item in items {
+        let prompt = render_prompt(tokenizer, policy, options, &item.content)?;
+        writeln!(stdout, "[{}] {} tokens", item.id, prompt.len())?;
+        writeln!(stdout, "{}", tokenizer.decode(&prompt)?)?;
+        let ids: Vec<String> = prompt.iter().map(u32::to_string).collect();
+        writeln!(stdout, "{}", ids.join(","))?;
+    }
+    Ok(())
+}
