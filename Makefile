@@ -5,7 +5,11 @@ MLX_VERSION := 0.32.4
 PYTHON ?= python3
 VENV := .venv
 CARGO ?= cargo
-ARGS ?= --version
+# The main job: classify a sample message against the shipped spam policy with
+# the default model (gpt-oss-safeguard-20b, pulled on first use). MODEL=DIR or
+# an alias picks another model; ARGS replaces the whole command line.
+SAMPLE := Congratulations! You won a free phone. Enter your bank details at win-now.example to claim it.
+ARGS ?= classify --policy spam $(if $(MODEL),-m "$(MODEL)") "$(SAMPLE)"
 
 ifeq ($(shell uname -s),Darwin)
   MLX_BACKEND ?= metal

@@ -789,3 +789,48 @@ fn concurrent_pulls_share_the_work_safely() {
     // Each blob was fetched whole once: the lock made the second pull wait and reuse it.
     assert_eq!(s.cdn_gets(SHARD).len(), 1, "{:?}", s.cdn_gets(SHARD));
 }
+
+#[test]
+fn classify_pulls_the_default_model_on_first_use_then_runs_offline() {
+    let s = setup();
+    s.hub.add_fixture(
+        "lmstudio-community/gpt-oss-safeguard-20b-MLX-MXFP4",
+        &common::fixture("a-mxfp4"),
+        COMMIT,
+    );
+    // The README's main job, without -m: the default alias, pulled when first needed.
+    let args = [
+        "classify",
+        "--policy",
+        "spam",
+        "Win a free phone!",
+        "--max-tokens",
+        "2",
+        "--json",
+    ];
+    let output = s.run(&args, &[]);
+    assert_ok(&output);
+    assert!(stderr(&output).contains("pulling"), "{}", stderr(&output));
+    let first: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(first["id"], "1");
+
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let output = s.run(
+        &args,
+        &[
+            ("HF_HUB_OFFLINE", "1"),
+            ("HF_ENDPOINT", &format!("http://{dead}")),
+        ],
+    );
+    assert_ok(&output);
+    let again: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        again["raw"], first["raw"],
+        "the same model, the same greedy output"
+    );
+    let listing = stdout(&s.run(&["ls"], &[("HF_HUB_OFFLINE", "1")]));
+    assert!(listing.contains("safeguard-20b"), "{listing}");
+}
