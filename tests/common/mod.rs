@@ -108,17 +108,19 @@ pub fn f32_input<'a>(name: &'a str, data: &[f32], shape: &[i32]) -> Input<'a> {
     input(name, data, shape, "float32")
 }
 
-/// Runs the openai-harmony reference (`tests/harmony_ref.py`, which says
-/// what `request` holds) and returns its answer.
-pub fn harmony(request: Value) -> Value {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/harmony_ref.py");
+/// Runs a reference script of `tests/` with `.venv`'s Python: one JSON
+/// request on stdin, one JSON answer on stdout.
+fn run_reference(script: &str, request: &Value, what: &str) -> Value {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(script);
     let mut child = Command::new(python())
         .arg(script)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("start the openai-harmony reference");
+        .unwrap_or_else(|e| panic!("start the {what} reference: {e}"));
     child
         .stdin
         .take()
@@ -128,10 +130,16 @@ pub fn harmony(request: Value) -> Value {
     let output = child.wait_with_output().unwrap();
     assert!(
         output.status.success(),
-        "openai-harmony reference failed:\n{}",
+        "{what} reference failed:\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// Runs the openai-harmony reference (`tests/harmony_ref.py`, which says
+/// what `request` holds) and returns its answer.
+pub fn harmony(request: Value) -> Value {
+    run_reference("harmony_ref.py", &request, "openai-harmony")
 }
 
 /// One numpy result: values as f64 in row-major order, and the shape.
@@ -152,23 +160,9 @@ pub fn numpy(code: &str, inputs: &[Input<'_>]) -> Vec<Reference> {
             )
         })
         .collect();
-    let request = json!({"inputs": inputs, "code": code}).to_string();
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/common/numpy_ref.py");
-    let mut child = Command::new(python())
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the numpy reference");
-    child.stdin.take().unwrap().write_all(request.as_bytes()).unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "numpy reference failed for `{code}`:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let results: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
+    let request = json!({"inputs": inputs, "code": code});
+    let results = run_reference("common/numpy_ref.py", &request, &format!("numpy (`{code}`)"));
+    let results = results.as_array().expect("a list of results").clone();
     results
         .into_iter()
         .map(|r| Reference {
