@@ -337,3 +337,58 @@ fn usage_errors_exit_with_2_and_say_what_is_wrong() {
         assert!(stderr.contains(message), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn a_verdict_is_read_scored_and_acted_on() {
+    // The scripted fixture answers `<|channel|>final<|message|>1<|return|>`
+    // with a known probability for "1" against "0" (tests/fixtures/scripted.py).
+    let dir = common::fixture("scripted");
+    let expected: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let model = dir.to_str().unwrap();
+    let output = run(&[
+        "classify",
+        "-m",
+        model,
+        "--policy",
+        "spam",
+        "--json",
+        "Win a free phone!",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let result = &json_lines(&output.stdout)[0];
+    assert_eq!(result["label"], expected["label"]);
+    assert_eq!(result["violation"], true);
+    assert_eq!(result["answer"], expected["answer"]);
+    assert_eq!(result["answer_format"], "digit");
+    assert_eq!(result["finish_reason"], "stop");
+    assert_eq!(result["error"], Value::Null);
+    assert_eq!(
+        result["usage"]["completion_tokens"],
+        expected["completion"].as_array().unwrap().len()
+    );
+    let confidence = result["confidence"].as_f64().unwrap();
+    let want = expected["confidence"].as_f64().unwrap();
+    assert!(
+        (confidence - want).abs() < 1e-5,
+        "confidence {confidence}, expected {want}"
+    );
+
+    // --fail-on-violation turns the finding into exit code 1; people see the verdict.
+    let output = run(&[
+        "classify",
+        "-m",
+        model,
+        "--policy",
+        "spam",
+        "--fail-on-violation",
+        "Win a free phone!",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("VIOLATES (1)"));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("policy violated by 1 item"));
+}

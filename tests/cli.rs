@@ -403,3 +403,34 @@ fn chat_output_is_plain_when_not_a_terminal() {
     assert!(!output.stdout.contains(&0x1b), "no ANSI escapes into a pipe");
     assert!(String::from_utf8_lossy(&output.stderr).contains("24 generated"));
 }
+
+#[test]
+fn generate_shows_the_answer_of_a_harmony_chat() {
+    // The scripted fixture always answers `<|channel|>final<|message|>1<|return|>`.
+    let dir = common::fixture("scripted");
+    let output = safeguard(&[
+        "generate",
+        "-m",
+        dir.to_str().unwrap(),
+        "--prompt",
+        "Is this spam?",
+        "--json",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let out: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(out["content"], "1");
+    assert_eq!(out["reasoning"], "");
+    assert_eq!(out["finish_reason"], "stop");
+    let human = safeguard(&[
+        "generate",
+        "-m",
+        dir.to_str().unwrap(),
+        "--prompt",
+        "Is this spam?",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&human.stdout).trim(), "1");
+}

@@ -68,7 +68,7 @@ pub struct Args {
 
 /// Exit status 1 with `--fail-on-violation`: not an error, a finding.
 #[derive(Debug, thiserror::Error)]
-#[error("{0} of the items violate the policy")]
+#[error("policy violated by {0} item(s)")]
 pub struct ViolationFound(pub usize);
 
 pub fn run(args: Args) -> Result<()> {
