@@ -392,3 +392,61 @@ fn a_verdict_is_read_scored_and_acted_on() {
     assert!(String::from_utf8_lossy(&output.stdout).contains("VIOLATES (1)"));
     assert!(String::from_utf8_lossy(&output.stderr).contains("policy violated by 1 item"));
 }
+
+#[test]
+fn batched_classification_equals_one_item_at_a_time() {
+    // Items of different lengths, more than a batch, so some join as others
+    // finish; window 8 (a) is crossed by every item, window 128 (b) by none
+    // of the prompts' prefixes but by the long items.
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("items.jsonl");
+    let mut file = std::fs::File::create(&input).unwrap();
+    let texts = [
+        "hi",
+        "Buy cheap watches now!!! Visit example.com for a FREE gift card, limited offer",
+        "ok",
+        "Can you send me the meeting notes from Tuesday? I could not attend.",
+        "CLICK HERE",
+        "my number is 555-0100, call me about the flat",
+        "x",
+    ];
+    for (i, text) in texts.iter().enumerate() {
+        writeln!(file, "{}", json!({"id": format!("i{i}"), "text": text})).unwrap();
+    }
+    for name in ["a-mxfp4", "b-mxfp4"] {
+        let m = common::fixture(name).to_str().unwrap().to_string();
+        let results = |batch: &str| {
+            let output = run(&[
+                "classify",
+                "-m",
+                &m,
+                "--policy",
+                "spam",
+                "--dtype",
+                "float32",
+                "--max-tokens",
+                "40",
+                "--batch-size",
+                batch,
+                "--json",
+                "--input",
+                input.to_str().unwrap(),
+            ]);
+            assert!(
+                output.status.success(),
+                "{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            let mut lines = json_lines(&output.stdout);
+            for line in &mut lines {
+                line.as_object_mut().unwrap().remove("latency_ms");
+            }
+            lines
+        };
+        let alone = results("1");
+        assert_eq!(alone.len(), texts.len());
+        for batch in ["3", "16"] {
+            assert_eq!(results(batch), alone, "{name} with --batch-size {batch}");
+        }
+    }
+}

@@ -3,6 +3,7 @@
 //! reuses the policy's KV state for every item, and the verdict with the
 //! model's probability for it.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -10,7 +11,9 @@ use serde_json::{json, Value};
 use super::input::Item;
 use super::policy::Policy;
 use super::verdict::{self, Keywords, Verdict};
-use crate::engine::generate::{GenerateOptions, Generation};
+use crate::engine::batch::BatchGeneration;
+use crate::engine::cache::{make_caches, LayerCache};
+use crate::engine::generate::{GenerateOptions, Generation, Step};
 use crate::engine::prefix::PrefixCache;
 use crate::engine::sampler::SamplerOptions;
 use crate::harmony::{
@@ -174,63 +177,157 @@ impl<'a> Classifier<'a> {
         })
     }
 
-    pub fn classify(&mut self, item: &Item) -> anyhow::Result<Classification> {
-        let start = Instant::now();
+    /// The prompt of `item` and where its generation starts: caches holding
+    /// the policy prefix (shared, computed once) and the tokens after it.
+    fn start(&mut self, item: &Item) -> anyhow::Result<(Vec<u32>, Vec<LayerCache>, usize, usize)> {
         let prompt = with_content(&self.conversation, &item.content, self.tokenizer)?;
-        let options = GenerateOptions {
-            max_tokens: self.options.max_tokens,
-            prefill_step: self.options.prefill_step,
-            sampler: self.options.sampler,
-        };
-        let mut cached_tokens = 0;
-        let generation = if prompt.starts_with(&self.prefix) {
+        if prompt.starts_with(&self.prefix) {
             let (caches, hit) =
                 self.prefixes
                     .caches_for(self.model, &self.prefix, self.options.prefill_step)?;
-            if hit {
-                cached_tokens = self.prefix.len();
-            }
-            Generation::with_caches(self.model, caches, &prompt[self.prefix.len()..], options)?
+            let cached = if hit { self.prefix.len() } else { 0 };
+            Ok((prompt, caches, self.prefix.len(), cached))
         } else {
-            Generation::new(self.model, &prompt, options)?
-        };
+            Ok((prompt, make_caches(self.model), 0, 0))
+        }
+    }
 
-        let digits = Array::from_slice(&self.digits, &[2])?;
-        let mut parser = StreamParser::new(self.tokenizer)?;
-        let mut verdict_probabilities = None;
-        let mut generated = Vec::new();
+    fn generate_options(&self) -> GenerateOptions {
+        GenerateOptions {
+            max_tokens: self.options.max_tokens,
+            prefill_step: self.options.prefill_step,
+            sampler: self.options.sampler,
+        }
+    }
+
+    pub fn classify(&mut self, item: &Item) -> anyhow::Result<Classification> {
+        let start = Instant::now();
+        let (prompt, caches, skip, cached_tokens) = self.start(item)?;
+        let generation =
+            Generation::with_caches(self.model, caches, &prompt[skip..], self.generate_options())?;
+        let mut run = ItemRun::new(self, item, start, prompt.len(), cached_tokens)?;
         for step in generation {
-            let step = step?;
-            generated.push(step.token);
-            let in_answer = parser.current().is_some_and(|m| m.is_final());
-            parser.push(step.token);
-            // The first digit written in the answer states the verdict.
-            if in_answer && verdict_probabilities.is_none() && self.digits.contains(&step.token) {
-                let p = step
-                    .logprobs
-                    .take(&digits, 0)?
-                    .astype(Dtype::Float32)?
-                    .exp()?
-                    .to_vec::<f32>()?;
-                verdict_probabilities = Some((p[0], p[1]));
-            }
-            if self.control.stops_generation(step.token) {
+            if run.push(self, &step?)? {
                 break;
             }
         }
-        let completion = parser.finish();
+        run.finish(self)
+    }
+
+    /// Classifies `items`, decoding up to `batch_size` of them together
+    /// (continuous batching: an item that finishes makes room for the next).
+    /// Results come to `done` as items finish, with their index in `items`;
+    /// each equals [`Classifier::classify`] of the item alone. Sampling
+    /// (temperature above 0) classifies one at a time.
+    pub fn classify_batched(
+        &mut self,
+        items: &[&Item],
+        batch_size: usize,
+        mut done: impl FnMut(usize, Classification) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        if batch_size <= 1 || self.options.sampler.temperature != 0.0 || self.options.max_tokens == 0 {
+            for (i, item) in items.iter().enumerate() {
+                done(i, self.classify(item)?)?;
+            }
+            return Ok(());
+        }
+        let mut batch = BatchGeneration::new(self.model, self.generate_options())?;
+        let mut runs: HashMap<usize, ItemRun<'a>> = HashMap::new();
+        let mut next = 0;
+        loop {
+            while batch.len() < batch_size && next < items.len() {
+                let start = Instant::now();
+                let (prompt, caches, skip, cached_tokens) = self.start(items[next])?;
+                batch.insert(next, caches, &prompt[skip..])?;
+                runs.insert(
+                    next,
+                    ItemRun::new(self, items[next], start, prompt.len(), cached_tokens)?,
+                );
+                next += 1;
+            }
+            if batch.is_empty() {
+                break;
+            }
+            for (id, step) in batch.step()? {
+                let run = runs.get_mut(&id).expect("every sequence has a run");
+                let stop = run.push(self, &step)?;
+                if stop {
+                    batch.remove(id);
+                }
+                if stop || run.generated.len() >= self.options.max_tokens {
+                    let run = runs.remove(&id).expect("present");
+                    done(id, run.finish(self)?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One item's generation as it goes: the parsed harmony stream and the
+/// verdict digit's probabilities.
+struct ItemRun<'t> {
+    id: String,
+    start: Instant,
+    prompt_tokens: usize,
+    cached_tokens: usize,
+    parser: StreamParser<'t>,
+    verdict_probabilities: Option<(f32, f32)>,
+    generated: Vec<u32>,
+}
+
+impl<'t> ItemRun<'t> {
+    fn new(
+        classifier: &Classifier<'t>,
+        item: &Item,
+        start: Instant,
+        prompt_tokens: usize,
+        cached_tokens: usize,
+    ) -> anyhow::Result<ItemRun<'t>> {
+        Ok(ItemRun {
+            id: item.id.clone(),
+            start,
+            prompt_tokens,
+            cached_tokens,
+            parser: StreamParser::new(classifier.tokenizer)?,
+            verdict_probabilities: None,
+            generated: Vec::new(),
+        })
+    }
+
+    /// Takes one generated token; true when it ends generation.
+    fn push(&mut self, c: &Classifier<'_>, step: &Step) -> anyhow::Result<bool> {
+        self.generated.push(step.token);
+        let in_answer = self.parser.current().is_some_and(|m| m.is_final());
+        self.parser.push(step.token);
+        // The first digit written in the answer states the verdict.
+        if in_answer && self.verdict_probabilities.is_none() && c.digits.contains(&step.token) {
+            let digits = Array::from_slice(&c.digits, &[2])?;
+            let p = step
+                .logprobs
+                .take(&digits, 0)?
+                .astype(Dtype::Float32)?
+                .exp()?
+                .to_vec::<f32>()?;
+            self.verdict_probabilities = Some((p[0], p[1]));
+        }
+        Ok(c.control.stops_generation(step.token))
+    }
+
+    fn finish(self, c: &Classifier<'_>) -> anyhow::Result<Classification> {
+        let completion = self.parser.finish();
         let answer = completion.answer().map(|m| m.content.clone()).unwrap_or_default();
-        let verdict = verdict::parse(&answer, &self.options.keywords);
+        let verdict = verdict::parse(&answer, &c.options.keywords);
         let error = match (&verdict.parse_error, completion.answer(), completion.finish) {
             (_, None, Finish::Length) => Some(format!(
                 "the token limit ({}) ended generation before an answer; raise --max-tokens or lower --effort",
-                self.options.max_tokens
+                c.options.max_tokens
             )),
             (_, None, _) => Some("the model gave no final answer".to_string()),
             (Some(e), Some(_), _) => Some(e.clone()),
             (None, Some(_), _) => None,
         };
-        let confidence = match (verdict.label, verdict_probabilities) {
+        let confidence = match (verdict.label, self.verdict_probabilities) {
             (Some(label), Some((p0, p1))) if p0 + p1 > 0.0 => {
                 let p = if label == 1 { p1 } else { p0 };
                 Some(f64::from(p) / f64::from(p0 + p1))
@@ -238,18 +335,18 @@ impl<'a> Classifier<'a> {
             _ => None,
         };
         Ok(Classification {
-            id: item.id.clone(),
+            id: self.id,
             reasoning: completion.reasoning(),
             finish: completion.finish,
-            raw: self.tokenizer.decode(&generated)?,
+            raw: c.tokenizer.decode(&self.generated)?,
             answer,
             error,
             confidence,
             verdict,
-            prompt_tokens: prompt.len(),
-            cached_tokens,
-            completion_tokens: generated.len(),
-            latency: start.elapsed(),
+            prompt_tokens: self.prompt_tokens,
+            cached_tokens: self.cached_tokens,
+            completion_tokens: self.generated.len(),
+            latency: self.start.elapsed(),
         })
     }
 }

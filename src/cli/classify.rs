@@ -64,6 +64,10 @@ pub struct Args {
     /// Prompt tokens per prefill step.
     #[arg(long, default_value_t = 2048)]
     prefill_step: usize,
+    /// Items decoded together (continuous batching; greedy only, results
+    /// identical to one at a time). 1 decodes one item at a time.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    batch_size: u32,
 }
 
 /// Exit status 1 with `--fail-on-violation`: not an error, a finding.
@@ -132,22 +136,29 @@ pub fn run(args: Args) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
     let colour = stdout.is_terminal();
     let mut violations = 0;
-    for item in todo {
-        let result = classifier.classify(item)?;
+    // Results are logged as items finish and printed in input order.
+    let mut finished: Vec<Option<Classification>> = vec![None; todo.len()];
+    let mut printed = 0;
+    classifier.classify_batched(&todo, args.batch_size as usize, |i, result| {
         violations += usize::from(result.violates());
         if let Some(log) = &mut log {
             log.append(&result.id, &result.to_json())?;
         }
-        progress.suspend(|| -> Result<()> {
-            if args.json {
-                writeln!(stdout, "{}", result.to_json())?;
-            } else {
-                print_human(&mut stdout, &result, colour, args.show_reasoning)?;
-            }
-            Ok(stdout.flush()?)
-        })?;
         progress.inc(1);
-    }
+        finished[i] = Some(result);
+        while let Some(result) = finished.get_mut(printed).and_then(Option::take) {
+            printed += 1;
+            progress.suspend(|| -> Result<()> {
+                if args.json {
+                    writeln!(stdout, "{}", result.to_json())?;
+                } else {
+                    print_human(&mut stdout, &result, colour, args.show_reasoning)?;
+                }
+                Ok(stdout.flush()?)
+            })?;
+        }
+        Ok(())
+    })?;
     progress.finish_and_clear();
     if args.fail_on_violation && violations > 0 {
         return Err(ViolationFound(violations).into());

@@ -1,5 +1,6 @@
 //! Generation on top of the model: caches, sampling and the decode loop.
 
+pub mod batch;
 pub mod cache;
 pub mod generate;
 pub mod prefix;

@@ -99,28 +99,57 @@ impl Attention {
         })
     }
 
-    /// `x [B, L, hidden]` → `[B, L, hidden]`.
-    fn forward(&self, x: &Array, mask: &Mask, cache: &mut impl AttentionCache) -> Result<Array> {
+    /// `x [B, L, hidden]` → `[B, L, hidden]`. One cache and mask for the
+    /// whole batch, or one per row: rows with their own caches attend apart
+    /// (each at its own position), so a row computes exactly what it would
+    /// alone.
+    fn forward<C: AttentionCache>(&self, x: &Array, masks: &[&Mask], caches: &mut [&mut C]) -> Result<Array> {
         let (b, l) = (x.dim(0)?, x.dim(1)?);
         let split_heads = |t: Array| t.reshape(&[b, l, -1, self.head_dim])?.swapaxes(1, 2);
         let q = split_heads(self.q_proj.forward(x)?)?;
         let k = split_heads(self.k_proj.forward(x)?)?;
         let v = split_heads(self.v_proj.forward(x)?)?;
+        let out = if let [cache] = caches {
+            self.attend(&q, &k, &v, masks[0], *cache)?
+        } else {
+            let rows = (0..b)
+                .map(|r| {
+                    let row = |t: &Array| t.slice_axis(0, r, r + 1);
+                    self.attend(
+                        &row(&q)?,
+                        &row(&k)?,
+                        &row(&v)?,
+                        masks[r as usize],
+                        caches[r as usize],
+                    )
+                })
+                .collect::<Result<Vec<_>>>()?;
+            mlx::concatenate(&rows.iter().collect::<Vec<_>>(), 0)?
+        };
+        self.o_proj.forward(&out.swapaxes(1, 2)?.reshape(&[b, l, -1])?)
+    }
 
+    /// Attention of `q`, `k`, `v` `[B, heads, L, head_dim]` at the cache's position.
+    fn attend(
+        &self,
+        q: &Array,
+        k: &Array,
+        v: &Array,
+        mask: &Mask,
+        cache: &mut impl AttentionCache,
+    ) -> Result<Array> {
         let offset = cache.offset();
-        let q = self.rope.forward(&q, offset)?;
-        let k = self.rope.forward(&k, offset)?;
-        let (k, v) = cache.update_and_fetch(&k, &v)?;
-
-        let out = fast::scaled_dot_product_attention(
+        let q = self.rope.forward(q, offset)?;
+        let k = self.rope.forward(k, offset)?;
+        let (k, v) = cache.update_and_fetch(&k, v)?;
+        Ok(fast::scaled_dot_product_attention(
             &q,
             &k,
             &v,
             self.scale,
             mask.as_attention_mask(),
             Some(&self.sinks),
-        )?;
-        self.o_proj.forward(&out.swapaxes(1, 2)?.reshape(&[b, l, -1])?)
+        )?)
     }
 }
 
@@ -227,11 +256,11 @@ struct TransformerBlock {
 }
 
 impl TransformerBlock {
-    fn forward(&self, x: &Array, mask: &Mask, cache: &mut impl AttentionCache) -> Result<Array> {
+    fn forward<C: AttentionCache>(&self, x: &Array, masks: &[&Mask], caches: &mut [&mut C]) -> Result<Array> {
         let h = x.add(
             &self
                 .self_attn
-                .forward(&self.input_layernorm.forward(x)?, mask, cache)?,
+                .forward(&self.input_layernorm.forward(x)?, masks, caches)?,
         )?;
         Ok(h.add(&self.mlp.forward(&self.post_attention_layernorm.forward(&h)?)?)?)
     }
@@ -310,25 +339,38 @@ impl GptOss {
     /// `tokens [B, L]` → logits `[B, L, vocab]`, reading and extending one
     /// cache per layer.
     pub fn forward(&self, tokens: &Array, caches: &mut [impl AttentionCache]) -> Result<Array> {
+        self.forward_rows(tokens, &mut [caches])
+    }
+
+    /// `tokens [B, L]` → logits `[B, L, vocab]` where row `b` has caches of
+    /// its own, `caches[b]` (one per layer), and so its own position: batched
+    /// decoding of sequences of different lengths. Everything but attention
+    /// runs on the whole batch; each row's result equals a forward of it alone.
+    pub fn forward_rows<C: AttentionCache>(&self, tokens: &Array, caches: &mut [&mut [C]]) -> Result<Array> {
         let mut x = self.embed_tokens.forward(tokens)?;
         let n = tokens.dim(1)?;
         let window = self.config.sliding_window;
-        // Every layer of a type shares one mask, made from that type's first cache.
+        // Every layer of a type shares one mask per row, made from that type's first cache.
         let first = |t| self.layers.iter().position(|l| l.layer_type == t);
-        let full_mask = match first(LayerType::FullAttention) {
-            Some(i) => caches[i].make_mask(n, None)?,
-            None => Mask::None,
+        let mask = |row: &[C], t, window| match first(t) {
+            Some(i) => row[i].make_mask(n, window),
+            None => Ok(Mask::None),
         };
-        let sliding_mask = match first(LayerType::SlidingAttention) {
-            Some(i) => caches[i].make_mask(n, Some(window))?,
-            None => Mask::None,
-        };
-        for (layer, cache) in self.layers.iter().zip(caches.iter_mut()) {
-            let mask = match layer.layer_type {
-                LayerType::FullAttention => &full_mask,
-                LayerType::SlidingAttention => &sliding_mask,
+        let full_masks = caches
+            .iter()
+            .map(|row| mask(row, LayerType::FullAttention, None))
+            .collect::<Result<Vec<_>>>()?;
+        let sliding_masks = caches
+            .iter()
+            .map(|row| mask(row, LayerType::SlidingAttention, Some(window)))
+            .collect::<Result<Vec<_>>>()?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let masks: Vec<&Mask> = match layer.layer_type {
+                LayerType::FullAttention => full_masks.iter().collect(),
+                LayerType::SlidingAttention => sliding_masks.iter().collect(),
             };
-            x = layer.forward(&x, mask, cache)?;
+            let mut layer_caches: Vec<&mut C> = caches.iter_mut().map(|row| &mut row[i]).collect();
+            x = layer.forward(&x, &masks, &mut layer_caches)?;
         }
         self.lm_head.forward(&self.norm.forward(&x)?)
     }
