@@ -32,7 +32,7 @@ FIXTURES := target/fixtures
 FIXTURE_STAMP := $(FIXTURES)/.generated
 PIP := $(VENV)/bin/pip --disable-pip-version-check --quiet
 
-.PHONY: setup fixtures build run test fmt clean
+.PHONY: setup fixtures build run test fmt clean bench
 
 setup: $(SETUP_STAMP)
 
@@ -68,6 +68,25 @@ test: setup fixtures
 
 fmt:
 	$(CARGO) fmt
+
+# Side-by-side with mlx-lm on a 4-layer model with gpt-oss-20b's real layer
+# shapes (generated once into target/perf-fixture). Sizes via env:
+# PROMPT_TOKENS GEN_TOKENS RUNS CLASSIFY_ITEMS CLASSIFY_MAX_TOKENS POLICY.
+PERF_FIXTURE := target/perf-fixture
+PERF_STAMP := $(PERF_FIXTURE)/.generated
+PERF_LAYERS ?= 4
+export PROMPT_TOKENS ?= 128
+export GEN_TOKENS ?= 16
+export RUNS ?= 2
+export CLASSIFY_ITEMS ?= 8
+export CLASSIFY_MAX_TOKENS ?= 8
+
+$(PERF_STAMP): $(SETUP_STAMP) $(FIXTURE_STAMP) benches/perf_fixture.py
+	$(VENV)/bin/python benches/perf_fixture.py $(PERF_FIXTURE) $(FIXTURES)/tokenizer $(PERF_LAYERS)
+	@touch $@
+
+bench: build $(PERF_STAMP)
+	$(VENV)/bin/python benches/compare.py $(PERF_FIXTURE) ./target/release/safeguard
 
 clean:
 	$(CARGO) clean

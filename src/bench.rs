@@ -46,8 +46,11 @@ pub struct ModelStats {
     pub embedding_bytes: u64,
 }
 
-/// The tensors of one safetensors file: name → (dtype, shape, bytes).
-pub fn read_header(path: &Path) -> Result<BTreeMap<String, (String, Vec<u64>, u64)>> {
+/// One tensor of a safetensors header: (dtype, shape, bytes).
+pub type TensorInfo = (String, Vec<u64>, u64);
+
+/// The tensors of one safetensors file by name.
+pub fn read_header(path: &Path) -> Result<BTreeMap<String, TensorInfo>> {
     let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut len = [0u8; 8];
     file.read_exact(&mut len)?;
