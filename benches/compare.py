@@ -92,8 +92,7 @@ def main(model_dir, safeguard):
     model, tokenizer = mlx_lm.load(model_dir)
     rng = __import__("random").Random(P)
     prompt = [rng.randrange(199998) for _ in range(P)]
-    items = synthetic_items(ITEMS)
-    prompts = rendered_prompts(safeguard, model_dir, items)
+    prompts = rendered_prompts(safeguard, model_dir, synthetic_items(ITEMS)) if ITEMS else []
     assert len(prompts) == ITEMS, len(prompts)
 
     print(f"[mlx-lm defaults: {P} prompt tokens, {G} generated, {RUNS} runs]", file=sys.stderr, flush=True)
@@ -101,16 +100,17 @@ def main(model_dir, safeguard):
     model.set_dtype(mx.float32)  # floating parameters only (its default predicate)
     print("[mlx-lm float32]", file=sys.stderr, flush=True)
     theirs_f32 = bench_mlx_lm(model, tokenizer, prompt)
-    print(f"[mlx-lm float32: {ITEMS} items one by one, <= {CMAX} tokens]", file=sys.stderr, flush=True)
-    theirs_items = classify_mlx_lm(model, tokenizer, prompts)
+    if ITEMS:
+        print(f"[mlx-lm float32: {ITEMS} items one by one, <= {CMAX} tokens]", file=sys.stderr, flush=True)
+        theirs_items = classify_mlx_lm(model, tokenizer, prompts)
     del model
     mx.clear_cache()
 
     print("[safeguard bench]", file=sys.stderr, flush=True)
     ours = json.loads(subprocess.run(
         [safeguard, "bench", "-m", model_dir, "--prompt-tokens", str(P), "--gen-tokens", str(G),
-         "--runs", str(RUNS), "--classify", str(ITEMS), "--policy", POLICY, "--effort", "low",
-         "--classify-max-tokens", str(CMAX), "--json"],
+         "--runs", str(RUNS), "--json"]
+        + (["--classify", str(ITEMS), "--policy", POLICY, "--effort", "low", "--classify-max-tokens", str(CMAX)] if ITEMS else []),
         check=True, capture_output=True, text=True,
     ).stdout)
     m = ours["models"][0]
@@ -121,7 +121,6 @@ def main(model_dir, safeguard):
         "ttft_ms": c["time_to_first_token_ms"]["median"],
         "peak_memory": c["peak_memory_bytes"]["median"],
     }
-    ours_items = m["classify"]["items_per_sec"]
 
     rows = [("mlx-lm (bf16, defaults)", theirs_default), ("mlx-lm (float32)", theirs_f32), ("safeguard (float32)", ours_row)]
     print(f"model {model_dir}: {m['parameters'] / 1e6:.0f} M parameters, {m['active_parameters'] / 1e6:.0f} M active, "
@@ -136,6 +135,10 @@ def main(model_dir, safeguard):
     for name, r in rows[:2]:
         print(f"| vs {name} | {ours_row['prefill_tps'] / r['prefill_tps']:.2f}× | {ours_row['decode_tps'] / r['decode_tps']:.2f}× "
               f"| {ours_row['ttft_ms'] / r['ttft_ms']:.2f}× | {ours_row['peak_memory'] / r['peak_memory']:.2f}× |")
+    if not ITEMS:
+        print("\nclassification: skipped (CLASSIFY_ITEMS=0)")
+        return
+    ours_items = m["classify"]["items_per_sec"]
     print()
     print(f"classification, {ITEMS} items, {POLICY} policy ({len(prompts[0])} prompt tokens), effort low, "
           f"<= {CMAX} generated tokens each (the random model never stops):")
