@@ -32,7 +32,7 @@ FIXTURES := target/fixtures
 FIXTURE_STAMP := $(FIXTURES)/.generated
 PIP := $(VENV)/bin/pip --disable-pip-version-check --quiet
 
-.PHONY: setup fixtures build run test fmt clean
+.PHONY: setup fixtures build run test fmt clean bench
 
 setup: $(SETUP_STAMP)
 
@@ -68,6 +68,29 @@ test: setup fixtures
 
 fmt:
 	$(CARGO) fmt
+
+# Side-by-side with mlx-lm on a 4-layer model with gpt-oss-20b's real layer
+# shapes (generated once into target/perf-fixture). Sizes via env:
+# PROMPT_TOKENS GEN_TOKENS RUNS CLASSIFY_ITEMS CLASSIFY_MAX_TOKENS POLICY.
+PERF_FIXTURE := target/perf-fixture
+PERF_STAMP := $(PERF_FIXTURE)/.generated
+PERF_LAYERS ?= 4
+export PROMPT_TOKENS ?= 128
+export GEN_TOKENS ?= 16
+export RUNS ?= 2
+export CLASSIFY_ITEMS ?= 8
+export CLASSIFY_MAX_TOKENS ?= 8
+
+# Only the fixtures' tokenizer is needed; run `make fixtures` first if it is missing
+# (no dependency on the stamps: bench never rewrites the test fixtures).
+$(PERF_STAMP): benches/perf_fixture.py
+	@test -f $(FIXTURES)/tokenizer/tokenizer.json || { echo "run make fixtures first"; exit 1; }
+	$(VENV)/bin/python benches/perf_fixture.py $(PERF_FIXTURE) $(FIXTURES)/tokenizer $(PERF_LAYERS)
+	@touch $@
+
+bench: $(PERF_STAMP)
+	$(CARGO) build --release
+	$(VENV)/bin/python benches/compare.py $(PERF_FIXTURE) ./target/release/safeguard
 
 clean:
 	$(CARGO) clean

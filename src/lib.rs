@@ -9,6 +9,7 @@
 //!
 //! Each module appears here as it is built.
 
+pub mod bench;
 pub mod classify;
 pub mod cli;
 pub mod engine;

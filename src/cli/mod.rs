@@ -1,5 +1,6 @@
 //! The `safeguard` command line: one file per subcommand.
 
+mod bench;
 mod classify;
 mod generate;
 mod ls;
@@ -24,6 +25,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    Bench(bench::Args),
     Classify(classify::Args),
     Generate(generate::Args),
     Policies(policies::Args),
@@ -72,6 +74,7 @@ pub fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     let result = match cli.command {
+        Command::Bench(args) => bench::run(args),
         Command::Classify(args) => classify::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Policies(args) => policies::run(args),

@@ -286,7 +286,7 @@ fn strided_rows(array: &Array, axis: i32, start: i32) -> Result<Array> {
 
 /// The shards of a checkpoint: those named by the index when there is one,
 /// otherwise every `model*.safetensors`.
-fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index_path = dir.join("model.safetensors.index.json");
     if index_path.is_file() {
         let text = std::fs::read_to_string(&index_path).map_err(|e| Error::WeightFile {

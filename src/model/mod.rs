@@ -10,8 +10,9 @@ mod rope;
 
 use std::path::PathBuf;
 
-pub use config::{stop_tokens, Config, LayerType, Quantization, RopeScaling};
+pub use config::{stop_tokens, Config, LayerType, ModuleQuantization, Quantization, RopeScaling};
 pub use gpt_oss::{AttentionCache, GptOss, Mask};
+pub(crate) use load::weight_files;
 pub use load::{ComputeDtype, Weights};
 
 use crate::mlx::{self, Dtype};

@@ -1,0 +1,150 @@
+"""mlx-lm vs `safeguard bench` on one model, side by side.
+
+mlx-lm is measured at its defaults (the checkpoint's bf16 compute) and in
+float32 (floating parameters cast with model.set_dtype(mx.float32), as our
+engine computes on CPU): prefill tok/s, decode tok/s, TTFT and peak memory,
+median over runs after a warm-up, with random prompt ids. Then classification:
+N synthetic items against a policy at low effort, through our Classifier (the
+policy's KV state cached) vs one by one through mlx-lm's stream_generate (same
+dtype, float32). Generation is capped at CLASSIFY_MAX_TOKENS because a random
+model never stops.
+
+env: PROMPT_TOKENS GEN_TOKENS RUNS CLASSIFY_ITEMS CLASSIFY_MAX_TOKENS POLICY
+usage: compare.py MODEL_DIR SAFEGUARD_BIN
+"""
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import mlx.core as mx
+import mlx_lm
+from mlx_lm.generate import stream_generate
+from mlx_lm.sample_utils import make_sampler
+
+P = int(os.environ.get("PROMPT_TOKENS", 512))
+G = int(os.environ.get("GEN_TOKENS", 128))
+RUNS = int(os.environ.get("RUNS", 3))
+ITEMS = int(os.environ.get("CLASSIFY_ITEMS", 64))
+CMAX = int(os.environ.get("CLASSIFY_MAX_TOKENS", 32))
+POLICY = os.environ.get("POLICY", "spam")
+
+
+def synthetic_items(n):  # the same texts as safeguard's bench::synthetic_items
+    return [
+        f"Message {i}: hello, I wanted to ask whether the meeting on day {i % 28 + 1} still stands, "
+        f"and whether I should bring the report with the numbers for week {i % 52 + 1}."
+        for i in range(n)
+    ]
+
+
+def one_run(model, tokenizer, prompt, gen):
+    mx.clear_cache()
+    mx.reset_peak_memory()
+    sampler = make_sampler(0.0)
+    start = time.perf_counter()
+    ttft, last = None, None
+    for r in stream_generate(model, tokenizer, prompt, max_tokens=gen, sampler=sampler):
+        if ttft is None:
+            ttft = time.perf_counter() - start
+        last = r
+    return {
+        "prefill_tps": last.prompt_tps,
+        "decode_tps": last.generation_tps,
+        "ttft_ms": ttft * 1e3,
+        "peak_memory": mx.get_peak_memory(),
+    }
+
+
+def bench_mlx_lm(model, tokenizer, prompt):
+    one_run(model, tokenizer, prompt, min(G, 8))  # warm-up
+    runs = [one_run(model, tokenizer, prompt, G) for _ in range(RUNS)]
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
+def classify_mlx_lm(model, tokenizer, prompts):
+    sampler = make_sampler(0.0)
+    list(stream_generate(model, tokenizer, prompts[0], max_tokens=2, sampler=sampler))  # warm-up
+    start = time.perf_counter()
+    for p in prompts:
+        for _ in stream_generate(model, tokenizer, p, max_tokens=CMAX, sampler=sampler):
+            pass
+    return len(prompts) / (time.perf_counter() - start)
+
+
+def rendered_prompts(safeguard, model_dir, items):
+    """Our classification prompts (token ids) from `classify --dry-run`."""
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+        f.write("\n".join(items) + "\n")
+    out = subprocess.run(
+        [safeguard, "classify", "-m", model_dir, "--policy", POLICY, "--effort", "low", "--dry-run", "--input", f.name],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    os.unlink(f.name)
+    return [[int(t) for t in line.split(",")] for line in out.splitlines() if line and line[0].isdigit() and "," in line]
+
+
+def main(model_dir, safeguard):
+    model, tokenizer = mlx_lm.load(model_dir)
+    rng = __import__("random").Random(P)
+    prompt = [rng.randrange(199998) for _ in range(P)]
+    prompts = rendered_prompts(safeguard, model_dir, synthetic_items(ITEMS)) if ITEMS else []
+    assert len(prompts) == ITEMS, len(prompts)
+
+    print(f"[mlx-lm defaults: {P} prompt tokens, {G} generated, {RUNS} runs]", file=sys.stderr, flush=True)
+    theirs_default = bench_mlx_lm(model, tokenizer, prompt)
+    model.set_dtype(mx.float32)  # floating parameters only (its default predicate)
+    print("[mlx-lm float32]", file=sys.stderr, flush=True)
+    theirs_f32 = bench_mlx_lm(model, tokenizer, prompt)
+    if ITEMS:
+        print(f"[mlx-lm float32: {ITEMS} items one by one, <= {CMAX} tokens]", file=sys.stderr, flush=True)
+        theirs_items = classify_mlx_lm(model, tokenizer, prompts)
+    del model
+    mx.clear_cache()
+
+    print("[safeguard bench]", file=sys.stderr, flush=True)
+    ours = json.loads(subprocess.run(
+        [safeguard, "bench", "-m", model_dir, "--prompt-tokens", str(P), "--gen-tokens", str(G),
+         "--runs", str(RUNS), "--json"]
+        + (["--classify", str(ITEMS), "--policy", POLICY, "--effort", "low", "--classify-max-tokens", str(CMAX)] if ITEMS else []),
+        check=True, capture_output=True, text=True,
+    ).stdout)
+    m = ours["models"][0]
+    c = m["contexts"][0]
+    ours_row = {
+        "prefill_tps": c["prefill_tokens_per_sec"]["median"],
+        "decode_tps": c["decode_tokens_per_sec"]["median"],
+        "ttft_ms": c["time_to_first_token_ms"]["median"],
+        "peak_memory": c["peak_memory_bytes"]["median"],
+    }
+
+    rows = [("mlx-lm (bf16, defaults)", theirs_default), ("mlx-lm (float32)", theirs_f32), ("safeguard (float32)", ours_row)]
+    print(f"model {model_dir}: {m['parameters'] / 1e6:.0f} M parameters, {m['active_parameters'] / 1e6:.0f} M active, "
+          f"{m['bits_per_weight']:.2f} bits/weight; {P} prompt tokens, {G} generated, median of {RUNS} runs")
+    print(f"| runner | prefill tok/s | decode tok/s | TTFT ms | peak memory MB |")
+    print(f"|---|---:|---:|---:|---:|")
+    for name, r in rows:
+        print(f"| {name} | {r['prefill_tps']:.2f} | {r['decode_tps']:.2f} | {r['ttft_ms']:.0f} | {r['peak_memory'] / 1e6:.0f} |")
+    print()
+    print("| ours ÷ theirs | prefill | decode | TTFT | peak memory |")
+    print("|---|---:|---:|---:|---:|")
+    for name, r in rows[:2]:
+        print(f"| vs {name} | {ours_row['prefill_tps'] / r['prefill_tps']:.2f}× | {ours_row['decode_tps'] / r['decode_tps']:.2f}× "
+              f"| {ours_row['ttft_ms'] / r['ttft_ms']:.2f}× | {ours_row['peak_memory'] / r['peak_memory']:.2f}× |")
+    if not ITEMS:
+        print("\nclassification: skipped (CLASSIFY_ITEMS=0)")
+        return
+    ours_items = m["classify"]["items_per_sec"]
+    print()
+    print(f"classification, {ITEMS} items, {POLICY} policy ({len(prompts[0])} prompt tokens), effort low, "
+          f"<= {CMAX} generated tokens each (the random model never stops):")
+    print(f"| runner | items/s |\n|---|---:|\n| mlx-lm float32, one by one | {theirs_items:.3f} |\n"
+          f"| safeguard Classifier (policy prefix cached) | {ours_items:.3f} |\n| ratio | {ours_items / theirs_items:.2f}× |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

@@ -1,0 +1,218 @@
+//! `safeguard bench`: model sizes and speed on this machine.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+use anyhow::Result;
+use serde_json::json;
+
+use super::UsageError;
+use crate::bench::{self, BenchOptions, ModelResult};
+use crate::harmony::Effort;
+use crate::mlx;
+use crate::model::ComputeDtype;
+
+/// Benchmark models: sizes, prefill/decode tok/s, time to first token, peak memory.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Model (repeatable): a local folder, a catalog alias or a hub repo id.
+    #[arg(short, long, required = true)]
+    model: Vec<String>,
+    /// Prompt length when --context is not given.
+    #[arg(long, default_value_t = 512)]
+    prompt_tokens: usize,
+    /// Tokens generated per run (decode tok/s is measured over them).
+    #[arg(long, default_value_t = 128)]
+    gen_tokens: usize,
+    /// Timed runs per setting (after one warm-up); median and min–max are reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Sweep context lengths (prompt tokens), e.g. 512,4096,16384.
+    #[arg(long, value_delimiter = ',')]
+    context: Option<Vec<usize>>,
+    /// Also classify N synthetic items through the classifier (needs --policy).
+    #[arg(long, value_name = "N", requires = "policy")]
+    classify: Option<usize>,
+    /// Policy for --classify: a shipped name or a file.
+    #[arg(long)]
+    policy: Option<String>,
+    /// Token budget per classified item (random models never stop).
+    #[arg(long, default_value_t = 32)]
+    classify_max_tokens: usize,
+    /// Reasoning effort for --classify.
+    #[arg(long, default_value_t = Effort::Low)]
+    effort: Effort,
+    /// Skip the warm-up run.
+    #[arg(long)]
+    no_warmup: bool,
+    /// Compute dtype: auto (float32 on CPU, the model's on GPU), float32, bfloat16, float16.
+    #[arg(long, default_value = "auto", value_parser = clap::builder::ValueParser::new(str::parse::<ComputeDtype>))]
+    dtype: ComputeDtype,
+    /// Prompt tokens per prefill step.
+    #[arg(long, default_value_t = 2048)]
+    prefill_step: usize,
+    /// One JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Draw tok/s against context per model into this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let contexts = args.context.clone().unwrap_or_else(|| vec![args.prompt_tokens]);
+    if contexts.contains(&0) {
+        return Err(UsageError(anyhow::anyhow!("context lengths must be at least 1")).into());
+    }
+    let options = BenchOptions {
+        contexts,
+        gen_tokens: args.gen_tokens.max(1),
+        runs: args.runs.max(1),
+        warmup: !args.no_warmup,
+        prefill_step: args.prefill_step,
+        compute: args.dtype,
+        classify: args.classify.zip(args.policy.clone()),
+        classify_max_tokens: args.classify_max_tokens,
+        classify_effort: args.effort,
+    };
+    if let Some((_, policy)) = &options.classify {
+        crate::classify::policy::Policy::find(policy).map_err(|e| UsageError(e.into()))?;
+    }
+    let dirs = args
+        .model
+        .iter()
+        .map(|m| super::resolve_model(m).map(|d| (m.clone(), d)))
+        .collect::<Result<Vec<_>>>()?;
+    for (_, dir) in &dirs {
+        if !dir.join("config.json").is_file() {
+            return Err(UsageError(anyhow::anyhow!(
+                "{} is not a model folder (no config.json)",
+                dir.display()
+            ))
+            .into());
+        }
+    }
+    let show_progress = std::io::stderr().is_terminal() || !args.json;
+    let bandwidth = bench::memcpy_bandwidth();
+    let mut results = Vec::new();
+    for (name, dir) in &dirs {
+        results.push(bench::bench_model(name, dir, &options, bandwidth, |line| {
+            if show_progress {
+                eprintln!("[{line}]");
+            }
+        })?);
+    }
+    let mut stdout = std::io::stdout().lock();
+    if args.json {
+        let out = json!({
+            "machine": {
+                "device": mlx::default_device().to_string(),
+                "mlx_version": mlx::version(),
+                "memory_bandwidth_bytes_per_sec": bandwidth,
+                "bandwidth_method": "Rust memcpy of a 256 MiB buffer, best of 5, read + write bytes",
+            },
+            "settings": {
+                "gen_tokens": options.gen_tokens,
+                "runs": options.runs,
+                "warmup": options.warmup,
+                "contexts": options.contexts,
+            },
+            "models": results,
+        });
+        writeln!(stdout, "{out}")?;
+    } else {
+        print_table(&mut stdout, &results, bandwidth, &options)?;
+    }
+    if let Some(path) = &args.plot {
+        std::fs::write(path, bench::svg_plot(&results))
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn print_table(
+    out: &mut impl Write,
+    results: &[ModelResult],
+    bandwidth: f64,
+    options: &BenchOptions,
+) -> Result<()> {
+    writeln!(
+        out,
+        "machine: {} (MLX {}); memory bandwidth {:.1} GB/s (Rust memcpy, 256 MiB, read+write)",
+        mlx::default_device(),
+        mlx::version(),
+        bandwidth / 1e9
+    )?;
+    writeln!(
+        out,
+        "{} run(s) per setting{}, {} generated tokens; median [min–max]",
+        options.runs,
+        if options.warmup { " after a warm-up" } else { "" },
+        options.gen_tokens
+    )?;
+    for r in results {
+        let s = &r.stats;
+        writeln!(out)?;
+        writeln!(
+            out,
+            "{} ({}, {})\n  parameters {:.3} M, active/token {:.3} M, {:.2} bits/weight, {:.1} MB on disk, loaded in {:.1} s",
+            r.model,
+            r.path,
+            r.dtype,
+            s.parameters as f64 / 1e6,
+            s.active_parameters as f64 / 1e6,
+            s.bits_per_weight,
+            s.bytes_on_disk as f64 / 1e6,
+            r.load_seconds
+        )?;
+        writeln!(
+            out,
+            "  {:>8} {:>24} {:>24} {:>24} {:>22} {:>9} {:>7}",
+            "context", "prefill tok/s", "decode tok/s", "TTFT ms", "peak MB", "ceiling", "of it"
+        )?;
+        for c in &r.contexts {
+            let f = |s: bench::Spread, scale: f64| {
+                format!(
+                    "{:.1} [{:.1}–{:.1}]",
+                    s.median / scale,
+                    s.min / scale,
+                    s.max / scale
+                )
+            };
+            writeln!(
+                out,
+                "  {:>8} {:>24} {:>24} {:>24} {:>22} {:>9.1} {:>6.0}%",
+                c.prompt_tokens,
+                f(c.prefill_tokens_per_sec, 1.0),
+                f(c.decode_tokens_per_sec, 1.0),
+                f(c.time_to_first_token_ms, 1.0),
+                f(c.peak_memory_bytes, 1e6),
+                c.decode_ceiling_tokens_per_sec,
+                c.achieved_fraction * 100.0
+            )?;
+        }
+        if let Some(c) = &r.classify {
+            writeln!(
+                out,
+                "  classify: {} items ({} policy, effort {}, ≤{} tokens each) in {:.1} s: {:.2} items/s, {:.1} tokens/s \
+                 ({} prompt tokens, {} from the policy cache, {} generated)",
+                c.items,
+                c.policy,
+                c.effort,
+                c.max_tokens,
+                c.seconds,
+                c.items_per_sec,
+                c.tokens_per_sec,
+                c.prompt_tokens,
+                c.cached_tokens,
+                c.completion_tokens
+            )?;
+        }
+    }
+    writeln!(
+        out,
+        "\nceiling: bandwidth ÷ bytes read per decode token (weights of the dense layers and top-k experts, \
+         KV at the context); \"of it\": measured decode ÷ ceiling"
+    )?;
+    Ok(())
+}
