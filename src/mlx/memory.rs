@@ -40,6 +40,18 @@ pub fn set_wired_limit(bytes: usize) -> Result<usize> {
     ffi::set_wired_limit(bytes).op("set_wired_limit")
 }
 
+/// On Metal, lets MLX keep up to the GPU's recommended working set wired, as
+/// mlx-lm does while a model runs, so the weights are not paged out between
+/// steps. Returns the limit set, or None on backends without wired memory.
+pub fn wire_recommended_working_set() -> Result<Option<usize>> {
+    if super::default_device().backend != super::Backend::Metal {
+        return Ok(None);
+    }
+    let recommended = ffi::device_info_number("max_recommended_working_set_size").op("device_info")?;
+    set_wired_limit(recommended)?;
+    Ok(Some(recommended))
+}
+
 /// Returns the buffer cache to the system.
 pub fn clear_cache() {
     ffi::clear_cache()

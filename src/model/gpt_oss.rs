@@ -283,6 +283,7 @@ impl GptOss {
         let model = GptOss::from_weights(config, &mut weights)?;
         weights.finish()?;
         mlx::eval(&model.parameters())?;
+        mlx::memory::wire_recommended_working_set()?;
         Ok(model)
     }
 
