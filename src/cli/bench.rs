@@ -10,7 +10,6 @@ use super::UsageError;
 use crate::bench::{self, BenchOptions, ModelResult};
 use crate::harmony::Effort;
 use crate::mlx;
-use crate::model::ComputeDtype;
 
 /// Benchmark models: sizes, prefill/decode tok/s, time to first token, peak memory.
 #[derive(Debug, clap::Args)]
@@ -45,12 +44,8 @@ pub struct Args {
     /// Skip the warm-up run.
     #[arg(long)]
     no_warmup: bool,
-    /// Compute dtype: auto (float32 on CPU, the model's on GPU), float32, bfloat16, float16.
-    #[arg(long, default_value = "auto", value_parser = clap::builder::ValueParser::new(str::parse::<ComputeDtype>))]
-    dtype: ComputeDtype,
-    /// Prompt tokens per prefill step.
-    #[arg(long, default_value_t = 2048)]
-    prefill_step: usize,
+    #[command(flatten)]
+    engine: super::EngineArgs,
     /// One JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -69,8 +64,8 @@ pub fn run(args: Args) -> Result<()> {
         gen_tokens: args.gen_tokens.max(1),
         runs: args.runs.max(1),
         warmup: !args.no_warmup,
-        prefill_step: args.prefill_step,
-        compute: args.dtype,
+        prefill_step: args.engine.prefill_step,
+        compute: args.engine.dtype,
         classify: args.classify.zip(args.policy.clone()),
         classify_max_tokens: args.classify_max_tokens,
         classify_effort: args.effort,

@@ -12,7 +12,7 @@ use crate::classify::run::{render_prompt, Classification, Classifier, ClassifyOp
 use crate::classify::verdict::Keywords;
 use crate::engine::sampler::SamplerOptions;
 use crate::harmony::Effort;
-use crate::model::{ComputeDtype, GptOss};
+use crate::model::GptOss;
 use crate::tokenizer::Tokenizer;
 
 /// Classify text against a policy: one text, a file, a JSONL batch or stdin.
@@ -58,12 +58,8 @@ pub struct Args {
     /// Exit with 1 when any item violates the policy.
     #[arg(long)]
     fail_on_violation: bool,
-    /// Compute dtype: auto, float32, bfloat16, float16.
-    #[arg(long, default_value = "auto", value_parser = clap::builder::ValueParser::new(str::parse::<ComputeDtype>))]
-    dtype: ComputeDtype,
-    /// Prompt tokens per prefill step.
-    #[arg(long, default_value_t = 2048)]
-    prefill_step: usize,
+    #[command(flatten)]
+    engine: super::EngineArgs,
     /// Items decoded together (continuous batching; greedy only, results
     /// identical to one at a time). 1 decodes one item at a time.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
@@ -100,7 +96,7 @@ pub fn run(args: Args) -> Result<()> {
             seed: args.seed,
             ..Default::default()
         },
-        prefill_step: args.prefill_step,
+        prefill_step: args.engine.prefill_step,
         keywords: Keywords::default(),
     };
 
@@ -109,7 +105,7 @@ pub fn run(args: Args) -> Result<()> {
         return print_prompts(&tokenizer, &policy, &options, &items);
     }
 
-    let model = GptOss::load(&model_dir, args.dtype).map_err(|e| usage(e.into()))?;
+    let model = GptOss::load(&model_dir, args.engine.dtype).map_err(|e| usage(e.into()))?;
     let mut classifier = Classifier::new(&model, &tokenizer, &policy, options)?;
     let mut log = args
         .output

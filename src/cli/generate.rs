@@ -18,7 +18,7 @@ use crate::engine::generate::{GenerateOptions, Generation};
 use crate::engine::sampler::SamplerOptions;
 use crate::harmony::{self, Completion, ControlTokens, Effort, StreamParser};
 use crate::mlx::{self, Array, Dtype};
-use crate::model::{self, ComputeDtype, GptOss};
+use crate::model::{self, GptOss};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
 /// Generate text from a prompt, or from token ids as given.
@@ -61,12 +61,8 @@ pub struct Args {
     /// Report the K most likely tokens at each step.
     #[arg(long, value_name = "K")]
     logprobs: Option<i32>,
-    /// Compute dtype: auto (float32 on CPU, the model's on GPU), float32, bfloat16, float16.
-    #[arg(long, default_value = "auto", value_parser = clap::builder::ValueParser::new(str::parse::<ComputeDtype>))]
-    dtype: ComputeDtype,
-    /// Prompt tokens per prefill step.
-    #[arg(long, default_value_t = 2048)]
-    prefill_step: usize,
+    #[command(flatten)]
+    engine: super::EngineArgs,
     /// One JSON object instead of streamed text.
     #[arg(long)]
     json: bool,
@@ -157,7 +153,7 @@ pub fn run(args: Args) -> Result<()> {
         .into());
     }
     let load_start = Instant::now();
-    let model = GptOss::load(&model_dir, args.dtype).map_err(|e| UsageError(e.into()))?;
+    let model = GptOss::load(&model_dir, args.engine.dtype).map_err(|e| UsageError(e.into()))?;
     let stops = model::stop_tokens(&model_dir, &model.config).map_err(|e| UsageError(e.into()))?;
     let tokenizer = Tokenizer::load(&model_dir).map_err(|e| UsageError(e.into()))?;
     let load_time = load_start.elapsed();
@@ -176,7 +172,7 @@ pub fn run(args: Args) -> Result<()> {
 
     let options = GenerateOptions {
         max_tokens: args.max_tokens,
-        prefill_step: args.prefill_step,
+        prefill_step: args.engine.prefill_step,
         sampler: SamplerOptions {
             temperature: args.temperature,
             top_p: args.top_p,

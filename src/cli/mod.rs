@@ -14,6 +14,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::hub::{self, HubConfig, HubError};
 use crate::mlx;
+use crate::model::ComputeDtype;
 
 /// Run OpenAI's gpt-oss-safeguard policy classifiers locally on MLX.
 #[derive(Debug, Parser)]
@@ -31,6 +32,17 @@ enum Command {
     Policies(policies::Args),
     Pull(pull::Args),
     Ls(ls::Args),
+}
+
+/// How the engine runs a model; the same options for every command that does.
+#[derive(Debug, clap::Args)]
+pub struct EngineArgs {
+    /// Compute dtype: auto (float32 on CPU, the model's on GPU), float32, bfloat16, float16.
+    #[arg(long, default_value = "auto", value_parser = clap::builder::ValueParser::new(str::parse::<ComputeDtype>))]
+    dtype: ComputeDtype,
+    /// Prompt tokens per prefill step.
+    #[arg(long, default_value_t = 2048)]
+    prefill_step: usize,
 }
 
 /// An error in what the user asked for (exit code 2), as opposed to a failure
