@@ -529,15 +529,8 @@ impl<'a> Client<'a> {
                 .build()
                 .call()
                 .map_err(|e| self.network_error(&url, e))?;
-            let header = |name: &str| {
-                response
-                    .headers()
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .map(|v| v.trim().to_string())
-            };
             let status = response.status().as_u16();
-            let location = header("location");
+            let location = header(&response, "location");
             let redirect = (300..400).contains(&status);
             if let (true, Some(location)) = (redirect, &location) {
                 if location.starts_with('/') {
@@ -545,9 +538,9 @@ impl<'a> Client<'a> {
                     continue;
                 }
             }
-            let etag = header("x-linked-etag").or_else(|| header("etag"));
-            let size =
-                header("x-linked-size").or_else(|| (!redirect).then(|| header("content-length")).flatten());
+            let etag = header(&response, "x-linked-etag").or_else(|| header(&response, "etag"));
+            let size = header(&response, "x-linked-size")
+                .or_else(|| (!redirect).then(|| header(&response, "content-length")).flatten());
             let download_url = if redirect { location } else { Some(url.clone()) };
             self.check(response, &url, Some(path))?;
             let bad = |detail: &str| HubError::BadResponse {
@@ -586,15 +579,8 @@ impl<'a> Client<'a> {
         if status < 400 {
             return Ok(response);
         }
-        let header = |name: &str| {
-            response
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
-        let code = header("x-error-code").unwrap_or_default();
-        let mut message = header("x-error-message").unwrap_or_default();
+        let code = header(&response, "x-error-code").unwrap_or_default();
+        let mut message = header(&response, "x-error-message").unwrap_or_default();
         if message.is_empty() {
             if let Ok(body) = response
                 .body_mut()
@@ -773,15 +759,8 @@ impl<'a> Client<'a> {
             }
             Err(e) => return Err(self.network_error(url, e)),
         };
-        let header = |name: &str| {
-            response
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
         // `Content-Range: bytes <start>-<end>/<total>` (or `bytes */<total>` with 416).
-        let content_range = header("content-range");
+        let content_range = header(&response, "content-range");
         let range_start = content_range
             .as_deref()
             .and_then(|v| v.strip_prefix("bytes "))
@@ -793,7 +772,7 @@ impl<'a> Client<'a> {
             .and_then(|v| v.trim().parse::<u64>().ok());
         let status = response.status().as_u16();
         let whole = match status {
-            200 => header("content-length").and_then(|v| v.parse::<u64>().ok()),
+            200 => header(&response, "content-length").and_then(|v| v.parse::<u64>().ok()),
             206 | 416 => range_total,
             _ => None,
         };
@@ -963,6 +942,15 @@ pub fn human_bytes(bytes: u64) -> String {
     } else {
         format!("{value:.1} {}", UNITS[unit])
     }
+}
+
+/// A response header's value, trimmed; None when absent or not text.
+fn header(response: &Response<Body>, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_string())
 }
 
 #[cfg(test)]
