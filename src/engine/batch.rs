@@ -8,7 +8,7 @@
 //! are bit-for-bit those of decoding it alone.
 
 use super::cache::LayerCache;
-use super::generate::{GenerateOptions, Step};
+use super::generate::{prefill, GenerateOptions, Step};
 use super::sampler::Sampler;
 use crate::mlx::{self, Array};
 use crate::model::{GptOss, Result};
@@ -59,13 +59,7 @@ impl<'m> BatchGeneration<'m> {
         let (last, rest) = prompt
             .split_last()
             .ok_or_else(|| invalid("the prompt is empty"))?;
-        for chunk in rest.chunks(self.options.prefill_step.max(1)) {
-            self.model
-                .forward(&Array::from_slice(chunk, &[1, chunk.len() as i32])?, &mut caches)?;
-            let state: Vec<&Array> = caches.iter().flat_map(LayerCache::state).collect();
-            mlx::eval(&state)?;
-            mlx::memory::clear_cache();
-        }
+        prefill(self.model, &mut caches, rest, self.options.prefill_step)?;
         if self.options.max_tokens > 0 {
             self.active.push(Sequence {
                 id,

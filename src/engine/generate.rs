@@ -66,12 +66,7 @@ impl<'m> Generation<'m> {
                 message: "the prompt is empty".into(),
             })
         })?;
-        for chunk in rest.chunks(options.prefill_step.max(1)) {
-            model.forward(&tokens_array(chunk)?, &mut caches)?;
-            let state: Vec<&Array> = caches.iter().flat_map(LayerCache::state).collect();
-            mlx::eval(&state)?;
-            mlx::memory::clear_cache();
-        }
+        prefill(model, &mut caches, rest, options.prefill_step)?;
         let mut generation = Generation {
             model,
             caches,
@@ -127,6 +122,18 @@ impl Iterator for Generation<'_> {
                 .map(|token| Step { token, logprobs }),
         )
     }
+}
+
+/// Runs `tokens` through the model into `caches`, `step` tokens per forward,
+/// evaluating the caches after each so activation memory stays bounded.
+pub fn prefill(model: &GptOss, caches: &mut [LayerCache], tokens: &[u32], step: usize) -> Result<()> {
+    for chunk in tokens.chunks(step.max(1)) {
+        model.forward(&tokens_array(chunk)?, caches)?;
+        let state: Vec<&Array> = caches.iter().flat_map(LayerCache::state).collect();
+        mlx::eval(&state)?;
+        mlx::memory::clear_cache();
+    }
+    Ok(())
 }
 
 fn tokens_array(tokens: &[u32]) -> Result<Array> {

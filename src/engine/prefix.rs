@@ -5,7 +5,8 @@
 //! recently used first, bounded by their bytes.
 
 use super::cache::{make_caches, LayerCache};
-use crate::mlx::{self, Array};
+use super::generate::prefill;
+use crate::mlx::Array;
 use crate::model::{GptOss, Result};
 
 struct Entry {
@@ -50,11 +51,7 @@ impl PrefixCache {
         }
         self.misses += 1;
         let mut caches = make_caches(model);
-        for chunk in prefix.chunks(prefill_step.max(1)) {
-            model.forward(&Array::from_slice(chunk, &[1, chunk.len() as i32])?, &mut caches)?;
-            let state: Vec<&Array> = caches.iter().flat_map(LayerCache::state).collect();
-            mlx::eval(&state)?;
-        }
+        prefill(model, &mut caches, prefix, prefill_step)?;
         let bytes = caches.iter().flat_map(LayerCache::state).map(Array::nbytes).sum();
         if bytes <= self.capacity_bytes {
             while self.entries.iter().map(|e| e.bytes).sum::<usize>() + bytes > self.capacity_bytes {
