@@ -17,4 +17,5 @@ pub mod harmony;
 pub mod hub;
 pub mod mlx;
 pub mod model;
+pub mod server;
 pub mod tokenizer;

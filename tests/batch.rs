@@ -1,6 +1,8 @@
-//! Batched decoding equals decoding alone, bit for bit: greedy tokens and
-//! every log-probability, for sequences of different lengths that start from
-//! one shared prefix, join and leave mid-batch and cross sliding windows.
+//! Batched decoding equals decoding alone, bit for bit: greedy and sampled
+//! tokens and every log-probability, for sequences of different lengths that
+//! start from one shared prefix, join and leave mid-batch (at their token
+//! limit, or removed while their next step is already computing) and cross
+//! sliding windows.
 
 mod common;
 
@@ -9,6 +11,7 @@ use std::collections::HashMap;
 use safeguard_mlx::engine::batch::BatchGeneration;
 use safeguard_mlx::engine::cache::{make_caches, LayerCache};
 use safeguard_mlx::engine::generate::{GenerateOptions, Generation};
+use safeguard_mlx::engine::sampler::SamplerOptions;
 use safeguard_mlx::mlx::{self, Array};
 use safeguard_mlx::model::{ComputeDtype, GptOss};
 
@@ -43,9 +46,10 @@ fn prefill(model: &GptOss, prefix: &[u32]) -> Vec<LayerCache> {
 type Run = (Vec<u32>, Vec<Vec<f32>>);
 
 /// Decodes `budget` tokens after `prefix` + `suffix` alone.
-fn alone(model: &GptOss, prefix: &[LayerCache], suffix: &[u32], budget: usize) -> Run {
+fn alone(model: &GptOss, prefix: &[LayerCache], suffix: &[u32], budget: usize, sampler: SamplerOptions) -> Run {
     let options = GenerateOptions {
         max_tokens: budget,
+        sampler,
         ..Default::default()
     };
     let mut run = (Vec::new(), Vec::new());
@@ -58,25 +62,27 @@ fn alone(model: &GptOss, prefix: &[LayerCache], suffix: &[u32], budget: usize) -
 }
 
 /// Decodes every `(suffix, budget)` in batches of at most `batch_size`, each
-/// leaving at its own budget and the next joining in its place.
+/// leaving at its own budget and the next joining in its place. Even items
+/// leave by their token limit, odd ones are removed by the caller.
 fn batched(
     model: &GptOss,
     prefix: &[LayerCache],
     items: &[(Vec<u32>, usize)],
     batch_size: usize,
+    sampler: &dyn Fn(usize) -> SamplerOptions,
 ) -> Vec<Run> {
-    let max = items.iter().map(|i| i.1).max().unwrap();
-    let options = GenerateOptions {
-        max_tokens: max,
-        ..Default::default()
-    };
-    let mut batch = BatchGeneration::new(model, options).unwrap();
+    let mut batch = BatchGeneration::new(model);
     let mut runs: HashMap<usize, Run> = HashMap::new();
     let (mut next, mut peak, mut joined_mid_batch) = (0, 0, false);
     loop {
         while batch.len() < batch_size && next < items.len() {
             joined_mid_batch |= !batch.is_empty() && next >= batch_size;
-            batch.insert(next, prefix.to_vec(), &items[next].0).unwrap();
+            let options = GenerateOptions {
+                max_tokens: items[next].1 + (next % 2) * 5,
+                sampler: sampler(next),
+                ..Default::default()
+            };
+            batch.insert(next, prefix.to_vec(), &items[next].0, options).unwrap();
             runs.insert(next, (Vec::new(), Vec::new()));
             next += 1;
         }
@@ -99,6 +105,19 @@ fn batched(
 }
 
 fn check(name: &str, prefix_len: usize, suffix_lens: &[usize], budgets: &[usize], batch_size: usize) {
+    check_sampled(name, prefix_len, suffix_lens, budgets, batch_size, &|_| {
+        SamplerOptions::default()
+    });
+}
+
+fn check_sampled(
+    name: &str,
+    prefix_len: usize,
+    suffix_lens: &[usize],
+    budgets: &[usize],
+    batch_size: usize,
+    sampler: &dyn Fn(usize) -> SamplerOptions,
+) {
     let model = GptOss::load(&common::fixture(name), ComputeDtype::Float32).unwrap();
     let prefix = prefill(&model, &tokens(prefix_len, 1));
     let items: Vec<(Vec<u32>, usize)> = suffix_lens
@@ -107,9 +126,9 @@ fn check(name: &str, prefix_len: usize, suffix_lens: &[usize], budgets: &[usize]
         .enumerate()
         .map(|(i, (&len, &budget))| (tokens(len, 100 + i as u64), budget))
         .collect();
-    let together = batched(&model, &prefix, &items, batch_size);
+    let together = batched(&model, &prefix, &items, batch_size, sampler);
     for (i, ((suffix, budget), run)) in items.iter().zip(&together).enumerate() {
-        let single = alone(&model, &prefix, suffix, *budget);
+        let single = alone(&model, &prefix, suffix, *budget, sampler(i));
         assert_eq!(run.0, single.0, "{name} item {i}: tokens");
         assert_eq!(run.1.len(), single.1.len());
         for (t, (a, b)) in run.1.iter().zip(&single.1).enumerate() {
@@ -146,4 +165,16 @@ fn batches_large_enough_to_sort_experts_change_nothing() {
     let lens: Vec<usize> = (0..20).map(|i| 1 + (i * 7) % 13).collect();
     let budgets: Vec<usize> = (0..20).map(|i| 3 + (i * 5) % 9).collect();
     check("b-mxfp4", 30, &lens, &budgets, 16);
+}
+
+#[test]
+fn sampled_sequences_draw_in_a_batch_what_they_draw_alone() {
+    // Each sequence has its own seed and filters; greedy ones mix in.
+    check_sampled("a-mxfp4", 12, &[2, 5, 1, 8, 3], &[9, 6, 11, 4, 7], 3, &|i| SamplerOptions {
+        temperature: if i == 2 { 0.0 } else { 0.7 + 0.1 * i as f32 },
+        top_p: if i % 2 == 0 { 0.9 } else { 0.0 },
+        top_k: if i == 3 { 20 } else { 0 },
+        min_p: 0.0,
+        seed: 1000 + i as u64,
+    });
 }

@@ -51,14 +51,30 @@ pub struct Policy {
 impl Policy {
     /// A shipped policy by name, else a file by path.
     pub fn find(spec: &str) -> Result<Policy, Error> {
-        if let Some((name, text)) = SHIPPED.iter().find(|(name, _)| *name == spec) {
-            return Ok(Policy::parse(name, text, None).expect("shipped policies are valid"));
+        if let Some(policy) = Policy::named(spec) {
+            return Ok(policy);
         }
         let path = Path::new(spec);
         if !path.exists() {
             return Err(Error::NotFound(spec.to_string()));
         }
         Policy::from_file(path)
+    }
+
+    /// A shipped policy by name; never a file.
+    pub fn named(name: &str) -> Option<Policy> {
+        SHIPPED
+            .iter()
+            .find(|(shipped, _)| *shipped == name)
+            .map(|(name, text)| Policy::parse(name, text, None).expect("shipped policies are valid"))
+    }
+
+    /// A policy given as text (in a request, say), checked as a file's is.
+    pub fn from_text(name: &str, text: &str) -> Result<Policy, String> {
+        if text.len() > MAX_POLICY_BYTES {
+            return Err(too_long(text.len()));
+        }
+        Policy::parse(name, text, None)
     }
 
     pub fn from_file(path: &Path) -> Result<Policy, Error> {
@@ -68,11 +84,7 @@ impl Policy {
         };
         let bytes = std::fs::read(path).map_err(|e| invalid(e.to_string()))?;
         if bytes.len() > MAX_POLICY_BYTES {
-            return Err(invalid(format!(
-                "the policy is {} KiB; keep it under {} KiB (the guide finds 400-600 tokens best)",
-                bytes.len() / 1024,
-                MAX_POLICY_BYTES / 1024
-            )));
+            return Err(invalid(too_long(bytes.len())));
         }
         let text = String::from_utf8(bytes).map_err(|e| invalid(format!("not UTF-8 text: {e}")))?;
         let name = path
@@ -122,6 +134,14 @@ impl Policy {
     }
 }
 
+fn too_long(bytes: usize) -> String {
+    format!(
+        "the policy is {} KiB; keep it under {} KiB (the guide finds 400-600 tokens best)",
+        bytes / 1024,
+        MAX_POLICY_BYTES / 1024
+    )
+}
+
 pub fn shipped_names() -> Vec<&'static str> {
     SHIPPED.iter().map(|(name, _)| *name).collect()
 }
@@ -130,6 +150,6 @@ pub fn shipped_names() -> Vec<&'static str> {
 pub fn shipped() -> Vec<Policy> {
     SHIPPED
         .iter()
-        .map(|(name, text)| Policy::parse(name, text, None).expect("shipped policies are valid"))
+        .filter_map(|(name, _)| Policy::named(name))
         .collect()
 }

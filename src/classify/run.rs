@@ -127,30 +127,23 @@ fn with_content(
     )
 }
 
-pub struct Classifier<'a> {
-    model: &'a GptOss,
-    tokenizer: &'a Tokenizer,
+/// What classifying against one policy needs besides the model: the
+/// prompt, the prefix every item shares, and reading the verdict back from
+/// the generated tokens. The server runs the model elsewhere and uses this.
+pub struct Judge<'t> {
+    tokenizer: &'t Tokenizer,
     control: ControlTokens,
     conversation: Conversation,
     /// The prompt tokens every item shares: system, policy, user header.
     prefix: Vec<u32>,
-    prefixes: PrefixCache,
     options: ClassifyOptions,
     /// Ids of "0" and "1": o200k splits digits from what precedes them, so
     /// every way of writing a verdict ends in one of these tokens.
     digits: [u32; 2],
 }
 
-/// Room for a handful of policies' KV state.
-const PREFIX_CACHE_BYTES: usize = 1 << 30;
-
-impl<'a> Classifier<'a> {
-    pub fn new(
-        model: &'a GptOss,
-        tokenizer: &'a Tokenizer,
-        policy: &Policy,
-        options: ClassifyOptions,
-    ) -> Result<Classifier<'a>, harmony::Error> {
+impl<'t> Judge<'t> {
+    pub fn new(tokenizer: &'t Tokenizer, policy: &Policy, options: ClassifyOptions) -> Result<Judge<'t>, harmony::Error> {
         let conversation = conversation(policy, &options);
         // Two items that differ from their first token on share exactly the
         // prefix up to the item's content.
@@ -165,34 +158,34 @@ impl<'a> Classifier<'a> {
                 _ => Err(harmony::Error::MissingToken("single-token digits")),
             }
         };
-        Ok(Classifier {
-            model,
+        Ok(Judge {
             tokenizer,
             control: ControlTokens::of(tokenizer)?,
             prefix: a[..shared].to_vec(),
             conversation,
-            prefixes: PrefixCache::new(PREFIX_CACHE_BYTES),
             digits: [digit("0")?, digit("1")?],
             options,
         })
     }
 
-    /// The prompt of `item` and where its generation starts: caches holding
-    /// the policy prefix (shared, computed once) and the tokens after it.
-    fn start(&mut self, item: &Item) -> anyhow::Result<(Vec<u32>, Vec<LayerCache>, usize, usize)> {
-        let prompt = with_content(&self.conversation, &item.content, self.tokenizer)?;
-        if prompt.starts_with(&self.prefix) {
-            let (caches, hit) =
-                self.prefixes
-                    .caches_for(self.model, &self.prefix, self.options.prefill_step)?;
-            let cached = if hit { self.prefix.len() } else { 0 };
-            Ok((prompt, caches, self.prefix.len(), cached))
-        } else {
-            Ok((prompt, make_caches(self.model), 0, 0))
-        }
+    /// The prompt for `content`, and how many of its first tokens are the
+    /// prefix every item shares (0 if, unusually, it does not start with it).
+    pub fn prompt(&self, content: &str) -> Result<(Vec<u32>, usize), harmony::Error> {
+        let prompt = with_content(&self.conversation, content, self.tokenizer)?;
+        let shared = if prompt.starts_with(&self.prefix) { self.prefix.len() } else { 0 };
+        Ok((prompt, shared))
     }
 
-    fn generate_options(&self) -> GenerateOptions {
+    /// The tokens whose probabilities state the verdict ("0", "1").
+    pub fn digits(&self) -> [u32; 2] {
+        self.digits
+    }
+
+    pub fn options(&self) -> &ClassifyOptions {
+        &self.options
+    }
+
+    pub fn generate_options(&self) -> GenerateOptions {
         GenerateOptions {
             max_tokens: self.options.max_tokens,
             prefill_step: self.options.prefill_step,
@@ -200,49 +193,96 @@ impl<'a> Classifier<'a> {
         }
     }
 
+    /// Starts reading the output for `item`, whose prompt has
+    /// `prompt_tokens` tokens of which `cached_tokens` came from a cache.
+    pub fn start(&self, item: &Item, prompt_tokens: usize, cached_tokens: usize) -> anyhow::Result<ItemRun<'t>> {
+        Ok(ItemRun {
+            id: item.id.clone(),
+            start: Instant::now(),
+            prompt_tokens,
+            cached_tokens,
+            parser: StreamParser::new(self.tokenizer)?,
+            verdict_probabilities: None,
+            generated: Vec::new(),
+        })
+    }
+}
+
+pub struct Classifier<'a> {
+    model: &'a GptOss,
+    judge: Judge<'a>,
+    prefixes: PrefixCache,
+}
+
+/// Room for a handful of policies' KV state.
+const PREFIX_CACHE_BYTES: usize = 1 << 30;
+
+impl<'a> Classifier<'a> {
+    pub fn new(
+        model: &'a GptOss,
+        tokenizer: &'a Tokenizer,
+        policy: &Policy,
+        options: ClassifyOptions,
+    ) -> Result<Classifier<'a>, harmony::Error> {
+        Ok(Classifier {
+            model,
+            judge: Judge::new(tokenizer, policy, options)?,
+            prefixes: PrefixCache::new(PREFIX_CACHE_BYTES),
+        })
+    }
+
+    /// The item's run and where its generation starts: caches holding the
+    /// policy prefix (shared, computed once) and the tokens after it.
+    fn start(&mut self, item: &Item) -> anyhow::Result<(ItemRun<'a>, Vec<LayerCache>, Vec<u32>)> {
+        let (prompt, shared) = self.judge.prompt(&item.content)?;
+        let (caches, cached) = if shared > 0 {
+            let (caches, hit) =
+                self.prefixes
+                    .caches_for(self.model, &prompt[..shared], self.judge.options.prefill_step)?;
+            (caches, if hit { shared } else { 0 })
+        } else {
+            (make_caches(self.model), 0)
+        };
+        let run = self.judge.start(item, prompt.len(), cached)?;
+        Ok((run, caches, prompt[shared..].to_vec()))
+    }
+
     pub fn classify(&mut self, item: &Item) -> anyhow::Result<Classification> {
-        let start = Instant::now();
-        let (prompt, caches, skip, cached_tokens) = self.start(item)?;
-        let generation =
-            Generation::with_caches(self.model, caches, &prompt[skip..], self.generate_options())?;
-        let mut run = ItemRun::new(self, item, start, prompt.len(), cached_tokens)?;
+        let (mut run, caches, rest) = self.start(item)?;
+        let generation = Generation::with_caches(self.model, caches, &rest, self.judge.generate_options())?;
         for step in generation {
-            if run.push(self, &step?)? {
+            let step = step?;
+            if run.push(&self.judge, step.token, |digits| digit_probabilities(&step, digits))? {
                 break;
             }
         }
-        run.finish(self)
+        run.finish(&self.judge)
     }
 
     /// Classifies `items`, decoding up to `batch_size` of them together
     /// (continuous batching: an item that finishes makes room for the next).
     /// Results come to `done` as items finish, with their index in `items`;
-    /// each equals [`Classifier::classify`] of the item alone. Sampling
-    /// (temperature above 0) classifies one at a time.
+    /// each equals [`Classifier::classify`] of the item alone.
     pub fn classify_batched(
         &mut self,
         items: &[&Item],
         batch_size: usize,
         mut done: impl FnMut(usize, Classification) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
-        if batch_size <= 1 || self.options.sampler.temperature != 0.0 || self.options.max_tokens == 0 {
+        if batch_size <= 1 || self.judge.options.max_tokens == 0 {
             for (i, item) in items.iter().enumerate() {
                 done(i, self.classify(item)?)?;
             }
             return Ok(());
         }
-        let mut batch = BatchGeneration::new(self.model, self.generate_options())?;
+        let mut batch = BatchGeneration::new(self.model);
         let mut runs: HashMap<usize, ItemRun<'a>> = HashMap::new();
         let mut next = 0;
         loop {
             while batch.len() < batch_size && next < items.len() {
-                let start = Instant::now();
-                let (prompt, caches, skip, cached_tokens) = self.start(items[next])?;
-                batch.insert(next, caches, &prompt[skip..])?;
-                runs.insert(
-                    next,
-                    ItemRun::new(self, items[next], start, prompt.len(), cached_tokens)?,
-                );
+                let (run, caches, rest) = self.start(items[next])?;
+                batch.insert(next, caches, &rest, self.judge.generate_options())?;
+                runs.insert(next, run);
                 next += 1;
             }
             if batch.is_empty() {
@@ -250,13 +290,13 @@ impl<'a> Classifier<'a> {
             }
             for (id, step) in batch.step()? {
                 let run = runs.get_mut(&id).expect("every sequence has a run");
-                let stop = run.push(self, &step)?;
+                let stop = run.push(&self.judge, step.token, |digits| digit_probabilities(&step, digits))?;
                 if stop {
                     batch.remove(id);
                 }
-                if stop || run.generated.len() >= self.options.max_tokens {
+                if stop || run.generated.len() >= self.judge.options.max_tokens {
                     let run = runs.remove(&id).expect("present");
-                    done(id, run.finish(self)?)?;
+                    done(id, run.finish(&self.judge)?)?;
                 }
             }
         }
@@ -264,9 +304,20 @@ impl<'a> Classifier<'a> {
     }
 }
 
+/// P("0") and P("1") at a step.
+fn digit_probabilities(step: &Step, digits: &[u32; 2]) -> anyhow::Result<(f32, f32)> {
+    let p = step
+        .logprobs
+        .take(&Array::from_slice(digits, &[2])?, 0)?
+        .astype(Dtype::Float32)?
+        .exp()?
+        .to_vec::<f32>()?;
+    Ok((p[0], p[1]))
+}
+
 /// One item's generation as it goes: the parsed harmony stream and the
 /// verdict digit's probabilities.
-struct ItemRun<'t> {
+pub struct ItemRun<'t> {
     id: String,
     start: Instant,
     prompt_tokens: usize,
@@ -276,45 +327,37 @@ struct ItemRun<'t> {
     generated: Vec<u32>,
 }
 
-impl<'t> ItemRun<'t> {
-    fn new(
-        classifier: &Classifier<'t>,
-        item: &Item,
-        start: Instant,
-        prompt_tokens: usize,
-        cached_tokens: usize,
-    ) -> anyhow::Result<ItemRun<'t>> {
-        Ok(ItemRun {
-            id: item.id.clone(),
-            start,
-            prompt_tokens,
-            cached_tokens,
-            parser: StreamParser::new(classifier.tokenizer)?,
-            verdict_probabilities: None,
-            generated: Vec::new(),
-        })
-    }
-
+impl ItemRun<'_> {
     /// Takes one generated token; true when it ends generation.
-    fn push(&mut self, c: &Classifier<'_>, step: &Step) -> anyhow::Result<bool> {
-        self.generated.push(step.token);
+    /// `probabilities` gives P("0"), P("1") at this token; it is asked for
+    /// only at the digit that states the verdict.
+    pub fn push(
+        &mut self,
+        judge: &Judge<'_>,
+        token: u32,
+        probabilities: impl FnOnce(&[u32; 2]) -> anyhow::Result<(f32, f32)>,
+    ) -> anyhow::Result<bool> {
+        self.generated.push(token);
         let in_answer = self.parser.current().is_some_and(|m| m.is_final());
-        self.parser.push(step.token);
+        self.parser.push(token);
         // The first digit written in the answer states the verdict.
-        if in_answer && self.verdict_probabilities.is_none() && c.digits.contains(&step.token) {
-            let digits = Array::from_slice(&c.digits, &[2])?;
-            let p = step
-                .logprobs
-                .take(&digits, 0)?
-                .astype(Dtype::Float32)?
-                .exp()?
-                .to_vec::<f32>()?;
-            self.verdict_probabilities = Some((p[0], p[1]));
+        if in_answer && self.verdict_probabilities.is_none() && judge.digits.contains(&token) {
+            self.verdict_probabilities = Some(probabilities(&judge.digits)?);
         }
-        Ok(c.control.stops_generation(step.token))
+        Ok(judge.control.stops_generation(token))
     }
 
-    fn finish(self, c: &Classifier<'_>) -> anyhow::Result<Classification> {
+    /// Prompt tokens that turned out to come from a prefix cache.
+    pub fn set_cached_tokens(&mut self, tokens: usize) {
+        self.cached_tokens = tokens;
+    }
+
+    /// Tokens generated so far.
+    pub fn generated(&self) -> usize {
+        self.generated.len()
+    }
+
+    pub fn finish(self, c: &Judge<'_>) -> anyhow::Result<Classification> {
         let completion = self.parser.finish();
         let answer = completion.answer().map(|m| m.content.clone()).unwrap_or_default();
         let verdict = verdict::parse(&answer, &c.options.keywords);

@@ -60,8 +60,8 @@ pub struct Args {
     fail_on_violation: bool,
     #[command(flatten)]
     engine: super::EngineArgs,
-    /// Items decoded together (continuous batching; greedy only, results
-    /// identical to one at a time). 1 decodes one item at a time.
+    /// Items decoded together (continuous batching; results identical to
+    /// one at a time). 1 decodes one item at a time.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     batch_size: u32,
 }

@@ -9,7 +9,7 @@ mod chat;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde_json::{json, Value};
 
 use self::chat::ChatStream;
@@ -17,7 +17,7 @@ use super::UsageError;
 use crate::engine::generate::{GenerateOptions, Generation};
 use crate::engine::sampler::SamplerOptions;
 use crate::harmony::{self, Completion, ControlTokens, Effort, StreamParser};
-use crate::mlx::{self, Array, Dtype};
+use crate::mlx;
 use crate::model::{self, GptOss};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
@@ -60,7 +60,7 @@ pub struct Args {
     seed: u64,
     /// Report the K most likely tokens at each step.
     #[arg(long, value_name = "K")]
-    logprobs: Option<i32>,
+    logprobs: Option<usize>,
     #[command(flatten)]
     engine: super::EngineArgs,
     /// One JSON object instead of streamed text.
@@ -136,12 +136,6 @@ impl Output<'_> {
     }
 }
 
-struct TokenLogprobs {
-    token: u32,
-    logprob: f32,
-    top: Vec<(u32, f32)>,
-}
-
 pub fn run(args: Args) -> Result<()> {
     let model_dir = super::resolve_model(&args.model)?;
     if !model_dir.join("config.json").is_file() {
@@ -208,7 +202,7 @@ pub fn run(args: Args) -> Result<()> {
         let step = step?;
         first_token_at.get_or_insert_with(|| start.elapsed());
         if let Some(k) = args.logprobs {
-            logprobs.push(top_logprobs(&step.logprobs, step.token, k)?);
+            logprobs.push(step.top_logprobs(k)?);
         }
         tokens.push(step.token);
         stopped = stops.contains(&step.token);
@@ -279,30 +273,4 @@ fn rate(count: usize, time: Duration) -> f64 {
     } else {
         count as f64 / time.as_secs_f64()
     }
-}
-
-/// The chosen token's log-probability and the `k` most likely, best first.
-fn top_logprobs(logprobs: &Array, token: u32, k: i32) -> Result<TokenLogprobs> {
-    let logprobs = logprobs.astype(Dtype::Float32)?;
-    let vocab = logprobs.dim(-1)?;
-    let k = k.clamp(1, vocab);
-    let ids = logprobs
-        .negative()?
-        .argpartition(k - 1, -1)?
-        .slice_axis(-1, 0, k)?;
-    let values = logprobs.take_along_axis(&ids, -1)?;
-    let chosen = logprobs.take(&Array::scalar_int(token.into(), Dtype::Uint32)?, 0)?;
-    let mut top: Vec<(u32, f32)> = ids
-        .to_vec::<u32>()?
-        .into_iter()
-        .zip(values.to_vec::<f32>()?)
-        .collect();
-    top.sort_by(|a, b| b.1.total_cmp(&a.1));
-    Ok(TokenLogprobs {
-        token,
-        logprob: chosen
-            .item::<f32>()
-            .context("reading the chosen token's logprob")?,
-        top,
-    })
 }

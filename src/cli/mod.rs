@@ -6,6 +6,7 @@ mod generate;
 mod ls;
 mod policies;
 mod pull;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,6 +32,7 @@ enum Command {
     Generate(generate::Args),
     Policies(policies::Args),
     Pull(pull::Args),
+    Serve(serve::Args),
     Ls(ls::Args),
 }
 
@@ -91,6 +93,7 @@ pub fn main() -> ExitCode {
         Command::Generate(args) => generate::run(args),
         Command::Policies(args) => policies::run(args),
         Command::Pull(args) => pull::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::Ls(args) => ls::run(args),
     };
     match result {

@@ -5,7 +5,13 @@
 //! only the position-independent work (embeddings, projections, experts,
 //! head) is batched. Padding would add masked keys to each softmax and change
 //! its reduction order; this way a sequence's tokens and log-probabilities
-//! are bit-for-bit those of decoding it alone.
+//! are bit-for-bit those of decoding it alone, sampled ones included (each
+//! sequence draws from its own sampler).
+//!
+//! Steps are pipelined as in [`super::generate::Generation`]: the forward for
+//! token `n + 1` is built from token `n` while that is still being computed,
+//! so the host reads one step while MLX computes the next. A sequence removed
+//! in between has one step computed for nothing.
 
 use super::cache::LayerCache;
 use super::generate::{prefill, GenerateOptions, Step};
@@ -16,31 +22,36 @@ use crate::model::{GptOss, Result};
 struct Sequence {
     id: usize,
     caches: Vec<LayerCache>,
-    /// The token to feed next.
-    next: u32,
-    produced: usize,
+    sampler: Sampler,
+    /// The token to feed next `[1]`: the prompt's last, or one sampled but
+    /// perhaps not yet computed.
+    next: Array,
+    /// Steps queued so far, and the most this sequence may have.
+    queued: usize,
+    max_tokens: usize,
+}
+
+/// A forward in flight: which sequence each row is, what it drew, and the
+/// distributions it drew from.
+struct Pending {
+    ids: Vec<usize>,
+    sampled: Array,
+    logprobs: Array,
 }
 
 pub struct BatchGeneration<'m> {
     model: &'m GptOss,
-    sampler: Sampler,
-    options: GenerateOptions,
     active: Vec<Sequence>,
+    pending: Option<Pending>,
 }
 
 impl<'m> BatchGeneration<'m> {
-    /// Greedy decoding only: a sampled batch would draw every row from one
-    /// key, unlike the same sequences decoded alone.
-    pub fn new(model: &'m GptOss, options: GenerateOptions) -> Result<BatchGeneration<'m>> {
-        if options.sampler.temperature != 0.0 {
-            return Err(invalid("batched decoding is greedy only (temperature 0)"));
-        }
-        Ok(BatchGeneration {
+    pub fn new(model: &'m GptOss) -> BatchGeneration<'m> {
+        BatchGeneration {
             model,
-            sampler: Sampler::new(options.sampler)?,
-            options,
             active: Vec::new(),
-        })
+            pending: None,
+        }
     }
 
     /// Sequences still decoding.
@@ -54,18 +65,26 @@ impl<'m> BatchGeneration<'m> {
 
     /// Adds a sequence continuing `caches` with `prompt` (at least one
     /// token): all but its last token are prefilled now, alone, as
-    /// [`super::generate::Generation`] does; the last joins the next step.
-    pub fn insert(&mut self, id: usize, mut caches: Vec<LayerCache>, prompt: &[u32]) -> Result<()> {
+    /// [`super::generate::Generation`] does; the last joins the next forward.
+    pub fn insert(
+        &mut self,
+        id: usize,
+        mut caches: Vec<LayerCache>,
+        prompt: &[u32],
+        options: GenerateOptions,
+    ) -> Result<()> {
         let (last, rest) = prompt
             .split_last()
             .ok_or_else(|| invalid("the prompt is empty"))?;
-        prefill(self.model, &mut caches, rest, self.options.prefill_step)?;
-        if self.options.max_tokens > 0 {
+        prefill(self.model, &mut caches, rest, options.prefill_step)?;
+        if options.max_tokens > 0 {
             self.active.push(Sequence {
                 id,
                 caches,
-                next: *last,
-                produced: 0,
+                sampler: Sampler::new(options.sampler)?,
+                next: Array::from_slice(&[*last], &[1])?,
+                queued: 0,
+                max_tokens: options.max_tokens,
             });
         }
         Ok(())
@@ -76,37 +95,67 @@ impl<'m> BatchGeneration<'m> {
         self.active.retain(|s| s.id != id);
     }
 
-    /// One token for every sequence, in one forward: `(id, step)` pairs.
-    /// Sequences that reach `max_tokens` leave by themselves.
+    /// The next token of every sequence that was active when the forward was
+    /// queued and still is: `(id, step)` pairs. Sequences that reach their
+    /// `max_tokens` leave by themselves.
     pub fn step(&mut self) -> Result<Vec<(usize, Step)>> {
-        if self.active.is_empty() {
-            return Ok(Vec::new());
+        let ready = match self.pending.take() {
+            Some(pending) => pending,
+            None => match self.queue()? {
+                Some(pending) => pending,
+                None => return Ok(Vec::new()),
+            },
+        };
+        self.pending = self.queue()?;
+        let sampled = ready.sampled.to_vec::<u32>()?;
+        let mut steps = Vec::with_capacity(sampled.len());
+        for (row, (&id, token)) in ready.ids.iter().zip(sampled).enumerate() {
+            if self.active.iter().any(|s| s.id == id) {
+                let row = row as i32;
+                let logprobs = ready.logprobs.slice_axis(0, row, row + 1)?.squeeze(0)?;
+                steps.push((id, Step { token, logprobs }));
+            }
         }
-        let inputs: Vec<u32> = self.active.iter().map(|s| s.next).collect();
-        let tokens = Array::from_slice(&inputs, &[inputs.len() as i32, 1])?;
-        let mut caches: Vec<&mut [LayerCache]> =
-            self.active.iter_mut().map(|s| s.caches.as_mut_slice()).collect();
+        let finished: Vec<usize> = self
+            .active
+            .iter()
+            .filter(|s| s.queued == s.max_tokens && !self.pending.as_ref().is_some_and(|p| p.ids.contains(&s.id)))
+            .map(|s| s.id)
+            .collect();
+        self.active.retain(|s| !finished.contains(&s.id));
+        Ok(steps)
+    }
+
+    /// Builds and starts the forward for every sequence with steps left.
+    fn queue(&mut self) -> Result<Option<Pending>> {
+        let mut rows: Vec<&mut Sequence> = self
+            .active
+            .iter_mut()
+            .filter(|s| s.queued < s.max_tokens)
+            .collect();
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let inputs: Vec<&Array> = rows.iter().map(|s| &s.next).collect();
+        let tokens = mlx::concatenate(&inputs, 0)?.reshape(&[rows.len() as i32, 1])?;
+        let mut caches: Vec<&mut [LayerCache]> = rows.iter_mut().map(|s| s.caches.as_mut_slice()).collect();
         let logits = self.model.forward_rows(&tokens, &mut caches)?.squeeze(1)?; // [B, vocab]
         let logprobs = logits.subtract(&logits.logsumexp(&[-1], true)?)?;
-        let sampled = self.sampler.sample(&logprobs)?;
-        mlx::eval(&[&sampled, &logprobs])?;
-        let sampled = sampled.to_vec::<u32>()?;
-        let mut steps = Vec::with_capacity(sampled.len());
-        for (row, (seq, token)) in self.active.iter_mut().zip(sampled).enumerate() {
-            seq.next = token;
-            seq.produced += 1;
+        let mut drawn = Vec::with_capacity(rows.len());
+        for (row, seq) in rows.iter_mut().enumerate() {
             let row = row as i32;
-            steps.push((
-                seq.id,
-                Step {
-                    token,
-                    logprobs: logprobs.slice_axis(0, row, row + 1)?.squeeze(0)?,
-                },
-            ));
+            seq.next = seq.sampler.sample(&logprobs.slice_axis(0, row, row + 1)?)?;
+            seq.queued += 1;
+            drawn.push(seq.next.clone());
         }
-        let max = self.options.max_tokens;
-        self.active.retain(|s| s.produced < max);
-        Ok(steps)
+        let drawn: Vec<&Array> = drawn.iter().collect();
+        let sampled = mlx::concatenate(&drawn, 0)?;
+        mlx::async_eval(&[&sampled, &logprobs])?;
+        Ok(Some(Pending {
+            ids: rows.iter().map(|s| s.id).collect(),
+            sampled,
+            logprobs,
+        }))
     }
 }
 

@@ -5,3 +5,4 @@ pub mod cache;
 pub mod generate;
 pub mod prefix;
 pub mod sampler;
+pub mod scheduler;

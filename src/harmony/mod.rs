@@ -199,6 +199,12 @@ impl Message {
         self.channel.as_deref() == Some("final")
     }
 
+    /// The answer: the `final` channel, or an assistant message with neither
+    /// channel nor recipient (as [`Completion::answer`] takes it).
+    pub fn is_answer(&self) -> bool {
+        self.is_final() || (self.role == Role::Assistant && self.channel.is_none() && !self.has_recipient())
+    }
+
     /// Chain of thought: the `analysis` channel, and `commentary` not
     /// addressed to a tool (preambles).
     pub fn is_reasoning(&self) -> bool {

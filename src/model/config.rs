@@ -43,6 +43,9 @@ pub struct Config {
     layer_types: Option<Vec<LayerType>>,
     #[serde(default = "defaults::swiglu_limit")]
     pub swiglu_limit: f32,
+    /// The longest sequence (prompt and output) the model was trained for.
+    #[serde(default = "defaults::max_position_embeddings")]
+    pub max_position_embeddings: usize,
     #[serde(default)]
     pub quantization: Option<Quantization>,
     #[serde(default)]
@@ -52,6 +55,9 @@ pub struct Config {
 }
 
 mod defaults {
+    pub fn max_position_embeddings() -> usize {
+        131_072
+    }
     pub fn num_hidden_layers() -> usize {
         36
     }

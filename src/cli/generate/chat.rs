@@ -5,7 +5,7 @@ use std::io::{self, Write};
 
 use serde_json::Value;
 
-use crate::harmony::{Completion, Conversation, Effort, Finish, Message, Role, StreamParser, SystemContent};
+use crate::harmony::{Completion, Conversation, Effort, Finish, Message, StreamParser, SystemContent};
 
 const DIM: &str = "\x1b[2m";
 const RESET: &str = "\x1b[0m";
@@ -55,13 +55,6 @@ pub(super) fn report_issues(chat: &Completion) {
     }
 }
 
-/// The answer: the `final` channel, or an assistant message without channel
-/// (as [`Completion::answer`] takes it when there is no `final`).
-fn is_answer(message: &Message) -> bool {
-    message.is_final()
-        || (message.role == Role::Assistant && message.channel.is_none() && !message.has_recipient())
-}
-
 /// Parses generated tokens and, when `echo`, writes each message's text as it
 /// arrives: the answer plain, everything else (reasoning, tool calls) dimmed
 /// when `dim`, one message per line.
@@ -92,7 +85,7 @@ impl<'t> ChatStream<'t> {
         }
         if self.writing.map(|(index, _)| index) != Some(delta.index) {
             self.end_message(out)?;
-            let dimmed = self.dim && !self.parser.message(delta.index).is_some_and(is_answer);
+            let dimmed = self.dim && !self.parser.message(delta.index).is_some_and(Message::is_answer);
             if dimmed {
                 write!(out, "{DIM}")?;
             }

@@ -1,0 +1,115 @@
+//! `safeguard serve`: the HTTP API (OpenAI-compatible, LM Studio-style,
+//! classification) over one model.
+
+use std::io::IsTerminal;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use super::UsageError;
+use crate::classify::policy::Policy;
+use crate::harmony::Effort;
+use crate::server::{self, Options};
+
+/// Serve a model over HTTP to OpenAI clients, LM Studio-style tools and classification calls.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Model: a local folder, a catalog alias (`safeguard ls`) or a hub repo id.
+    #[arg(short, long, default_value = "safeguard-20b")]
+    model: String,
+    /// Address to listen on; anything but loopback exposes the model to the network.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+    /// Port (LM Studio's default; 0 picks a free one).
+    #[arg(long, default_value_t = 1234)]
+    port: u16,
+    /// Require `Authorization: Bearer KEY` on every request (also read from SAFEGUARD_API_KEY).
+    #[arg(long, env = "SAFEGUARD_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Answer browsers' cross-origin requests (CORS), from any origin.
+    #[arg(long)]
+    cors: bool,
+    /// Requests decoded together.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    max_batch: u32,
+    /// Requests that may wait for a place beyond those decoding; more get 503.
+    #[arg(long, default_value_t = 32)]
+    queue: u32,
+    /// Tokens of prompt and output together, at most (default: the model's).
+    #[arg(long)]
+    context_length: Option<usize>,
+    /// Output tokens when a request does not say.
+    #[arg(long, default_value_t = 4096)]
+    max_tokens: usize,
+    /// Reasoning effort when a request (or its policy) does not say.
+    #[arg(long, default_value_t = Effort::Medium)]
+    effort: Effort,
+    /// The policy for /v1/moderations and /v1/classify requests that give none
+    /// (a shipped name or a file).
+    #[arg(short, long)]
+    policy: Option<String>,
+    /// Largest request body, in MiB.
+    #[arg(long, default_value_t = 8)]
+    max_body_mib: usize,
+    /// Memory for cached prompt prefixes (system message and policy), in MiB.
+    #[arg(long, default_value_t = 1024)]
+    prefix_cache_mib: usize,
+    /// Seconds in-flight requests get to finish after SIGINT/SIGTERM.
+    #[arg(long, default_value_t = 30)]
+    shutdown_timeout: u64,
+    #[command(flatten)]
+    engine: super::EngineArgs,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let usage = |e: anyhow::Error| anyhow::Error::from(UsageError(e));
+    let policy = args
+        .policy
+        .as_deref()
+        .map(Policy::find)
+        .transpose()
+        .map_err(|e| usage(e.into()))?;
+    if args.context_length == Some(0) {
+        return Err(usage(anyhow::anyhow!("--context-length must be at least 1")));
+    }
+    let dir: PathBuf = super::resolve_model(&args.model)?;
+    if !dir.join("config.json").is_file() {
+        return Err(usage(anyhow::anyhow!(
+            "{} is not a model folder (no config.json)",
+            dir.display()
+        )));
+    }
+    init_logging();
+    let options = Options {
+        host: args.host,
+        port: args.port,
+        api_key: args.api_key.filter(|k| !k.is_empty()),
+        cors: args.cors,
+        max_batch: args.max_batch as usize,
+        queue: args.queue as usize,
+        context_length: args.context_length,
+        max_tokens: args.max_tokens,
+        max_body_bytes: args.max_body_mib << 20,
+        prefix_cache_bytes: args.prefix_cache_mib << 20,
+        prefill_step: args.engine.prefill_step,
+        dtype: args.engine.dtype,
+        policy,
+        effort: args.effort,
+        shutdown_grace: Duration::from_secs(args.shutdown_timeout),
+    };
+    server::run(&args.model, &dir, options)
+}
+
+/// Request logs on stderr; `RUST_LOG` filters them (default: info).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .try_init();
+}

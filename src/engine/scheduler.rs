@@ -1,0 +1,260 @@
+//! The engine as a service: one thread owns the model (MLX arrays stay on the
+//! thread that made them) and decodes every request it is given together,
+//! continuous batching over [`BatchGeneration`]. Requests arrive over a
+//! channel; each request's tokens go back over a channel of its own as they
+//! are produced. A request whose receiver is gone (its client left) leaves
+//! the batch at the next step, freeing its slot.
+
+use std::collections::HashMap;
+use std::sync::mpsc::{self, TryRecvError};
+use std::thread;
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::batch::BatchGeneration;
+use super::cache::make_caches;
+use super::generate::{GenerateOptions, Step, TokenLogprobs};
+use super::prefix::PrefixCache;
+use crate::mlx::{Array, Dtype};
+use crate::model::GptOss;
+
+/// One generation to run.
+pub struct Request {
+    pub prompt: Vec<u32>,
+    /// How many of the prompt's first tokens are worth keeping in the prefix
+    /// cache for later requests (the system message and a policy); 0: none.
+    pub cache_prefix: usize,
+    pub options: GenerateOptions,
+    /// Ids that end generation (reported, then nothing more).
+    pub stop_tokens: Vec<u32>,
+    /// Report the chosen token's log-probability and this many alternatives.
+    pub top_logprobs: Option<usize>,
+    /// Ids whose log-probabilities every step reports (a verdict's digits).
+    pub watch: Vec<u32>,
+    pub events: UnboundedSender<Event>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The prompt is in; `cached_tokens` of it came from the prefix cache.
+    Started { cached_tokens: usize },
+    Token(Token),
+    /// No more tokens will come.
+    Finished(Stop),
+    Failed(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Token {
+    pub id: u32,
+    pub logprobs: Option<TokenLogprobs>,
+    /// Log-probabilities of [`Request::watch`]'s ids, in its order.
+    pub watched: Vec<f32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// The last token was one of the stop tokens.
+    StopToken,
+    /// `max_tokens` were generated.
+    Length,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct EngineOptions {
+    /// Sequences decoded together at most; more requests wait their turn.
+    pub max_batch: usize,
+    pub prefix_cache_bytes: usize,
+}
+
+/// A handle on the engine thread; cheap to clone, usable from any thread.
+/// The thread ends when the last handle is dropped and its work is done.
+#[derive(Clone)]
+pub struct Engine {
+    requests: mpsc::Sender<Request>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the engine has stopped")]
+pub struct EngineStopped;
+
+impl Engine {
+    /// Starts the engine thread and loads the model there with `load`,
+    /// returning once it is ready, with what `load` returned besides it.
+    pub fn start<I: Send + 'static>(
+        load: impl FnOnce() -> anyhow::Result<(GptOss, I)> + Send + 'static,
+        options: EngineOptions,
+    ) -> anyhow::Result<(Engine, I)> {
+        let (requests, incoming) = mpsc::channel();
+        let (ready, loaded) = mpsc::sync_channel(1);
+        thread::Builder::new()
+            .name("engine".into())
+            .spawn(move || match load() {
+                Ok((model, info)) => {
+                    let _ = ready.send(Ok(info));
+                    serve(&model, &incoming, options);
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                }
+            })?;
+        let info = loaded
+            .recv()
+            .map_err(|_| anyhow::anyhow!("the engine thread died while loading the model"))??;
+        Ok((Engine { requests }, info))
+    }
+
+    pub fn submit(&self, request: Request) -> Result<(), EngineStopped> {
+        self.requests.send(request).map_err(|_| EngineStopped)
+    }
+}
+
+struct Active {
+    stop_tokens: Vec<u32>,
+    top_logprobs: Option<usize>,
+    watch: Vec<u32>,
+    events: UnboundedSender<Event>,
+    produced: usize,
+    max_tokens: usize,
+}
+
+fn serve(model: &GptOss, incoming: &mpsc::Receiver<Request>, options: EngineOptions) {
+    let mut prefixes = PrefixCache::new(options.prefix_cache_bytes);
+    let mut batch = BatchGeneration::new(model);
+    let mut active: HashMap<usize, Active> = HashMap::new();
+    let mut next_id = 0;
+    let mut open = true;
+    while open || !active.is_empty() {
+        // Wait when idle; otherwise take what is queued while there is room.
+        if active.is_empty() {
+            match incoming.recv() {
+                Ok(request) => admit(model, &mut prefixes, &mut batch, &mut active, &mut next_id, request),
+                Err(_) => return,
+            }
+        }
+        while open && active.len() < options.max_batch.max(1) {
+            match incoming.try_recv() {
+                Ok(request) => admit(model, &mut prefixes, &mut batch, &mut active, &mut next_id, request),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => open = false,
+            }
+        }
+        let left: Vec<usize> = active
+            .iter()
+            .filter(|(_, a)| a.events.is_closed())
+            .map(|(&id, _)| id)
+            .collect();
+        for id in left {
+            batch.remove(id);
+            active.remove(&id);
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let steps = match batch.step() {
+            Ok(steps) => steps,
+            Err(e) => {
+                for (_, a) in active.drain() {
+                    let _ = a.events.send(Event::Failed(e.to_string()));
+                }
+                batch = BatchGeneration::new(model);
+                continue;
+            }
+        };
+        for (id, step) in steps {
+            let Some(a) = active.get_mut(&id) else { continue };
+            a.produced += 1;
+            let event = token_event(&step, a.top_logprobs, &a.watch).map_or_else(
+                |e| Event::Failed(e.to_string()),
+                Event::Token,
+            );
+            let failed = matches!(event, Event::Failed(_));
+            let end = if failed {
+                None
+            } else if a.stop_tokens.contains(&step.token) {
+                Some(Stop::StopToken)
+            } else if a.produced >= a.max_tokens {
+                Some(Stop::Length)
+            } else {
+                None
+            };
+            let delivered = a.events.send(event).is_ok();
+            if let Some(stop) = end.filter(|_| delivered) {
+                let _ = a.events.send(Event::Finished(stop));
+            }
+            if !delivered || failed || end.is_some() {
+                batch.remove(id);
+                active.remove(&id);
+            }
+        }
+    }
+}
+
+/// Prefills `request` (from the prefix cache where it can) and adds it to
+/// the batch; failures go to its client.
+fn admit(
+    model: &GptOss,
+    prefixes: &mut PrefixCache,
+    batch: &mut BatchGeneration<'_>,
+    active: &mut HashMap<usize, Active>,
+    next_id: &mut usize,
+    request: Request,
+) {
+    if request.events.is_closed() {
+        return;
+    }
+    let id = *next_id;
+    *next_id += 1;
+    let prefix = request.cache_prefix.min(request.prompt.len().saturating_sub(1));
+    let started = (|| -> crate::model::Result<usize> {
+        let (caches, cached) = if prefix > 0 {
+            let (caches, hit) =
+                prefixes.caches_for(model, &request.prompt[..prefix], request.options.prefill_step)?;
+            (caches, if hit { prefix } else { 0 })
+        } else {
+            (make_caches(model), 0)
+        };
+        batch.insert(id, caches, &request.prompt[prefix..], request.options)?;
+        Ok(cached)
+    })();
+    match started {
+        Ok(cached_tokens) => {
+            let _ = request.events.send(Event::Started { cached_tokens });
+            if request.options.max_tokens == 0 {
+                let _ = request.events.send(Event::Finished(Stop::Length));
+                return;
+            }
+            active.insert(
+                id,
+                Active {
+                    stop_tokens: request.stop_tokens,
+                    top_logprobs: request.top_logprobs,
+                    watch: request.watch,
+                    events: request.events,
+                    produced: 0,
+                    max_tokens: request.options.max_tokens,
+                },
+            );
+        }
+        Err(e) => {
+            let _ = request.events.send(Event::Failed(e.to_string()));
+        }
+    }
+}
+
+fn token_event(step: &Step, top_logprobs: Option<usize>, watch: &[u32]) -> anyhow::Result<Token> {
+    let logprobs = top_logprobs.map(|k| step.top_logprobs(k)).transpose()?;
+    let watched = if watch.is_empty() {
+        Vec::new()
+    } else {
+        step.logprobs
+            .take(&Array::from_slice(watch, &[watch.len() as i32])?, 0)?
+            .astype(Dtype::Float32)?
+            .to_vec::<f32>()?
+    };
+    Ok(Token {
+        id: step.token,
+        logprobs,
+        watched,
+    })
+}

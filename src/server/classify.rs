@@ -1,0 +1,249 @@
+//! `POST /v1/classify` (a policy, one or many items → the verdict objects of
+//! `safeguard classify --json`) and `POST /v1/moderations` (OpenAI's
+//! moderation shape, the policy as an extra field, so moderation clients
+//! can switch over). Items of a request are decoded together by the engine,
+//! and the policy's KV state is cached across requests.
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::error::{ApiError, Body};
+use super::openai::{new_id, parse_effort, token_limit, Content};
+use super::{Generate, Shared};
+use crate::classify::input::Item;
+use crate::classify::policy::{shipped_names, Policy};
+use crate::classify::run::{Classification, ClassifyOptions, Judge};
+use crate::classify::verdict::Keywords;
+use crate::engine::sampler::SamplerOptions;
+use crate::engine::scheduler::Event;
+
+/// Items per request, at most: larger jobs belong to `safeguard classify --input`.
+const MAX_ITEMS: usize = 256;
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Items {
+    One(String),
+    Many(Vec<ItemField>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum ItemField {
+    Text(String),
+    Object { id: Option<Value>, content: Content },
+    Part { text: String },
+}
+
+impl Items {
+    fn into_items(self) -> Result<Vec<Item>, ApiError> {
+        let fields = match self {
+            Items::One(text) => vec![ItemField::Text(text)],
+            Items::Many(fields) => fields,
+        };
+        if fields.is_empty() {
+            return Err(ApiError::invalid_param("input", "give at least one item to classify"));
+        }
+        if fields.len() > MAX_ITEMS {
+            return Err(ApiError::invalid_param(
+                "input",
+                format!(
+                    "{} items is more than {MAX_ITEMS} per request; split them, or use `safeguard classify --input`",
+                    fields.len()
+                ),
+            ));
+        }
+        fields
+            .into_iter()
+            .enumerate()
+            .map(|(i, field)| {
+                let (id, content) = match field {
+                    ItemField::Text(text) => (None, text),
+                    ItemField::Part { text } => (None, text),
+                    ItemField::Object { id, content } => (id, content.text(&format!("input[{i}].content"))?),
+                };
+                let id = match id {
+                    Some(Value::String(s)) => s,
+                    Some(Value::Number(n)) => n.to_string(),
+                    _ => (i + 1).to_string(),
+                };
+                Ok(Item { id, content })
+            })
+            .collect()
+    }
+}
+
+/// A shipped policy's name, or the policy itself as text. Never a path:
+/// nothing in a request reaches the filesystem.
+fn policy(spec: Option<&str>, fallback: Option<&Policy>) -> Result<Policy, ApiError> {
+    let Some(spec) = spec else {
+        return fallback.cloned().ok_or_else(|| {
+            ApiError::invalid_param(
+                "policy",
+                format!(
+                    "give a policy: a shipped name ({}) or the policy text (or start the server with --policy)",
+                    shipped_names().join(", ")
+                ),
+            )
+        });
+    };
+    if let Some(policy) = Policy::named(spec) {
+        return Ok(policy);
+    }
+    // One short word is a name that was mistyped, not a policy.
+    if !spec.trim().contains(char::is_whitespace) && spec.len() <= 64 {
+        return Err(ApiError::invalid_param(
+            "policy",
+            format!(
+                "no shipped policy is called {spec:?} (shipped: {}); to use your own, send its full text",
+                shipped_names().join(", ")
+            ),
+        ));
+    }
+    Policy::from_text("custom", spec).map_err(|e| ApiError::invalid_param("policy", e))
+}
+
+/// Classifies `items`, all submitted at once so the engine decodes them
+/// together; results in the order of `items`.
+async fn classify_items(
+    state: &Shared,
+    policy: &Policy,
+    effort: Option<crate::harmony::Effort>,
+    max_tokens: Option<usize>,
+    items: &[Item],
+) -> Result<Vec<Classification>, ApiError> {
+    let options = ClassifyOptions {
+        effort: effort.or(policy.effort.is_none().then_some(state.options().effort)),
+        date: None,
+        max_tokens: max_tokens.unwrap_or(state.options().max_tokens),
+        sampler: SamplerOptions::default(),
+        prefill_step: state.options().prefill_step,
+        keywords: Keywords::default(),
+    };
+    let judge = Judge::new(state.tokenizer(), policy, options).map_err(|e| ApiError::internal(e.to_string()))?;
+    let mut started = Vec::with_capacity(items.len());
+    for item in items {
+        let (prompt, shared) = judge.prompt(&item.content).map_err(|e| ApiError::internal(e.to_string()))?;
+        let prompt_tokens = prompt.len();
+        let events = state.generate(Generate {
+            prompt,
+            cache_prefix: shared,
+            max_tokens,
+            max_tokens_param: "max_tokens",
+            sampler: SamplerOptions::default(),
+            top_logprobs: None,
+            watch: judge.digits().to_vec(),
+        })?;
+        let run = judge
+            .start(item, prompt_tokens, 0)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        started.push((events, run));
+    }
+    let mut results = Vec::with_capacity(items.len());
+    for (mut events, mut run) in started {
+        loop {
+            match events.recv().await {
+                Some(Event::Started { cached_tokens }) => run.set_cached_tokens(cached_tokens),
+                Some(Event::Token(token)) => {
+                    let watched = &token.watched;
+                    run.push(&judge, token.id, |_| Ok((watched[0].exp(), watched[1].exp())))
+                        .map_err(|e| ApiError::internal(e.to_string()))?;
+                }
+                Some(Event::Finished(_)) => break,
+                Some(Event::Failed(message)) => return Err(ApiError::internal(format!("generation failed: {message}"))),
+                None => return Err(ApiError::internal("the engine stopped before the classification ended")),
+            }
+        }
+        results.push(run.finish(&judge).map_err(|e| ApiError::internal(e.to_string()))?);
+    }
+    Ok(results)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ClassifyRequest {
+    model: Option<String>,
+    policy: Option<String>,
+    input: Items,
+    effort: Option<String>,
+    reasoning_effort: Option<String>,
+    max_tokens: Option<i64>,
+}
+
+pub async fn classify(State(state): State<Shared>, Body(request): Body<ClassifyRequest>) -> Response {
+    let run = async {
+        state.check_model(request.model.as_deref())?;
+        let policy = policy(request.policy.as_deref(), state.options().policy.as_ref())?;
+        let effort = parse_effort(request.effort.as_deref().or(request.reasoning_effort.as_deref()), "effort")?;
+        let (max_tokens, _) = token_limit(&[("max_tokens", request.max_tokens)])?;
+        let items = request.input.into_items()?;
+        let _slot = state.admit()?;
+        let results = classify_items(&state, &policy, effort, max_tokens, &items).await?;
+        Ok::<_, ApiError>(Json(json!({
+            "object": "classification",
+            "model": state.model().id,
+            "policy": policy.name,
+            "results": results.iter().map(Classification::to_json).collect::<Vec<_>>(),
+        })))
+    };
+    match run.await {
+        Ok(body) => body.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ModerationRequest {
+    model: Option<String>,
+    input: Items,
+    /// Not in OpenAI's API: the policy to moderate against.
+    policy: Option<String>,
+    effort: Option<String>,
+}
+
+pub async fn moderations(State(state): State<Shared>, Body(request): Body<ModerationRequest>) -> Response {
+    let run = async {
+        // Moderation clients send OpenAI's model names; only another local model is refused.
+        if let Some(model) = request.model.as_deref().filter(|m| !m.starts_with("omni-moderation") && !m.starts_with("text-moderation")) {
+            state.check_model(Some(model))?;
+        }
+        let policy = policy(request.policy.as_deref(), state.options().policy.as_ref())?;
+        let effort = parse_effort(request.effort.as_deref(), "effort")?;
+        let items = request.input.into_items()?;
+        let _slot = state.admit()?;
+        let results = classify_items(&state, &policy, effort, None, &items).await?;
+        let category = policy.name.clone();
+        let results: Vec<Value> = results
+            .iter()
+            .map(|r| {
+                let violation = r.violates();
+                // P(violates): the model's probability for its label, turned around for 0.
+                let score = match (r.verdict.label, r.confidence) {
+                    (Some(1), Some(p)) => p,
+                    (Some(0), Some(p)) => 1.0 - p,
+                    (Some(label), None) => f64::from(label),
+                    _ => 0.0,
+                };
+                json!({
+                    "flagged": violation,
+                    "categories": {&category: violation},
+                    "category_scores": {&category: score},
+                    "category_applied_input_types": {&category: ["text"]},
+                    "safeguard": r.to_json(),
+                })
+            })
+            .collect();
+        Ok::<_, ApiError>(Json(json!({
+            "id": new_id("modr"),
+            "model": state.model().id,
+            "policy": policy.name,
+            "results": results,
+        })))
+    };
+    match run.await {
+        Ok(body) => body.into_response(),
+        Err(e) => e.into_response(),
+    }
+}

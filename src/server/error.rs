@@ -1,0 +1,154 @@
+//! Errors in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`,
+//! which every OpenAI client already knows how to show, and the JSON body
+//! extractor that turns bad requests into them.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    kind: &'static str,
+    param: Option<String>,
+    code: Option<&'static str>,
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+            kind,
+            param: None,
+            code: None,
+            retry_after: None,
+        }
+    }
+
+    /// 400: the request is wrong; the message says what and how to fix it.
+    pub fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+    }
+
+    /// 400 about one field of the request.
+    pub fn invalid_param(param: &str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            param: Some(param.to_string()),
+            ..ApiError::invalid(message)
+        }
+    }
+
+    /// 400: the prompt and the output asked for do not fit the context.
+    pub fn context_length(message: impl Into<String>) -> ApiError {
+        ApiError {
+            code: Some("context_length_exceeded"),
+            param: Some("messages".into()),
+            ..ApiError::invalid(message)
+        }
+    }
+
+    /// 404: a model this server does not serve. It never downloads one.
+    pub fn model_not_found(model: &str, served: &str) -> ApiError {
+        ApiError {
+            code: Some("model_not_found"),
+            param: Some("model".into()),
+            ..ApiError::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                format!(
+                    "the model `{model}` is not loaded; this server runs `{served}` \
+                     (start `safeguard serve -m {model}` to serve another)"
+                ),
+            )
+        }
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", message)
+    }
+
+    pub fn unauthorized() -> ApiError {
+        ApiError {
+            code: Some("invalid_api_key"),
+            ..ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                "missing or incorrect API key: send `Authorization: Bearer <key>` with the key given to --api-key",
+            )
+        }
+    }
+
+    /// 503: the queue is full; try again after `retry_after` seconds.
+    pub fn overloaded(retry_after: u64) -> ApiError {
+        ApiError {
+            code: Some("server_overloaded"),
+            retry_after: Some(retry_after),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "the server is busy: every generation slot and queue place is taken; retry shortly",
+            )
+        }
+    }
+
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
+    }
+
+    /// The `{"error": …}` body, also sent as a stream's last event.
+    pub fn body(&self) -> Value {
+        json!({"error": {
+            "message": self.message,
+            "type": self.kind,
+            "param": self.param,
+            "code": self.code,
+        }})
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(self.body())).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+/// A JSON request body. Unlike axum's `Json` it does not insist on a
+/// `Content-Type` (curl users forget it), and every rejection is an
+/// [`ApiError`]: 413 over the size limit, 400 for bad JSON or a field of the
+/// wrong type, naming the field.
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
+            let status = rejection.status();
+            if status == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(status, "invalid_request_error", "the request body is over the size limit (--max-body)")
+            } else {
+                ApiError::new(status, "invalid_request_error", rejection.body_text())
+            }
+        })?;
+        if bytes.is_empty() {
+            return Err(ApiError::invalid("the request body is empty; send a JSON object"));
+        }
+        match Json::<T>::from_bytes(&bytes) {
+            Ok(Json(value)) => Ok(Body(value)),
+            Err(rejection) => Err(ApiError::invalid(format!("invalid request body: {}", rejection.body_text()))),
+        }
+    }
+}

@@ -1,0 +1,460 @@
+//! `safeguard serve`: an HTTP API over one loaded model (axum on tokio).
+//!
+//! - OpenAI-compatible: `/v1/models`, `/v1/chat/completions`,
+//!   `/v1/completions`, `/v1/responses` ([`openai`], [`responses`]);
+//! - LM Studio's REST API: `/api/v0/models`, `/api/v0/chat/completions`,
+//!   `/api/v0/completions` ([`lmstudio`]);
+//! - classification: `/v1/classify` and `/v1/moderations` ([`classify`]).
+//!
+//! MLX arrays must stay on the thread that made them, so one engine thread
+//! owns the model ([`crate::engine::scheduler`]) and handlers talk to it over
+//! channels. A request takes an admission slot (decoding or queued) before
+//! it reaches the engine; when none is left it gets 503 with `Retry-After`.
+
+mod classify;
+mod error;
+mod lmstudio;
+mod openai;
+mod responses;
+mod turn;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderValue, Method};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::sync::mpsc::unbounded_channel;
+use tower_http::cors::{Any, CorsLayer};
+
+pub use self::error::ApiError;
+use self::turn::Turn;
+use crate::classify::policy::Policy;
+use crate::engine::generate::GenerateOptions;
+use crate::engine::sampler::SamplerOptions;
+use crate::engine::scheduler::{Engine, EngineOptions, Request as EngineRequest};
+use crate::harmony::Effort;
+use crate::model::{self, ComputeDtype, Config, GptOss};
+use crate::tokenizer::Tokenizer;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub host: IpAddr,
+    pub port: u16,
+    pub api_key: Option<String>,
+    pub cors: bool,
+    /// Sequences decoded together.
+    pub max_batch: usize,
+    /// Requests waiting for a slot, beyond those decoding.
+    pub queue: usize,
+    /// Prompt plus output, at most; the model's own limit when None.
+    pub context_length: Option<usize>,
+    /// Output tokens when a request does not say.
+    pub max_tokens: usize,
+    pub max_body_bytes: usize,
+    pub prefix_cache_bytes: usize,
+    pub prefill_step: usize,
+    pub dtype: ComputeDtype,
+    /// The policy of `/v1/moderations` requests that name none.
+    pub policy: Option<Policy>,
+    /// Reasoning effort when a request does not say.
+    pub effort: Effort,
+    /// How long in-flight requests may take to finish after SIGINT/SIGTERM.
+    pub shutdown_grace: Duration,
+}
+
+/// The model being served, as the listing endpoints describe it.
+#[derive(Debug, Clone)]
+pub struct Served {
+    /// The id clients send as `model`.
+    pub id: String,
+    /// Other names accepted for it (what `-m` said, the folder's name).
+    pub aliases: Vec<String>,
+    pub path: PathBuf,
+    pub config: Config,
+    pub quantization: String,
+    pub stop_tokens: Vec<u32>,
+    pub context_length: usize,
+    pub created: u64,
+}
+
+impl Served {
+    pub fn answers_to(&self, name: &str) -> bool {
+        name == self.id || self.aliases.iter().any(|a| a == name)
+    }
+}
+
+/// Requests decoding or waiting, against the most there may be.
+struct Admission {
+    taken: AtomicUsize,
+    limit: usize,
+}
+
+/// A request's place; freed when dropped (the response is done or the
+/// client left).
+pub struct Slot(Arc<Admission>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.taken.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+pub struct AppState {
+    engine: Engine,
+    tokenizer: Tokenizer,
+    model: Served,
+    options: Options,
+    admission: Arc<Admission>,
+}
+
+pub type Shared = Arc<AppState>;
+
+/// What a handler asks the engine for.
+pub struct Generate {
+    pub prompt: Vec<u32>,
+    pub cache_prefix: usize,
+    /// Output tokens; the server's default (within the context) when None.
+    pub max_tokens: Option<usize>,
+    /// The request field that set `max_tokens`, for error messages.
+    pub max_tokens_param: &'static str,
+    pub sampler: SamplerOptions,
+    pub top_logprobs: Option<usize>,
+    pub watch: Vec<u32>,
+}
+
+impl AppState {
+    pub fn model(&self) -> &Served {
+        &self.model
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    /// 404 unless `model` names the served model (absent or empty is fine:
+    /// there is only one).
+    pub fn check_model(&self, model: Option<&str>) -> Result<(), ApiError> {
+        match model {
+            Some(name) if !name.is_empty() && !self.model.answers_to(name) => {
+                Err(ApiError::model_not_found(name, &self.model.id))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A place for one request, or 503.
+    pub fn admit(&self) -> Result<Slot, ApiError> {
+        let a = &self.admission;
+        let taken = a.taken.fetch_add(1, Ordering::SeqCst);
+        let slot = Slot(a.clone());
+        if taken >= a.limit {
+            return Err(ApiError::overloaded(1));
+        }
+        Ok(slot)
+    }
+
+    /// Checks `request` against the context and starts it.
+    pub fn generate(&self, request: Generate) -> Result<tokio::sync::mpsc::UnboundedReceiver<crate::engine::scheduler::Event>, ApiError> {
+        let limit = self.model.context_length;
+        let prompt_len = request.prompt.len();
+        if prompt_len == 0 {
+            return Err(ApiError::invalid("the prompt is empty"));
+        }
+        let vocab = self.model.config.vocab_size as u32;
+        if let Some(bad) = request.prompt.iter().find(|&&id| id >= vocab) {
+            return Err(ApiError::invalid_param(
+                "prompt",
+                format!("token id {bad} is outside the vocabulary (0..{vocab})"),
+            ));
+        }
+        if prompt_len >= limit {
+            return Err(ApiError::context_length(format!(
+                "the prompt is {prompt_len} tokens, but the context is {limit} tokens \
+                 (prompt and output together); shorten the prompt{}",
+                self.context_hint()
+            )));
+        }
+        let room = limit - prompt_len;
+        let max_tokens = match request.max_tokens {
+            Some(0) => {
+                return Err(ApiError::invalid_param(
+                    request.max_tokens_param,
+                    format!("{} must be at least 1", request.max_tokens_param),
+                ))
+            }
+            Some(n) if n > room => {
+                return Err(ApiError::context_length(format!(
+                    "the prompt is {prompt_len} tokens and {} asks for {n} more, but the context is \
+                     {limit} tokens; ask for at most {room}{}",
+                    request.max_tokens_param,
+                    self.context_hint()
+                )))
+            }
+            Some(n) => n,
+            None => self.options.max_tokens.min(room),
+        };
+        let (events, receiver) = unbounded_channel();
+        self.engine
+            .submit(EngineRequest {
+                prompt: request.prompt,
+                cache_prefix: request.cache_prefix,
+                options: GenerateOptions {
+                    max_tokens,
+                    prefill_step: self.options.prefill_step,
+                    sampler: request.sampler,
+                },
+                stop_tokens: self.model.stop_tokens.clone(),
+                top_logprobs: request.top_logprobs,
+                watch: request.watch,
+                events,
+            })
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        Ok(receiver)
+    }
+
+    fn context_hint(&self) -> &'static str {
+        if self.options.context_length.is_some() {
+            " or raise --context-length"
+        } else {
+            ""
+        }
+    }
+
+    /// Starts `request` and reads its output as harmony (`chat`) or text.
+    pub fn turn(&self, request: Generate, chat: bool, stops: Vec<String>) -> Result<Turn<'_>, ApiError> {
+        let prompt_tokens = request.prompt.len();
+        let events = self.generate(request)?;
+        Turn::new(&self.tokenizer, events, prompt_tokens, chat, stops)
+    }
+}
+
+/// Loads the model at `dir` and serves it until SIGINT or SIGTERM.
+pub fn run(model_arg: &str, dir: &Path, options: Options) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(serve(model_arg, dir, options))
+}
+
+async fn serve(model_arg: &str, dir: &Path, options: Options) -> anyhow::Result<()> {
+    let tokenizer = Tokenizer::load(dir)?;
+    let load_start = Instant::now();
+    let (engine, (config, stop_tokens)) = {
+        let dir = dir.to_path_buf();
+        let dtype = options.dtype;
+        Engine::start(
+            move || {
+                let model = GptOss::load(&dir, dtype)?;
+                let stops = model::stop_tokens(&dir, &model.config)?;
+                let config = model.config.clone();
+                Ok((model, (config, stops)))
+            },
+            EngineOptions {
+                max_batch: options.max_batch,
+                prefix_cache_bytes: options.prefix_cache_bytes,
+            },
+        )?
+    };
+    let served = describe(model_arg, dir, config, stop_tokens, &options);
+    tracing::info!(
+        model = %served.id,
+        path = %dir.display(),
+        seconds = format_args!("{:.1}", load_start.elapsed().as_secs_f64()),
+        "model loaded"
+    );
+    let listener = tokio::net::TcpListener::bind(SocketAddr::new(options.host, options.port))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", options.host, options.port))?;
+    let address = listener.local_addr()?;
+    if !options.host.is_loopback() {
+        tracing::warn!(
+            "listening on {} exposes the model to the network{}",
+            options.host,
+            if options.api_key.is_none() { " without --api-key" } else { "" }
+        );
+    }
+    let state = Arc::new(AppState {
+        engine,
+        tokenizer,
+        admission: Arc::new(Admission {
+            taken: AtomicUsize::new(0),
+            limit: options.max_batch.max(1) + options.queue,
+        }),
+        model: served,
+        options,
+    });
+    let grace = state.options.shutdown_grace;
+    let app = router(state);
+    // Scripts (and the tests) read the address from this line.
+    eprintln!("safeguard: serving on http://{address}/v1");
+    let shutdown = Arc::new(tokio::sync::Notify::new());
+    let server = axum::serve(listener, app).with_graceful_shutdown({
+        let shutdown = shutdown.clone();
+        async move {
+            signal().await;
+            tracing::info!("shutting down: finishing in-flight requests (at most {grace:?})");
+            shutdown.notify_one();
+        }
+    });
+    tokio::select! {
+        result = server => result?,
+        () = async {
+            shutdown.notified().await;
+            tokio::time::sleep(grace).await;
+        } => tracing::warn!("shutdown: cancelled requests still in flight after {grace:?}"),
+    }
+    Ok(())
+}
+
+async fn signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("a SIGTERM handler can be installed");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
+
+fn describe(model_arg: &str, dir: &Path, config: Config, stop_tokens: Vec<u32>, options: &Options) -> Served {
+    let folder = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let looks_like_path = model_arg.starts_with('.') || model_arg.starts_with('/') || Path::new(model_arg).is_dir();
+    // A hub repo or alias is its own id; a folder goes by its name.
+    let id = if looks_like_path { folder.clone() } else { model_arg.to_string() };
+    let mut aliases = vec![model_arg.to_string(), folder];
+    if let Some(entry) = crate::hub::catalog::find(model_arg) {
+        aliases.push(entry.repo.clone());
+    }
+    aliases.retain(|a| !a.is_empty() && *a != id);
+    let context_length = options
+        .context_length
+        .unwrap_or(config.max_position_embeddings)
+        .min(config.max_position_embeddings);
+    Served {
+        id,
+        aliases,
+        path: dir.to_path_buf(),
+        quantization: crate::hub::cache::quantization(dir).unwrap_or_else(|| "unknown".into()),
+        config,
+        stop_tokens,
+        context_length,
+        created: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    }
+}
+
+fn router(state: Shared) -> Router {
+    let cors = state.options.cors;
+    let max_body = state.options.max_body_bytes;
+    let mut app = Router::new()
+        .route("/health", get(health))
+        .route("/v1/models", get(openai::models))
+        .route("/v1/models/{*id}", get(openai::model))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/completions", post(openai::completions))
+        .route("/v1/responses", post(responses::create))
+        .route("/v1/classify", post(classify::classify))
+        .route("/v1/moderations", post(classify::moderations))
+        .route("/api/v0/models", get(lmstudio::models))
+        .route("/api/v0/models/{*id}", get(lmstudio::model))
+        .route("/api/v0/chat/completions", post(lmstudio::chat_completions))
+        .route("/api/v0/completions", post(lmstudio::completions))
+        .fallback(unknown_endpoint)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .layer(middleware::from_fn(log_request))
+        .with_state(state);
+    if cors {
+        app = app.layer(
+            CorsLayer::new()
+                .allow_origin(Any)
+                .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+                .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+                .max_age(Duration::from_secs(600)),
+        );
+    }
+    app
+}
+
+async fn health(State(state): State<Shared>) -> Json<serde_json::Value> {
+    let a = &state.admission;
+    Json(json!({
+        "status": "ok",
+        "model": state.model.id,
+        "requests": a.taken.load(Ordering::SeqCst),
+        "capacity": a.limit,
+    }))
+}
+
+async fn unknown_endpoint(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("no endpoint {method} {}", uri.path()))
+}
+
+/// With --api-key, every request but the health check and CORS preflights
+/// must carry `Authorization: Bearer <key>`.
+async fn authorize(State(state): State<Shared>, request: Request, next: Next) -> Response {
+    if let Some(key) = &state.options.api_key {
+        let open = request.method() == Method::OPTIONS || request.uri().path() == "/health";
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !open && given.map(str::trim) != Some(key.as_str()) {
+            return ApiError::unauthorized().into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Tokens and speed of a finished generation, for the request log.
+#[derive(Debug, Clone, Copy)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub tokens_per_second: f64,
+}
+
+async fn log_request(request: Request, next: Next) -> Response {
+    let (method, path) = (request.method().clone(), request.uri().path().to_string());
+    let start = Instant::now();
+    let mut response = next.run(request).await;
+    let status = response.status().as_u16();
+    let latency_ms = start.elapsed().as_secs_f64() * 1e3;
+    let streamed = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    match response.extensions_mut().remove::<Usage>() {
+        Some(u) => tracing::info!(
+            %method, %path, status, prompt_tokens = u.prompt_tokens, completion_tokens = u.completion_tokens,
+            tok_s = format_args!("{:.1}", u.tokens_per_second), latency_ms = format_args!("{latency_ms:.0}"), "request"
+        ),
+        None if streamed => tracing::info!(%method, %path, status, "stream started"),
+        None => tracing::info!(%method, %path, status, latency_ms = format_args!("{latency_ms:.0}"), "request"),
+    }
+    response
+        .headers_mut()
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    response
+}

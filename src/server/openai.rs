@@ -1,0 +1,764 @@
+//! OpenAI-compatible endpoints: `/v1/models`, `/v1/chat/completions` (harmony
+//! chat, reasoning apart from the answer) and `/v1/completions` (raw text, no
+//! template). Field names and stream chunks follow OpenAI's API; reasoning
+//! is in `reasoning` (LM Studio, mlx-lm) and `reasoning_content` (DeepSeek
+//! style, read by Zed and others).
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::{Path, State};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::Stream;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use super::error::{ApiError, Body};
+use super::turn::{Outcome, Step, Update};
+use super::{Generate, Shared, Usage};
+use crate::classify::policy::Policy;
+use crate::engine::generate::TokenLogprobs;
+use crate::engine::sampler::SamplerOptions;
+use crate::harmony::{self, Conversation, Effort, Message, SystemContent};
+use crate::tokenizer::Tokenizer;
+
+pub async fn models(State(state): State<Shared>) -> Json<Value> {
+    Json(json!({"object": "list", "data": [model_object(&state)]}))
+}
+
+pub async fn model(State(state): State<Shared>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    state.check_model(Some(&id))?;
+    Ok(Json(model_object(&state)))
+}
+
+fn model_object(state: &Shared) -> Value {
+    let m = state.model();
+    json!({"id": m.id, "object": "model", "created": m.created, "owned_by": "organization_owner"})
+}
+
+// ---- request fields shared by the generation endpoints ----
+
+/// `stop`: one string or several.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Stops {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Stops {
+    pub fn into_vec(stops: Option<Stops>) -> Result<Vec<String>, ApiError> {
+        let stops = match stops {
+            None => Vec::new(),
+            Some(Stops::One(s)) => vec![s],
+            Some(Stops::Many(v)) => v,
+        };
+        if stops.len() > 4 {
+            return Err(ApiError::invalid_param("stop", "at most 4 stop sequences"));
+        }
+        Ok(stops)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EffortField {
+    pub effort: Option<String>,
+}
+
+/// Sampling fields as OpenAI (and mlx-lm: top_k, min_p) name them.
+#[derive(Debug, Default, Deserialize)]
+pub struct Sampling {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<i32>,
+    pub min_p: Option<f32>,
+    pub seed: Option<u64>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub logit_bias: Option<serde_json::Map<String, Value>>,
+    pub n: Option<u32>,
+}
+
+impl Sampling {
+    /// Greedy unless a temperature is given: classifications should not
+    /// change from one call to the next (mlx-lm's server does the same).
+    pub fn options(&self) -> Result<SamplerOptions, ApiError> {
+        let temperature = self.temperature.unwrap_or(0.0);
+        if !(0.0..=2.0).contains(&temperature) {
+            return Err(ApiError::invalid_param("temperature", "temperature must be between 0 and 2"));
+        }
+        let top_p = self.top_p.unwrap_or(1.0);
+        if !(0.0..=1.0).contains(&top_p) {
+            return Err(ApiError::invalid_param("top_p", "top_p must be between 0 and 1"));
+        }
+        let min_p = self.min_p.unwrap_or(0.0);
+        if !(0.0..=1.0).contains(&min_p) {
+            return Err(ApiError::invalid_param("min_p", "min_p must be between 0 and 1"));
+        }
+        if self.n.is_some_and(|n| n != 1) {
+            return Err(ApiError::invalid_param("n", "only n = 1 is supported"));
+        }
+        for (name, value) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            if value.is_some_and(|v| v != 0.0) {
+                return Err(ApiError::invalid_param(name, format!("{name} is not supported; leave it out or 0")));
+            }
+        }
+        if self.logit_bias.as_ref().is_some_and(|b| !b.is_empty()) {
+            return Err(ApiError::invalid_param("logit_bias", "logit_bias is not supported"));
+        }
+        Ok(SamplerOptions {
+            temperature,
+            top_p,
+            top_k: self.top_k.unwrap_or(0).max(0),
+            min_p,
+            // Unseeded sampling differs from call to call, as clients expect.
+            seed: self.seed.unwrap_or_else(fresh_seed),
+        })
+    }
+}
+
+fn fresh_seed() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        ^ next_serial()
+}
+
+fn next_serial() -> u64 {
+    static SERIAL: AtomicU64 = AtomicU64::new(1);
+    SERIAL.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A fresh id such as `chatcmpl-3f2a…`.
+pub fn new_id(prefix: &str) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    format!("{prefix}-{now:x}{:04x}", next_serial() & 0xffff)
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `max_tokens` and friends: a count, or -1 / absent for the default.
+pub fn token_limit(values: &[(&'static str, Option<i64>)]) -> Result<(Option<usize>, &'static str), ApiError> {
+    for &(name, value) in values {
+        match value {
+            Some(-1) | None => continue,
+            Some(n) if n < 0 => return Err(ApiError::invalid_param(name, format!("{name} must be positive"))),
+            Some(n) => return Ok((Some(n as usize), name)),
+        }
+    }
+    Ok((None, values[0].0))
+}
+
+pub fn parse_effort(value: Option<&str>, param: &str) -> Result<Option<Effort>, ApiError> {
+    value
+        .map(|v| v.parse::<Effort>().map_err(|e| ApiError::invalid_param(param, e.to_string())))
+        .transpose()
+}
+
+/// A message's `content`: a string, or parts of which the text ones count.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Part {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub text: Option<String>,
+}
+
+impl Content {
+    pub fn text(&self, param: &str) -> Result<String, ApiError> {
+        match self {
+            Content::Text(text) => Ok(text.clone()),
+            Content::Parts(parts) => parts
+                .iter()
+                .map(|p| match (p.kind.as_str(), &p.text) {
+                    ("text" | "input_text" | "output_text", Some(text)) => Ok(text.as_str()),
+                    (kind, _) => Err(ApiError::invalid_param(
+                        param,
+                        format!("content parts of type {kind:?} are not supported: the model reads text only"),
+                    )),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(|texts| texts.join("")),
+        }
+    }
+}
+
+/// A chat as harmony: `system` and `developer` messages become the
+/// developer's instructions (the policy, for the safeguard models), with a
+/// `Reasoning: low|medium|high` line lifted into the system message; user
+/// and assistant turns follow. Also returns how many prompt tokens are
+/// shared by every chat with the same instructions (for the prefix cache).
+pub fn render_chat(
+    tokenizer: &Tokenizer,
+    turns: Vec<(String, String)>,
+    effort: Option<Effort>,
+    default_effort: Effort,
+) -> Result<(Vec<u32>, usize), ApiError> {
+    let mut instructions = Vec::new();
+    let mut messages = Vec::new();
+    for (i, (role, text)) in turns.into_iter().enumerate() {
+        match role.as_str() {
+            "system" | "developer" => instructions.push(text),
+            "user" => messages.push(Message::user(text)),
+            "assistant" => messages.push(Message::assistant("final", text)),
+            "tool" | "function" => {
+                return Err(ApiError::invalid_param(
+                    &format!("messages[{i}].role"),
+                    "tool messages are not supported: this server runs no tools",
+                ))
+            }
+            other => {
+                return Err(ApiError::invalid_param(
+                    &format!("messages[{i}].role"),
+                    format!("unknown role {other:?}: expected system, developer, user or assistant"),
+                ))
+            }
+        }
+    }
+    let mut lifted = None;
+    let instructions = if instructions.is_empty() {
+        None
+    } else {
+        let policy = Policy::from_text("instructions", &instructions.join("\n\n"))
+            .map_err(|e| ApiError::invalid_param("messages", format!("the system message: {e}")))?;
+        lifted = policy.effort.as_deref().and_then(|e| e.parse().ok());
+        Some(policy.text)
+    };
+    let system = SystemContent::default().with_effort(effort.or(lifted).unwrap_or(default_effort));
+    let mut conversation = Conversation::new(system);
+    conversation.instructions = instructions;
+    let head = harmony::render_for_completion(&conversation, tokenizer)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    conversation.messages = messages;
+    let prompt = harmony::render_for_completion(&conversation, tokenizer)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let shared = head.iter().zip(&prompt).take_while(|(a, b)| a == b).count();
+    Ok((prompt, shared))
+}
+
+// ---- /v1/chat/completions ----
+
+#[derive(Debug, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: Option<Content>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChatRequest {
+    pub model: Option<String>,
+    pub messages: Vec<ChatMessage>,
+    #[serde(default)]
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+    pub max_tokens: Option<i64>,
+    pub max_completion_tokens: Option<i64>,
+    #[serde(flatten)]
+    pub sampling: Sampling,
+    pub stop: Option<Stops>,
+    pub logprobs: Option<bool>,
+    pub top_logprobs: Option<usize>,
+    pub reasoning_effort: Option<String>,
+    pub reasoning: Option<EffortField>,
+    pub tools: Option<Vec<Value>>,
+    pub response_format: Option<Value>,
+}
+
+/// A checked chat request, ready to run.
+pub struct Chat {
+    pub generate: Generate,
+    pub stops: Vec<String>,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub logprobs: bool,
+}
+
+impl ChatRequest {
+    pub fn into_chat(self, state: &Shared) -> Result<Chat, ApiError> {
+        state.check_model(self.model.as_deref())?;
+        if self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+            return Err(ApiError::invalid_param("tools", "tools are not supported by this server"));
+        }
+        if let Some(format) = &self.response_format {
+            if format.get("type").and_then(Value::as_str) != Some("text") {
+                return Err(ApiError::invalid_param(
+                    "response_format",
+                    "only {\"type\": \"text\"} is supported; ask for JSON in the policy instead",
+                ));
+            }
+        }
+        if self.messages.is_empty() {
+            return Err(ApiError::invalid_param("messages", "messages must not be empty"));
+        }
+        let turns = self
+            .messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let text = match &m.content {
+                    Some(content) => content.text(&format!("messages[{i}].content"))?,
+                    None => String::new(),
+                };
+                Ok((m.role.clone(), text))
+            })
+            .collect::<Result<Vec<_>, ApiError>>()?;
+        let effort = parse_effort(
+            self.reasoning_effort
+                .as_deref()
+                .or(self.reasoning.as_ref().and_then(|r| r.effort.as_deref())),
+            "reasoning_effort",
+        )?;
+        let (prompt, cache_prefix) = render_chat(state.tokenizer(), turns, effort, state.options().effort)?;
+        let (max_tokens, max_tokens_param) = token_limit(&[
+            ("max_completion_tokens", self.max_completion_tokens),
+            ("max_tokens", self.max_tokens),
+        ])?;
+        let logprobs = self.logprobs.unwrap_or(false);
+        if self.top_logprobs.is_some_and(|k| k > 20) {
+            return Err(ApiError::invalid_param("top_logprobs", "top_logprobs must be at most 20"));
+        }
+        Ok(Chat {
+            generate: Generate {
+                prompt,
+                cache_prefix,
+                max_tokens,
+                max_tokens_param,
+                sampler: self.sampling.options()?,
+                top_logprobs: logprobs.then(|| self.top_logprobs.unwrap_or(0)),
+                watch: Vec::new(),
+            },
+            stops: Stops::into_vec(self.stop)?,
+            stream: self.stream,
+            include_usage: self.stream_options.is_some_and(|o| o.include_usage),
+            logprobs,
+        })
+    }
+}
+
+pub async fn chat_completions(State(state): State<Shared>, Body(request): Body<ChatRequest>) -> Response {
+    match request.into_chat(&state) {
+        Ok(chat) => run_chat(state, chat, Flavour::OpenAi).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Which API's extras a chat completion carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavour {
+    OpenAi,
+    /// LM Studio's `/api/v0`: `stats`, `model_info`, `runtime`.
+    LmStudio,
+}
+
+pub async fn run_chat(state: Shared, chat: Chat, flavour: Flavour) -> Response {
+    let slot = match state.admit() {
+        Ok(slot) => slot,
+        Err(e) => return e.into_response(),
+    };
+    let id = new_id("chatcmpl");
+    let created = unix_now();
+    if chat.stream {
+        return sse(state, move |state, tx| async move {
+            let _slot = slot;
+            let mut turn = match state.turn(chat.generate, true, chat.stops) {
+                Ok(turn) => turn,
+                Err(e) => return send(&tx, e.body()).await,
+            };
+            let chunk = |delta: Value, finish: Option<&str>, logprobs: Option<Value>| {
+                json!({
+                    "id": id, "object": "chat.completion.chunk", "created": created, "model": state.model().id,
+                    "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
+                })
+            };
+            if !send(&tx, chunk(json!({"role": "assistant", "content": ""}), None, None)).await {
+                return false;
+            }
+            loop {
+                let (update, outcome) = match turn.next().await {
+                    Ok(Step::Token(update)) => (update, None),
+                    Ok(Step::Done(update, outcome)) => (update, Some(outcome)),
+                    Err(e) => return send(&tx, e.body()).await,
+                };
+                for delta in deltas(&update) {
+                    let logprobs = (chat.logprobs && delta.get("content").is_some())
+                        .then(|| update.logprobs.as_ref().map(|l| json!({"content": [content_logprob(turn.tokenizer(), l)]})))
+                        .flatten();
+                    if !send(&tx, chunk(delta, None, logprobs)).await {
+                        return false;
+                    }
+                }
+                if let Some(outcome) = outcome {
+                    let mut last = chunk(json!({}), Some(outcome.finish_reason), None);
+                    if flavour == Flavour::LmStudio {
+                        add_lmstudio_fields(&state, &mut last, &outcome);
+                    }
+                    if !send(&tx, last).await {
+                        return false;
+                    }
+                    log_stream(&outcome);
+                    if chat.include_usage {
+                        let usage = json!({
+                            "id": id, "object": "chat.completion.chunk", "created": created,
+                            "model": state.model().id, "choices": [], "usage": usage_json(&outcome),
+                        });
+                        if !send(&tx, usage).await {
+                            return false;
+                        }
+                    }
+                    return true;
+                }
+            }
+        });
+    }
+    let _slot = slot;
+    let mut turn = match state.turn(chat.generate, true, chat.stops) {
+        Ok(turn) => turn,
+        Err(e) => return e.into_response(),
+    };
+    let (mut reasoning, mut content, mut logprobs) = (String::new(), String::new(), Vec::new());
+    let outcome = loop {
+        let (update, outcome) = match turn.next().await {
+            Ok(Step::Token(update)) => (update, None),
+            Ok(Step::Done(update, outcome)) => (update, Some(outcome)),
+            Err(e) => return e.into_response(),
+        };
+        reasoning.push_str(&update.reasoning);
+        content.push_str(&update.content);
+        if let (true, Some(l)) = (chat.logprobs, &update.logprobs) {
+            logprobs.push(content_logprob(turn.tokenizer(), l));
+        }
+        if let Some(outcome) = outcome {
+            break outcome;
+        }
+    };
+    let mut body = json!({
+        "id": id, "object": "chat.completion", "created": created, "model": state.model().id,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": content, "reasoning": reasoning, "reasoning_content": reasoning},
+            "logprobs": chat.logprobs.then(|| json!({"content": logprobs})),
+            "finish_reason": outcome.finish_reason,
+        }],
+        "usage": usage_json(&outcome),
+    });
+    if flavour == Flavour::LmStudio {
+        add_lmstudio_fields(&state, &mut body, &outcome);
+    }
+    with_usage(Json(body), &outcome)
+}
+
+/// The chunk deltas one update makes: reasoning first, then content.
+fn deltas(update: &Update) -> Vec<Value> {
+    let mut out = Vec::new();
+    if !update.reasoning.is_empty() {
+        out.push(json!({"reasoning": update.reasoning, "reasoning_content": update.reasoning}));
+    }
+    if !update.content.is_empty() {
+        out.push(json!({"content": update.content}));
+    }
+    out
+}
+
+/// One entry of a chat completion's `logprobs.content`.
+fn content_logprob(tokenizer: &Tokenizer, l: &TokenLogprobs) -> Value {
+    let entry = |id: u32, logprob: f32| {
+        let bytes = tokenizer.token_bytes(id).unwrap_or_default();
+        json!({"token": String::from_utf8_lossy(&bytes), "logprob": logprob, "bytes": bytes})
+    };
+    let mut value = entry(l.token, l.logprob);
+    value["top_logprobs"] = l.top.iter().map(|&(id, lp)| entry(id, lp)).collect();
+    value
+}
+
+pub fn usage_json(outcome: &Outcome) -> Value {
+    json!({
+        "prompt_tokens": outcome.prompt_tokens,
+        "completion_tokens": outcome.completion_tokens,
+        "total_tokens": outcome.prompt_tokens + outcome.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": outcome.cached_tokens},
+        "completion_tokens_details": {"reasoning_tokens": outcome.reasoning_tokens},
+    })
+}
+
+fn add_lmstudio_fields(state: &Shared, body: &mut Value, outcome: &Outcome) {
+    let extra = super::lmstudio::extras(state, outcome);
+    for (key, value) in extra {
+        body[key] = value;
+    }
+}
+
+/// A JSON response that tells the request log its tokens and speed.
+pub fn with_usage(body: Json<Value>, outcome: &Outcome) -> Response {
+    let mut response = body.into_response();
+    response.extensions_mut().insert(Usage {
+        prompt_tokens: outcome.prompt_tokens,
+        completion_tokens: outcome.completion_tokens,
+        tokens_per_second: outcome.tokens_per_second(),
+    });
+    response
+}
+
+pub fn log_stream(outcome: &Outcome) {
+    tracing::info!(
+        prompt_tokens = outcome.prompt_tokens,
+        completion_tokens = outcome.completion_tokens,
+        tok_s = format_args!("{:.1}", outcome.tokens_per_second()),
+        latency_ms = format_args!("{:.0}", outcome.elapsed.as_secs_f64() * 1e3),
+        finish_reason = outcome.finish_reason,
+        "stream finished"
+    );
+}
+
+// ---- server-sent events ----
+
+pub type Sender = mpsc::Sender<SseEvent>;
+
+/// Sends one `data:` event; false once the client is gone.
+pub async fn send(tx: &Sender, data: Value) -> bool {
+    tx.send(SseEvent::default().data(data.to_string())).await.is_ok()
+}
+
+/// A `text/event-stream` response fed by `produce`, which runs as its own
+/// task. When the client disconnects the stream is dropped, `produce`'s
+/// next send fails, and dropping its turn cancels the generation.
+/// `[DONE]` follows unless `produce` returns false (the client is gone).
+pub fn sse<F, Fut>(state: Shared, produce: F) -> Response
+where
+    F: FnOnce(Shared, Sender) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send + 'static,
+{
+    sse_with(state, produce, true)
+}
+
+pub fn sse_with<F, Fut>(state: Shared, produce: F, done_marker: bool) -> Response
+where
+    F: FnOnce(Shared, Sender) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel::<SseEvent>(16);
+    tokio::spawn(async move {
+        if produce(state, tx.clone()).await && done_marker {
+            let _ = tx.send(SseEvent::default().data("[DONE]")).await;
+        }
+    });
+    Sse::new(receiver_stream(rx))
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+fn receiver_stream(rx: mpsc::Receiver<SseEvent>) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|event| (Ok(event), rx)) })
+}
+
+// ---- /v1/completions ----
+
+/// `prompt`: text, or token ids fed as they are.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Prompt {
+    Text(String),
+    Tokens(Vec<u32>),
+    Texts(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CompletionRequest {
+    pub model: Option<String>,
+    pub prompt: Prompt,
+    #[serde(default)]
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+    pub max_tokens: Option<i64>,
+    #[serde(flatten)]
+    pub sampling: Sampling,
+    pub stop: Option<Stops>,
+    /// The number of alternatives to report per token (OpenAI: 0–5).
+    pub logprobs: Option<usize>,
+    #[serde(default)]
+    pub echo: bool,
+    pub suffix: Option<String>,
+    pub best_of: Option<u32>,
+}
+
+pub async fn completions(State(state): State<Shared>, Body(request): Body<CompletionRequest>) -> Response {
+    match run_completion(state, request, Flavour::OpenAi).await {
+        Ok(response) | Err(response) => response,
+    }
+}
+
+pub async fn run_completion(
+    state: Shared,
+    request: CompletionRequest,
+    flavour: Flavour,
+) -> Result<Response, Response> {
+    let bad = |e: ApiError| e.into_response();
+    state.check_model(request.model.as_deref()).map_err(bad)?;
+    if request.echo || request.suffix.is_some() || request.best_of.is_some_and(|b| b != 1) {
+        return Err(bad(ApiError::invalid("echo, suffix and best_of are not supported")));
+    }
+    if request.logprobs.is_some_and(|k| k > 20) {
+        return Err(bad(ApiError::invalid_param("logprobs", "logprobs must be at most 20")));
+    }
+    let prompt = match &request.prompt {
+        Prompt::Text(text) => state
+            .tokenizer()
+            .encode_ordinary(text)
+            .map_err(|e| bad(ApiError::internal(e.to_string())))?,
+        Prompt::Tokens(ids) => ids.clone(),
+        Prompt::Texts(texts) if texts.len() == 1 => state
+            .tokenizer()
+            .encode_ordinary(&texts[0])
+            .map_err(|e| bad(ApiError::internal(e.to_string())))?,
+        Prompt::Texts(_) => return Err(bad(ApiError::invalid_param("prompt", "send one prompt per request"))),
+    };
+    let (max_tokens, max_tokens_param) = token_limit(&[("max_tokens", request.max_tokens)]).map_err(bad)?;
+    let generate = Generate {
+        prompt,
+        cache_prefix: 0,
+        max_tokens,
+        max_tokens_param,
+        sampler: request.sampling.options().map_err(bad)?,
+        top_logprobs: request.logprobs,
+        watch: Vec::new(),
+    };
+    let stops = Stops::into_vec(request.stop).map_err(bad)?;
+    let slot = state.admit().map_err(bad)?;
+    let id = new_id("cmpl");
+    let created = unix_now();
+    let with_logprobs = request.logprobs.is_some();
+    let include_usage = request.stream_options.is_some_and(|o| o.include_usage);
+    if request.stream {
+        return Ok(sse(state, move |state, tx| async move {
+            let _slot = slot;
+            let mut turn = match state.turn(generate, false, stops) {
+                Ok(turn) => turn,
+                Err(e) => return send(&tx, e.body()).await,
+            };
+            let mut offset = 0;
+            loop {
+                let (update, outcome) = match turn.next().await {
+                    Ok(Step::Token(update)) => (update, None),
+                    Ok(Step::Done(update, outcome)) => (update, Some(outcome)),
+                    Err(e) => return send(&tx, e.body()).await,
+                };
+                let mut logprobs = CompletionLogprobs::default();
+                if with_logprobs {
+                    if let Some(l) = &update.logprobs {
+                        logprobs.push(turn.tokenizer(), l, &mut offset);
+                    }
+                }
+                let choice = |text: &str, finish: Option<&str>| {
+                    json!({
+                        "id": id, "object": "text_completion", "created": created, "model": state.model().id,
+                        "choices": [{"index": 0, "text": text, "logprobs": with_logprobs.then(|| logprobs.to_json()), "finish_reason": finish}],
+                    })
+                };
+                if (!update.content.is_empty() || with_logprobs && update.logprobs.is_some())
+                    && !send(&tx, choice(&update.content, None)).await
+                {
+                    return false;
+                }
+                if let Some(outcome) = outcome {
+                    let mut last = json!({
+                        "id": id, "object": "text_completion", "created": created, "model": state.model().id,
+                        "choices": [{"index": 0, "text": "", "logprobs": null, "finish_reason": outcome.finish_reason}],
+                    });
+                    if flavour == Flavour::LmStudio {
+                        add_lmstudio_fields(&state, &mut last, &outcome);
+                    }
+                    if include_usage {
+                        last["usage"] = usage_json(&outcome);
+                    }
+                    log_stream(&outcome);
+                    return send(&tx, last).await;
+                }
+            }
+        }));
+    }
+    let _slot = slot;
+    let mut turn = state.turn(generate, false, stops).map_err(bad)?;
+    let (mut text, mut logprobs, mut offset) = (String::new(), CompletionLogprobs::default(), 0);
+    let outcome = loop {
+        let (update, outcome) = match turn.next().await {
+            Ok(Step::Token(update)) => (update, None),
+            Ok(Step::Done(update, outcome)) => (update, Some(outcome)),
+            Err(e) => return Err(bad(e)),
+        };
+        if let Some(l) = update.logprobs.as_ref().filter(|_| with_logprobs) {
+            logprobs.push(turn.tokenizer(), l, &mut offset);
+        }
+        text.push_str(&update.content);
+        if let Some(outcome) = outcome {
+            break outcome;
+        }
+    };
+    let mut body = json!({
+        "id": id, "object": "text_completion", "created": created, "model": state.model().id,
+        "choices": [{
+            "index": 0, "text": text,
+            "logprobs": with_logprobs.then(|| logprobs.to_json()),
+            "finish_reason": outcome.finish_reason,
+        }],
+        "usage": usage_json(&outcome),
+    });
+    if flavour == Flavour::LmStudio {
+        add_lmstudio_fields(&state, &mut body, &outcome);
+    }
+    Ok(with_usage(Json(body), &outcome))
+}
+
+/// The legacy completions `logprobs` object: parallel lists per token.
+#[derive(Default)]
+struct CompletionLogprobs {
+    tokens: Vec<String>,
+    token_logprobs: Vec<f32>,
+    top_logprobs: Vec<serde_json::Map<String, Value>>,
+    text_offset: Vec<usize>,
+}
+
+impl CompletionLogprobs {
+    fn push(&mut self, tokenizer: &Tokenizer, l: &TokenLogprobs, offset: &mut usize) {
+        let text = |id: u32| String::from_utf8_lossy(&tokenizer.token_bytes(id).unwrap_or_default()).into_owned();
+        let token = text(l.token);
+        self.text_offset.push(*offset);
+        *offset += token.len();
+        self.tokens.push(token);
+        self.token_logprobs.push(l.logprob);
+        self.top_logprobs
+            .push(l.top.iter().map(|&(id, lp)| (text(id), json!(lp))).collect());
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "tokens": self.tokens,
+            "token_logprobs": self.token_logprobs,
+            "top_logprobs": self.top_logprobs,
+            "text_offset": self.text_offset,
+        })
+    }
+}

@@ -1,0 +1,380 @@
+//! OpenAI's Responses API (`POST /v1/responses`): `input` as a string or a
+//! list of messages, `instructions`, `reasoning.effort`, `max_output_tokens`;
+//! output as a reasoning item and a message item, streamed as the full event
+//! sequence (`response.created` … `response.completed`, each event with its
+//! `sequence_number`).
+
+use axum::extract::State;
+use axum::response::sse::Event as SseEvent;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::error::{ApiError, Body};
+use super::openai::{self, new_id, parse_effort, render_chat, token_limit, unix_now, Content, EffortField, Sampling};
+use super::turn::{Outcome, Step};
+use super::{Generate, Shared};
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Input {
+    Text(String),
+    Items(Vec<Value>),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ResponsesRequest {
+    model: Option<String>,
+    input: Input,
+    instructions: Option<String>,
+    reasoning: Option<EffortField>,
+    max_output_tokens: Option<i64>,
+    #[serde(default)]
+    stream: bool,
+    #[serde(flatten)]
+    sampling: Sampling,
+    text: Option<Value>,
+    tools: Option<Vec<Value>>,
+    previous_response_id: Option<String>,
+}
+
+/// The request fields a response object repeats back.
+struct Echo {
+    instructions: Option<String>,
+    max_output_tokens: Option<usize>,
+    effort: String,
+    temperature: f32,
+    top_p: f32,
+}
+
+fn turns(request: &ResponsesRequest) -> Result<Vec<(String, String)>, ApiError> {
+    let mut turns = Vec::new();
+    if let Some(instructions) = &request.instructions {
+        turns.push(("developer".to_string(), instructions.clone()));
+    }
+    match &request.input {
+        Input::Text(text) => turns.push(("user".into(), text.clone())),
+        Input::Items(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let param = format!("input[{i}]");
+                let kind = item.get("type").and_then(Value::as_str).unwrap_or("message");
+                match kind {
+                    "message" => {
+                        let role = item
+                            .get("role")
+                            .and_then(Value::as_str)
+                            .ok_or_else(|| ApiError::invalid_param(&param, "a message needs a role"))?;
+                        let content: Content = serde_json::from_value(item.get("content").cloned().unwrap_or(Value::Null))
+                            .map_err(|_| {
+                                ApiError::invalid_param(&param, "content must be a string or a list of text parts")
+                            })?;
+                        turns.push((role.to_string(), content.text(&format!("{param}.content"))?));
+                    }
+                    // Earlier reasoning is dropped from the prompt, as harmony does.
+                    "reasoning" => {}
+                    other => {
+                        return Err(ApiError::invalid_param(
+                            &param,
+                            format!("input items of type {other:?} are not supported (no tools here)"),
+                        ))
+                    }
+                }
+            }
+        }
+    }
+    Ok(turns)
+}
+
+pub async fn create(State(state): State<Shared>, Body(request): Body<ResponsesRequest>) -> Response {
+    match start(&state, request) {
+        Ok((generate, echo, stream)) => run(state, generate, echo, stream).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn start(state: &Shared, request: ResponsesRequest) -> Result<(Generate, Echo, bool), ApiError> {
+    state.check_model(request.model.as_deref())?;
+    if request.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+        return Err(ApiError::invalid_param("tools", "tools are not supported by this server"));
+    }
+    if request.previous_response_id.is_some() {
+        return Err(ApiError::invalid_param(
+            "previous_response_id",
+            "responses are not stored here: send the whole conversation as input",
+        ));
+    }
+    if let Some(format) = request.text.as_ref().and_then(|t| t.get("format")) {
+        if format.get("type").and_then(Value::as_str) != Some("text") {
+            return Err(ApiError::invalid_param("text.format", "only {\"type\": \"text\"} is supported"));
+        }
+    }
+    let effort = parse_effort(request.reasoning.as_ref().and_then(|r| r.effort.as_deref()), "reasoning.effort")?;
+    let (prompt, cache_prefix) = render_chat(state.tokenizer(), turns(&request)?, effort, state.options().effort)?;
+    let (max_tokens, max_tokens_param) = token_limit(&[("max_output_tokens", request.max_output_tokens)])?;
+    let sampler = request.sampling.options()?;
+    let echo = Echo {
+        instructions: request.instructions,
+        max_output_tokens: max_tokens,
+        effort: effort.unwrap_or(state.options().effort).to_string(),
+        temperature: sampler.temperature,
+        top_p: sampler.top_p,
+    };
+    let generate = Generate {
+        prompt,
+        cache_prefix,
+        max_tokens,
+        max_tokens_param,
+        sampler,
+        top_logprobs: None,
+        watch: Vec::new(),
+    };
+    Ok((generate, echo, request.stream))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Reasoning,
+    Message,
+}
+
+/// The output items as they grow, and the stream events that say so.
+struct Output {
+    items: Vec<Value>,
+    open: Option<(Kind, String, String)>,
+}
+
+type Events = Vec<(&'static str, Value)>;
+
+impl Output {
+    fn new() -> Output {
+        Output {
+            items: Vec::new(),
+            open: None,
+        }
+    }
+
+    fn push(&mut self, kind: Kind, text: &str, events: &mut Events) {
+        if text.is_empty() {
+            return;
+        }
+        if self.open.as_ref().is_some_and(|(open, _, _)| *open != kind) {
+            self.close("completed", events);
+        }
+        let output_index = self.items.len();
+        let (_, id, buffer) = self.open.get_or_insert_with(|| {
+            let id = new_id(if kind == Kind::Reasoning { "rs" } else { "msg" });
+            let (item, part) = match kind {
+                Kind::Reasoning => (
+                    json!({"id": id, "type": "reasoning", "summary": [], "content": [], "status": "in_progress"}),
+                    json!({"type": "reasoning_text", "text": ""}),
+                ),
+                Kind::Message => (
+                    json!({"id": id, "type": "message", "role": "assistant", "status": "in_progress", "content": []}),
+                    json!({"type": "output_text", "text": "", "annotations": [], "logprobs": []}),
+                ),
+            };
+            events.push(("response.output_item.added", json!({"output_index": output_index, "item": item})));
+            events.push((
+                "response.content_part.added",
+                json!({"item_id": id, "output_index": output_index, "content_index": 0, "part": part}),
+            ));
+            (kind, id, String::new())
+        });
+        buffer.push_str(text);
+        let (name, mut payload) = match kind {
+            Kind::Reasoning => ("response.reasoning_text.delta", json!({})),
+            Kind::Message => ("response.output_text.delta", json!({"logprobs": []})),
+        };
+        payload["item_id"] = json!(id);
+        payload["output_index"] = json!(output_index);
+        payload["content_index"] = json!(0);
+        payload["delta"] = json!(text);
+        events.push((name, payload));
+    }
+
+    /// Ends the open item; `status` is `incomplete` when the token limit cut it.
+    fn close(&mut self, status: &str, events: &mut Events) {
+        let Some((kind, id, text)) = self.open.take() else { return };
+        let output_index = self.items.len();
+        let (done, part, item) = match kind {
+            Kind::Reasoning => {
+                let part = json!({"type": "reasoning_text", "text": text});
+                (
+                    "response.reasoning_text.done",
+                    part.clone(),
+                    json!({"id": id, "type": "reasoning", "summary": [], "content": [part], "status": status}),
+                )
+            }
+            Kind::Message => {
+                let part = json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []});
+                (
+                    "response.output_text.done",
+                    part.clone(),
+                    json!({"id": id, "type": "message", "role": "assistant", "status": status, "content": [part]}),
+                )
+            }
+        };
+        let mut done_payload = json!({"item_id": id, "output_index": output_index, "content_index": 0, "text": text});
+        if kind == Kind::Message {
+            done_payload["logprobs"] = json!([]);
+        }
+        events.push((done, done_payload));
+        events.push((
+            "response.content_part.done",
+            json!({"item_id": id, "output_index": output_index, "content_index": 0, "part": part}),
+        ));
+        events.push(("response.output_item.done", json!({"output_index": output_index, "item": item})));
+        self.items.push(item);
+    }
+}
+
+fn response_object(
+    state: &Shared,
+    id: &str,
+    created: u64,
+    echo: &Echo,
+    status: &str,
+    output: &[Value],
+    outcome: Option<&Outcome>,
+) -> Value {
+    json!({
+        "id": id,
+        "object": "response",
+        "created_at": created,
+        "status": status,
+        "error": null,
+        "incomplete_details": (status == "incomplete").then(|| json!({"reason": "max_output_tokens"})),
+        "instructions": echo.instructions,
+        "max_output_tokens": echo.max_output_tokens,
+        "model": state.model().id,
+        "output": output,
+        "parallel_tool_calls": false,
+        "previous_response_id": null,
+        "reasoning": {"effort": echo.effort, "summary": null},
+        "store": false,
+        "temperature": echo.temperature,
+        "text": {"format": {"type": "text"}},
+        "tool_choice": "auto",
+        "tools": [],
+        "top_p": echo.top_p,
+        "truncation": "disabled",
+        "usage": outcome.map(|o| json!({
+            "input_tokens": o.prompt_tokens,
+            "input_tokens_details": {"cached_tokens": o.cached_tokens},
+            "output_tokens": o.completion_tokens,
+            "output_tokens_details": {"reasoning_tokens": o.reasoning_tokens},
+            "total_tokens": o.prompt_tokens + o.completion_tokens,
+        })),
+        "metadata": {},
+    })
+}
+
+fn status_of(outcome: &Outcome) -> &'static str {
+    if outcome.finish_reason == "length" {
+        "incomplete"
+    } else {
+        "completed"
+    }
+}
+
+async fn run(state: Shared, generate: Generate, echo: Echo, stream: bool) -> Response {
+    let slot = match state.admit() {
+        Ok(slot) => slot,
+        Err(e) => return e.into_response(),
+    };
+    let id = new_id("resp");
+    let created = unix_now();
+    if stream {
+        return openai::sse_with(
+            state,
+            move |state, tx| async move {
+                let _slot = slot;
+                let mut sequence = 0u64;
+                let mut emit = async |events: Events| -> bool {
+                    for (name, mut payload) in events {
+                        payload["type"] = json!(name);
+                        payload["sequence_number"] = json!(sequence);
+                        sequence += 1;
+                        let event = SseEvent::default().event(name).data(payload.to_string());
+                        if tx.send(event).await.is_err() {
+                            return false;
+                        }
+                    }
+                    true
+                };
+                let initial = response_object(&state, &id, created, &echo, "in_progress", &[], None);
+                if !emit(vec![
+                    ("response.created", json!({"response": initial})),
+                    ("response.in_progress", json!({"response": initial})),
+                ])
+                .await
+                {
+                    return false;
+                }
+                let mut turn = match state.turn(generate, true, Vec::new()) {
+                    Ok(turn) => turn,
+                    Err(e) => return emit(vec![("error", error_event(&e))]).await,
+                };
+                let mut output = Output::new();
+                loop {
+                    let mut events = Vec::new();
+                    let (update, outcome) = match turn.next().await {
+                        Ok(Step::Token(update)) => (update, None),
+                        Ok(Step::Done(update, outcome)) => (update, Some(outcome)),
+                        Err(e) => {
+                            let failed = response_object(&state, &id, created, &echo, "failed", &output.items, None);
+                            let mut failed = failed;
+                            failed["error"] = json!({"code": "server_error", "message": e.message});
+                            return emit(vec![("error", error_event(&e)), ("response.failed", json!({"response": failed}))])
+                                .await;
+                        }
+                    };
+                    output.push(Kind::Reasoning, &update.reasoning, &mut events);
+                    output.push(Kind::Message, &update.content, &mut events);
+                    if let Some(outcome) = outcome {
+                        let status = status_of(&outcome);
+                        output.close(if status == "incomplete" { "incomplete" } else { "completed" }, &mut events);
+                        let last = response_object(&state, &id, created, &echo, status, &output.items, Some(&outcome));
+                        let name = if status == "incomplete" { "response.incomplete" } else { "response.completed" };
+                        events.push((name, json!({"response": last})));
+                        openai::log_stream(&outcome);
+                        return emit(events).await;
+                    }
+                    if !emit(events).await {
+                        return false;
+                    }
+                }
+            },
+            false,
+        );
+    }
+    let _slot = slot;
+    let mut turn = match state.turn(generate, true, Vec::new()) {
+        Ok(turn) => turn,
+        Err(e) => return e.into_response(),
+    };
+    let mut output = Output::new();
+    let mut ignored = Vec::new();
+    let outcome = loop {
+        let (update, outcome) = match turn.next().await {
+            Ok(Step::Token(update)) => (update, None),
+            Ok(Step::Done(update, outcome)) => (update, Some(outcome)),
+            Err(e) => return e.into_response(),
+        };
+        output.push(Kind::Reasoning, &update.reasoning, &mut ignored);
+        output.push(Kind::Message, &update.content, &mut ignored);
+        if let Some(outcome) = outcome {
+            break outcome;
+        }
+    };
+    let status = status_of(&outcome);
+    output.close(if status == "incomplete" { "incomplete" } else { "completed" }, &mut ignored);
+    let body = response_object(&state, &id, created, &echo, status, &output.items, Some(&outcome));
+    openai::with_usage(Json(body), &outcome)
+}
+
+fn error_event(e: &ApiError) -> Value {
+    let body = e.body();
+    json!({"code": body["error"]["code"], "message": e.message, "param": body["error"]["param"]})
+}

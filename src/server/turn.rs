@@ -1,0 +1,299 @@
+//! One generation as the HTTP layer sees it: engine events turned into text
+//! (reasoning and answer parsed from harmony, or plain text for raw
+//! completions), stop strings applied, tokens and timings counted.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::error::ApiError;
+use crate::engine::generate::TokenLogprobs;
+use crate::engine::scheduler::{Event, Stop};
+use crate::harmony::StreamParser;
+use crate::tokenizer::{StreamDecoder, Tokenizer};
+
+/// What one token added.
+#[derive(Debug, Default)]
+pub struct Update {
+    pub reasoning: String,
+    /// The answer's text (everything, for raw completions).
+    pub content: String,
+    /// The token and its log-probabilities, when asked for and the token is
+    /// part of the content.
+    pub logprobs: Option<TokenLogprobs>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// `stop` (a stop token or string) or `length` (the token limit).
+    pub finish_reason: &'static str,
+    pub prompt_tokens: usize,
+    pub cached_tokens: usize,
+    pub completion_tokens: usize,
+    /// Tokens of the chain of thought (reasoning messages' content).
+    pub reasoning_tokens: usize,
+    pub time_to_first_token: Duration,
+    pub elapsed: Duration,
+}
+
+impl Outcome {
+    /// Decode speed after the first token.
+    pub fn tokens_per_second(&self) -> f64 {
+        let decode = self.elapsed.saturating_sub(self.time_to_first_token).as_secs_f64();
+        if decode > 0.0 && self.completion_tokens > 1 {
+            (self.completion_tokens - 1) as f64 / decode
+        } else {
+            0.0
+        }
+    }
+}
+
+enum Text<'t> {
+    Chat(Box<StreamParser<'t>>),
+    Raw(StreamDecoder<'t>),
+}
+
+pub struct Turn<'t> {
+    events: Option<UnboundedReceiver<Event>>,
+    tokenizer: &'t Tokenizer,
+    text: Text<'t>,
+    stops: StopStrings,
+    prompt_tokens: usize,
+    cached_tokens: usize,
+    completion_tokens: usize,
+    reasoning_tokens: usize,
+    submitted: Instant,
+    first_token: Option<Duration>,
+    done: bool,
+}
+
+impl<'t> Turn<'t> {
+    /// `chat`: the output is harmony (parsed into reasoning and answer);
+    /// otherwise plain text.
+    pub fn new(
+        tokenizer: &'t Tokenizer,
+        events: UnboundedReceiver<Event>,
+        prompt_tokens: usize,
+        chat: bool,
+        stops: Vec<String>,
+    ) -> Result<Turn<'t>, ApiError> {
+        let text = if chat {
+            Text::Chat(Box::new(
+                StreamParser::new(tokenizer).map_err(|e| ApiError::internal(e.to_string()))?,
+            ))
+        } else {
+            Text::Raw(tokenizer.stream())
+        };
+        Ok(Turn {
+            events: Some(events),
+            tokenizer,
+            text,
+            stops: StopStrings::new(stops),
+            prompt_tokens,
+            cached_tokens: 0,
+            completion_tokens: 0,
+            reasoning_tokens: 0,
+            submitted: Instant::now(),
+            first_token: None,
+            done: false,
+        })
+    }
+
+    /// The next token's text, or the outcome once generation is over.
+    /// Dropping the turn before then cancels the generation.
+    pub async fn next(&mut self) -> Result<Step, ApiError> {
+        loop {
+            if self.done {
+                return Err(ApiError::internal("the generation is over"));
+            }
+            let event = match self.events.as_mut() {
+                Some(events) => events.recv().await,
+                None => None,
+            };
+            match event {
+                Some(Event::Started { cached_tokens }) => self.cached_tokens = cached_tokens,
+                Some(Event::Token(token)) => {
+                    self.first_token.get_or_insert_with(|| self.submitted.elapsed());
+                    self.completion_tokens += 1;
+                    let update = self.push(token.id, token.logprobs)?;
+                    if self.stops.matched {
+                        return Ok(Step::Token(update).then_finish(self.finish("stop")));
+                    }
+                    return Ok(Step::Token(update));
+                }
+                Some(Event::Finished(stop)) => {
+                    let reason = match stop {
+                        Stop::StopToken => "stop",
+                        Stop::Length => "length",
+                    };
+                    return Ok(self.finish(reason).into_step(self.flush()?));
+                }
+                Some(Event::Failed(message)) => {
+                    self.done = true;
+                    return Err(ApiError::internal(format!("generation failed: {message}")));
+                }
+                None => {
+                    self.done = true;
+                    return Err(ApiError::internal("the engine stopped before the generation ended"));
+                }
+            }
+        }
+    }
+
+    fn push(&mut self, token: u32, logprobs: Option<TokenLogprobs>) -> Result<Update, ApiError> {
+        let mut update = Update::default();
+        let decode_error = |e: crate::tokenizer::Error| ApiError::internal(e.to_string());
+        match &mut self.text {
+            Text::Chat(parser) => {
+                if let Some(delta) = parser.push(token) {
+                    let message = parser.message(delta.index);
+                    if message.is_some_and(|m| m.is_answer()) {
+                        update.content = delta.text;
+                        update.logprobs = logprobs;
+                    } else if message.is_some_and(|m| m.is_reasoning()) {
+                        update.reasoning = delta.text;
+                    }
+                }
+                if parser.current().is_some_and(|m| m.is_reasoning()) {
+                    self.reasoning_tokens += 1;
+                }
+            }
+            Text::Raw(decoder) => {
+                update.content = decoder.push(token).map_err(decode_error)?;
+                update.logprobs = logprobs;
+            }
+        }
+        update.content = self.stops.push(&update.content);
+        Ok(update)
+    }
+
+    /// Text held back at the end: an incomplete character, or the start of
+    /// a stop string that never completed.
+    fn flush(&mut self) -> Result<Update, ApiError> {
+        let mut update = Update::default();
+        if let Text::Raw(decoder) = &mut self.text {
+            let rest = decoder.finish().map_err(|e| ApiError::internal(e.to_string()))?;
+            update.content = self.stops.push(&rest);
+        }
+        update.content.push_str(&self.stops.flush());
+        Ok(update)
+    }
+
+    fn finish(&mut self, reason: &'static str) -> Outcome {
+        self.done = true;
+        // Dropping the receiver tells the engine to stop (a stop string).
+        self.events = None;
+        let elapsed = self.submitted.elapsed();
+        Outcome {
+            finish_reason: reason,
+            prompt_tokens: self.prompt_tokens,
+            cached_tokens: self.cached_tokens,
+            completion_tokens: self.completion_tokens,
+            reasoning_tokens: self.reasoning_tokens,
+            time_to_first_token: self.first_token.unwrap_or(elapsed),
+            elapsed,
+        }
+    }
+
+    pub fn tokenizer(&self) -> &'t Tokenizer {
+        self.tokenizer
+    }
+}
+
+pub enum Step {
+    Token(Update),
+    /// The last text, and how generation ended.
+    Done(Update, Outcome),
+}
+
+impl Step {
+    fn then_finish(self, outcome: Outcome) -> Step {
+        match self {
+            Step::Token(update) => Step::Done(update, outcome),
+            done => done,
+        }
+    }
+}
+
+impl Outcome {
+    fn into_step(self, update: Update) -> Step {
+        Step::Done(update, self)
+    }
+}
+
+/// OpenAI's `stop`: text ends before the first occurrence of any of the
+/// strings. Text that might be the start of one is held back until it
+/// is clear either way, so a stop string is never streamed in part.
+struct StopStrings {
+    stops: Vec<String>,
+    held: String,
+    matched: bool,
+}
+
+impl StopStrings {
+    fn new(stops: Vec<String>) -> StopStrings {
+        StopStrings {
+            stops: stops.into_iter().filter(|s| !s.is_empty()).collect(),
+            held: String::new(),
+            matched: false,
+        }
+    }
+
+    /// The part of `text` that can be sent now.
+    fn push(&mut self, text: &str) -> String {
+        if self.matched {
+            return String::new();
+        }
+        if self.stops.is_empty() {
+            return text.to_string();
+        }
+        self.held.push_str(text);
+        if let Some(at) = self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min() {
+            self.matched = true;
+            let out = self.held[..at].to_string();
+            self.held.clear();
+            return out;
+        }
+        // Keep the longest tail that begins some stop string.
+        let keep = self
+            .held
+            .char_indices()
+            .map(|(i, _)| i)
+            .find(|&i| self.stops.iter().any(|s| s.starts_with(&self.held[i..])))
+            .unwrap_or(self.held.len());
+        let out = self.held[..keep].to_string();
+        self.held.drain(..keep);
+        out
+    }
+
+    fn flush(&mut self) -> String {
+        std::mem::take(&mut self.held)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StopStrings;
+
+    fn run(stops: &[&str], pieces: &[&str]) -> (String, bool) {
+        let mut s = StopStrings::new(stops.iter().map(|s| s.to_string()).collect());
+        let mut out: String = pieces.iter().map(|p| s.push(p)).collect();
+        if !s.matched {
+            out.push_str(&s.flush());
+        }
+        (out, s.matched)
+    }
+
+    #[test]
+    fn text_ends_before_a_stop_string_split_across_tokens() {
+        assert_eq!(run(&["END"], &["abc E", "N", "D more"]), ("abc ".into(), true));
+        assert_eq!(run(&["xyz", "b"], &["aaab"]), ("aaa".into(), true));
+    }
+
+    #[test]
+    fn a_near_miss_is_released_in_full() {
+        assert_eq!(run(&["END"], &["abc E", "N", "x"]), ("abc ENx".into(), false));
+        assert_eq!(run(&["END"], &["abc EN"]), ("abc EN".into(), false));
+        assert_eq!(run(&[], &["é", "à"]), ("éà".into(), false));
+    }
+}
