@@ -46,7 +46,13 @@ fn prefill(model: &GptOss, prefix: &[u32]) -> Vec<LayerCache> {
 type Run = (Vec<u32>, Vec<Vec<f32>>);
 
 /// Decodes `budget` tokens after `prefix` + `suffix` alone.
-fn alone(model: &GptOss, prefix: &[LayerCache], suffix: &[u32], budget: usize, sampler: SamplerOptions) -> Run {
+fn alone(
+    model: &GptOss,
+    prefix: &[LayerCache],
+    suffix: &[u32],
+    budget: usize,
+    sampler: SamplerOptions,
+) -> Run {
     let options = GenerateOptions {
         max_tokens: budget,
         sampler,
@@ -82,7 +88,9 @@ fn batched(
                 sampler: sampler(next),
                 ..Default::default()
             };
-            batch.insert(next, prefix.to_vec(), &items[next].0, options).unwrap();
+            batch
+                .insert(next, prefix.to_vec(), &items[next].0, options)
+                .unwrap();
             runs.insert(next, (Vec::new(), Vec::new()));
             next += 1;
         }
@@ -170,11 +178,13 @@ fn batches_large_enough_to_sort_experts_change_nothing() {
 #[test]
 fn sampled_sequences_draw_in_a_batch_what_they_draw_alone() {
     // Each sequence has its own seed and filters; greedy ones mix in.
-    check_sampled("a-mxfp4", 12, &[2, 5, 1, 8, 3], &[9, 6, 11, 4, 7], 3, &|i| SamplerOptions {
-        temperature: if i == 2 { 0.0 } else { 0.7 + 0.1 * i as f32 },
-        top_p: if i % 2 == 0 { 0.9 } else { 0.0 },
-        top_k: if i == 3 { 20 } else { 0 },
-        min_p: 0.0,
-        seed: 1000 + i as u64,
+    check_sampled("a-mxfp4", 12, &[2, 5, 1, 8, 3], &[9, 6, 11, 4, 7], 3, &|i| {
+        SamplerOptions {
+            temperature: if i == 2 { 0.0 } else { 0.7 + 0.1 * i as f32 },
+            top_p: if i % 2 == 0 { 0.9 } else { 0.0 },
+            top_k: if i == 3 { 20 } else { 0 },
+            min_p: 0.0,
+            seed: 1000 + i as u64,
+        }
     });
 }

@@ -143,7 +143,11 @@ pub struct Judge<'t> {
 }
 
 impl<'t> Judge<'t> {
-    pub fn new(tokenizer: &'t Tokenizer, policy: &Policy, options: ClassifyOptions) -> Result<Judge<'t>, harmony::Error> {
+    pub fn new(
+        tokenizer: &'t Tokenizer,
+        policy: &Policy,
+        options: ClassifyOptions,
+    ) -> Result<Judge<'t>, harmony::Error> {
         let conversation = conversation(policy, &options);
         // Two items that differ from their first token on share exactly the
         // prefix up to the item's content.
@@ -172,7 +176,11 @@ impl<'t> Judge<'t> {
     /// prefix every item shares (0 if, unusually, it does not start with it).
     pub fn prompt(&self, content: &str) -> Result<(Vec<u32>, usize), harmony::Error> {
         let prompt = with_content(&self.conversation, content, self.tokenizer)?;
-        let shared = if prompt.starts_with(&self.prefix) { self.prefix.len() } else { 0 };
+        let shared = if prompt.starts_with(&self.prefix) {
+            self.prefix.len()
+        } else {
+            0
+        };
         Ok((prompt, shared))
     }
 
@@ -195,7 +203,12 @@ impl<'t> Judge<'t> {
 
     /// Starts reading the output for `item`, whose prompt has
     /// `prompt_tokens` tokens of which `cached_tokens` came from a cache.
-    pub fn start(&self, item: &Item, prompt_tokens: usize, cached_tokens: usize) -> anyhow::Result<ItemRun<'t>> {
+    pub fn start(
+        &self,
+        item: &Item,
+        prompt_tokens: usize,
+        cached_tokens: usize,
+    ) -> anyhow::Result<ItemRun<'t>> {
         Ok(ItemRun {
             id: item.id.clone(),
             start: Instant::now(),
@@ -252,7 +265,9 @@ impl<'a> Classifier<'a> {
         let generation = Generation::with_caches(self.model, caches, &rest, self.judge.generate_options())?;
         for step in generation {
             let step = step?;
-            if run.push(&self.judge, step.token, |digits| digit_probabilities(&step, digits))? {
+            if run.push(&self.judge, step.token, |digits| {
+                digit_probabilities(&step, digits)
+            })? {
                 break;
             }
         }
@@ -290,7 +305,9 @@ impl<'a> Classifier<'a> {
             }
             for (id, step) in batch.step()? {
                 let run = runs.get_mut(&id).expect("every sequence has a run");
-                let stop = run.push(&self.judge, step.token, |digits| digit_probabilities(&step, digits))?;
+                let stop = run.push(&self.judge, step.token, |digits| {
+                    digit_probabilities(&step, digits)
+                })?;
                 if stop {
                     batch.remove(id);
                 }

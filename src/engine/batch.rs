@@ -119,7 +119,9 @@ impl<'m> BatchGeneration<'m> {
         let finished: Vec<usize> = self
             .active
             .iter()
-            .filter(|s| s.queued == s.max_tokens && !self.pending.as_ref().is_some_and(|p| p.ids.contains(&s.id)))
+            .filter(|s| {
+                s.queued == s.max_tokens && !self.pending.as_ref().is_some_and(|p| p.ids.contains(&s.id))
+            })
             .map(|s| s.id)
             .collect();
         self.active.retain(|s| !finished.contains(&s.id));

@@ -40,11 +40,18 @@ impl Step {
         let logprobs = self.logprobs.astype(mlx::Dtype::Float32)?;
         let vocab = logprobs.dim(-1)?;
         let k = (k as i32).clamp(1, vocab);
-        let ids = logprobs.negative()?.argpartition(k - 1, -1)?.slice_axis(-1, 0, k)?;
+        let ids = logprobs
+            .negative()?
+            .argpartition(k - 1, -1)?
+            .slice_axis(-1, 0, k)?;
         let values = logprobs.take_along_axis(&ids, -1)?;
         let chosen = logprobs.take(&Array::scalar_int(self.token.into(), mlx::Dtype::Uint32)?, 0)?;
         mlx::eval(&[&ids, &values, &chosen])?;
-        let mut top: Vec<(u32, f32)> = ids.to_vec::<u32>()?.into_iter().zip(values.to_vec::<f32>()?).collect();
+        let mut top: Vec<(u32, f32)> = ids
+            .to_vec::<u32>()?
+            .into_iter()
+            .zip(values.to_vec::<f32>()?)
+            .collect();
         top.sort_by(|a, b| b.1.total_cmp(&a.1));
         Ok(TokenLogprobs {
             token: self.token,

@@ -6,7 +6,9 @@
 //! the batch at the next step, freeing its slot.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, TryRecvError};
+use std::sync::Arc;
 use std::thread;
 
 use tokio::sync::mpsc::UnboundedSender;
@@ -37,7 +39,9 @@ pub struct Request {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// The prompt is in; `cached_tokens` of it came from the prefix cache.
-    Started { cached_tokens: usize },
+    Started {
+        cached_tokens: usize,
+    },
     Token(Token),
     /// No more tokens will come.
     Finished(Stop),
@@ -72,6 +76,7 @@ pub struct EngineOptions {
 #[derive(Clone)]
 pub struct Engine {
     requests: mpsc::Sender<Request>,
+    decoding: Arc<AtomicUsize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,12 +92,14 @@ impl Engine {
     ) -> anyhow::Result<(Engine, I)> {
         let (requests, incoming) = mpsc::channel();
         let (ready, loaded) = mpsc::sync_channel(1);
+        let decoding = Arc::new(AtomicUsize::new(0));
+        let count = decoding.clone();
         thread::Builder::new()
             .name("engine".into())
             .spawn(move || match load() {
                 Ok((model, info)) => {
                     let _ = ready.send(Ok(info));
-                    serve(&model, &incoming, options);
+                    serve(&model, &incoming, options, &count);
                 }
                 Err(e) => {
                     let _ = ready.send(Err(e));
@@ -101,7 +108,12 @@ impl Engine {
         let info = loaded
             .recv()
             .map_err(|_| anyhow::anyhow!("the engine thread died while loading the model"))??;
-        Ok((Engine { requests }, info))
+        Ok((Engine { requests, decoding }, info))
+    }
+
+    /// Sequences in the batch now.
+    pub fn decoding(&self) -> usize {
+        self.decoding.load(Ordering::Relaxed)
     }
 
     pub fn submit(&self, request: Request) -> Result<(), EngineStopped> {
@@ -118,23 +130,38 @@ struct Active {
     max_tokens: usize,
 }
 
-fn serve(model: &GptOss, incoming: &mpsc::Receiver<Request>, options: EngineOptions) {
+fn serve(model: &GptOss, incoming: &mpsc::Receiver<Request>, options: EngineOptions, decoding: &AtomicUsize) {
     let mut prefixes = PrefixCache::new(options.prefix_cache_bytes);
     let mut batch = BatchGeneration::new(model);
     let mut active: HashMap<usize, Active> = HashMap::new();
     let mut next_id = 0;
     let mut open = true;
     while open || !active.is_empty() {
+        decoding.store(active.len(), Ordering::Relaxed);
         // Wait when idle; otherwise take what is queued while there is room.
         if active.is_empty() {
             match incoming.recv() {
-                Ok(request) => admit(model, &mut prefixes, &mut batch, &mut active, &mut next_id, request),
+                Ok(request) => admit(
+                    model,
+                    &mut prefixes,
+                    &mut batch,
+                    &mut active,
+                    &mut next_id,
+                    request,
+                ),
                 Err(_) => return,
             }
         }
         while open && active.len() < options.max_batch.max(1) {
             match incoming.try_recv() {
-                Ok(request) => admit(model, &mut prefixes, &mut batch, &mut active, &mut next_id, request),
+                Ok(request) => admit(
+                    model,
+                    &mut prefixes,
+                    &mut batch,
+                    &mut active,
+                    &mut next_id,
+                    request,
+                ),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => open = false,
             }
@@ -148,6 +175,7 @@ fn serve(model: &GptOss, incoming: &mpsc::Receiver<Request>, options: EngineOpti
             batch.remove(id);
             active.remove(&id);
         }
+        decoding.store(active.len(), Ordering::Relaxed);
         if batch.is_empty() {
             continue;
         }
@@ -164,10 +192,8 @@ fn serve(model: &GptOss, incoming: &mpsc::Receiver<Request>, options: EngineOpti
         for (id, step) in steps {
             let Some(a) = active.get_mut(&id) else { continue };
             a.produced += 1;
-            let event = token_event(&step, a.top_logprobs, &a.watch).map_or_else(
-                |e| Event::Failed(e.to_string()),
-                Event::Token,
-            );
+            let event = token_event(&step, a.top_logprobs, &a.watch)
+                .map_or_else(|e| Event::Failed(e.to_string()), Event::Token);
             let failed = matches!(event, Event::Failed(_));
             let end = if failed {
                 None

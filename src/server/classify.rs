@@ -45,7 +45,10 @@ impl Items {
             Items::Many(fields) => fields,
         };
         if fields.is_empty() {
-            return Err(ApiError::invalid_param("input", "give at least one item to classify"));
+            return Err(ApiError::invalid_param(
+                "input",
+                "give at least one item to classify",
+            ));
         }
         if fields.len() > MAX_ITEMS {
             return Err(ApiError::invalid_param(
@@ -123,10 +126,13 @@ async fn classify_items(
         prefill_step: state.options().prefill_step,
         keywords: Keywords::default(),
     };
-    let judge = Judge::new(state.tokenizer(), policy, options).map_err(|e| ApiError::internal(e.to_string()))?;
+    let judge =
+        Judge::new(state.tokenizer(), policy, options).map_err(|e| ApiError::internal(e.to_string()))?;
     let mut started = Vec::with_capacity(items.len());
     for item in items {
-        let (prompt, shared) = judge.prompt(&item.content).map_err(|e| ApiError::internal(e.to_string()))?;
+        let (prompt, shared) = judge
+            .prompt(&item.content)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
         let prompt_tokens = prompt.len();
         let events = state.generate(Generate {
             prompt,
@@ -153,11 +159,20 @@ async fn classify_items(
                         .map_err(|e| ApiError::internal(e.to_string()))?;
                 }
                 Some(Event::Finished(_)) => break,
-                Some(Event::Failed(message)) => return Err(ApiError::internal(format!("generation failed: {message}"))),
-                None => return Err(ApiError::internal("the engine stopped before the classification ended")),
+                Some(Event::Failed(message)) => {
+                    return Err(ApiError::internal(format!("generation failed: {message}")))
+                }
+                None => {
+                    return Err(ApiError::internal(
+                        "the engine stopped before the classification ended",
+                    ))
+                }
             }
         }
-        results.push(run.finish(&judge).map_err(|e| ApiError::internal(e.to_string()))?);
+        results.push(
+            run.finish(&judge)
+                .map_err(|e| ApiError::internal(e.to_string()))?,
+        );
     }
     Ok(results)
 }
@@ -176,7 +191,10 @@ pub async fn classify(State(state): State<Shared>, Body(request): Body<ClassifyR
     let run = async {
         state.check_model(request.model.as_deref())?;
         let policy = policy(request.policy.as_deref(), state.options().policy.as_ref())?;
-        let effort = parse_effort(request.effort.as_deref().or(request.reasoning_effort.as_deref()), "effort")?;
+        let effort = parse_effort(
+            request.effort.as_deref().or(request.reasoning_effort.as_deref()),
+            "effort",
+        )?;
         let (max_tokens, _) = token_limit(&[("max_tokens", request.max_tokens)])?;
         let items = request.input.into_items()?;
         let _slot = state.admit()?;
@@ -206,7 +224,11 @@ pub struct ModerationRequest {
 pub async fn moderations(State(state): State<Shared>, Body(request): Body<ModerationRequest>) -> Response {
     let run = async {
         // Moderation clients send OpenAI's model names; only another local model is refused.
-        if let Some(model) = request.model.as_deref().filter(|m| !m.starts_with("omni-moderation") && !m.starts_with("text-moderation")) {
+        if let Some(model) = request
+            .model
+            .as_deref()
+            .filter(|m| !m.starts_with("omni-moderation") && !m.starts_with("text-moderation"))
+        {
             state.check_model(Some(model))?;
         }
         let policy = policy(request.policy.as_deref(), state.options().policy.as_ref())?;

@@ -138,7 +138,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
         let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
             let status = rejection.status();
             if status == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(status, "invalid_request_error", "the request body is over the size limit (--max-body)")
+                ApiError::new(
+                    status,
+                    "invalid_request_error",
+                    "the request body is over the size limit (--max-body)",
+                )
             } else {
                 ApiError::new(status, "invalid_request_error", rejection.body_text())
             }
@@ -148,7 +152,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
         }
         match Json::<T>::from_bytes(&bytes) {
             Ok(Json(value)) => Ok(Body(value)),
-            Err(rejection) => Err(ApiError::invalid(format!("invalid request body: {}", rejection.body_text()))),
+            Err(rejection) => Err(ApiError::invalid(format!(
+                "invalid request body: {}",
+                rejection.body_text()
+            ))),
         }
     }
 }

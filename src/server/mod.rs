@@ -166,7 +166,10 @@ impl AppState {
     }
 
     /// Checks `request` against the context and starts it.
-    pub fn generate(&self, request: Generate) -> Result<tokio::sync::mpsc::UnboundedReceiver<crate::engine::scheduler::Event>, ApiError> {
+    pub fn generate(
+        &self,
+        request: Generate,
+    ) -> Result<tokio::sync::mpsc::UnboundedReceiver<crate::engine::scheduler::Event>, ApiError> {
         let limit = self.model.context_length;
         let prompt_len = request.prompt.len();
         if prompt_len == 0 {
@@ -280,7 +283,11 @@ async fn serve(model_arg: &str, dir: &Path, options: Options) -> anyhow::Result<
         tracing::warn!(
             "listening on {} exposes the model to the network{}",
             options.host,
-            if options.api_key.is_none() { " without --api-key" } else { "" }
+            if options.api_key.is_none() {
+                " without --api-key"
+            } else {
+                ""
+            }
         );
     }
     let state = Arc::new(AppState {
@@ -336,9 +343,14 @@ fn describe(model_arg: &str, dir: &Path, config: Config, stop_tokens: Vec<u32>, 
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let looks_like_path = model_arg.starts_with('.') || model_arg.starts_with('/') || Path::new(model_arg).is_dir();
+    let looks_like_path =
+        model_arg.starts_with('.') || model_arg.starts_with('/') || Path::new(model_arg).is_dir();
     // A hub repo or alias is its own id; a folder goes by its name.
-    let id = if looks_like_path { folder.clone() } else { model_arg.to_string() };
+    let id = if looks_like_path {
+        folder.clone()
+    } else {
+        model_arg.to_string()
+    };
     let mut aliases = vec![model_arg.to_string(), folder];
     if let Some(entry) = crate::hub::catalog::find(model_arg) {
         aliases.push(entry.repo.clone());
@@ -401,6 +413,7 @@ async fn health(State(state): State<Shared>) -> Json<serde_json::Value> {
         "status": "ok",
         "model": state.model.id,
         "requests": a.taken.load(Ordering::SeqCst),
+        "decoding": state.engine.decoding(),
         "capacity": a.limit,
     }))
 }
@@ -450,7 +463,9 @@ async fn log_request(request: Request, next: Next) -> Response {
             tok_s = format_args!("{:.1}", u.tokens_per_second), latency_ms = format_args!("{latency_ms:.0}"), "request"
         ),
         None if streamed => tracing::info!(%method, %path, status, "stream started"),
-        None => tracing::info!(%method, %path, status, latency_ms = format_args!("{latency_ms:.0}"), "request"),
+        None => {
+            tracing::info!(%method, %path, status, latency_ms = format_args!("{latency_ms:.0}"), "request")
+        }
     }
     response
         .headers_mut()

@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::error::{ApiError, Body};
-use super::turn::{Outcome, Step, Update};
+use super::turn::{Outcome, Step, Turn, Update};
 use super::{Generate, Shared, Usage};
 use crate::classify::policy::Policy;
 use crate::engine::generate::TokenLogprobs;
@@ -89,7 +89,10 @@ impl Sampling {
     pub fn options(&self) -> Result<SamplerOptions, ApiError> {
         let temperature = self.temperature.unwrap_or(0.0);
         if !(0.0..=2.0).contains(&temperature) {
-            return Err(ApiError::invalid_param("temperature", "temperature must be between 0 and 2"));
+            return Err(ApiError::invalid_param(
+                "temperature",
+                "temperature must be between 0 and 2",
+            ));
         }
         let top_p = self.top_p.unwrap_or(1.0);
         if !(0.0..=1.0).contains(&top_p) {
@@ -107,11 +110,17 @@ impl Sampling {
             ("frequency_penalty", self.frequency_penalty),
         ] {
             if value.is_some_and(|v| v != 0.0) {
-                return Err(ApiError::invalid_param(name, format!("{name} is not supported; leave it out or 0")));
+                return Err(ApiError::invalid_param(
+                    name,
+                    format!("{name} is not supported; leave it out or 0"),
+                ));
             }
         }
         if self.logit_bias.as_ref().is_some_and(|b| !b.is_empty()) {
-            return Err(ApiError::invalid_param("logit_bias", "logit_bias is not supported"));
+            return Err(ApiError::invalid_param(
+                "logit_bias",
+                "logit_bias is not supported",
+            ));
         }
         Ok(SamplerOptions {
             temperature,
@@ -151,11 +160,15 @@ pub fn unix_now() -> u64 {
 }
 
 /// `max_tokens` and friends: a count, or -1 / absent for the default.
-pub fn token_limit(values: &[(&'static str, Option<i64>)]) -> Result<(Option<usize>, &'static str), ApiError> {
+pub fn token_limit(
+    values: &[(&'static str, Option<i64>)],
+) -> Result<(Option<usize>, &'static str), ApiError> {
     for &(name, value) in values {
         match value {
             Some(-1) | None => continue,
-            Some(n) if n < 0 => return Err(ApiError::invalid_param(name, format!("{name} must be positive"))),
+            Some(n) if n < 0 => {
+                return Err(ApiError::invalid_param(name, format!("{name} must be positive")))
+            }
             Some(n) => return Ok((Some(n as usize), name)),
         }
     }
@@ -164,7 +177,10 @@ pub fn token_limit(values: &[(&'static str, Option<i64>)]) -> Result<(Option<usi
 
 pub fn parse_effort(value: Option<&str>, param: &str) -> Result<Option<Effort>, ApiError> {
     value
-        .map(|v| v.parse::<Effort>().map_err(|e| ApiError::invalid_param(param, e.to_string())))
+        .map(|v| {
+            v.parse::<Effort>()
+                .map_err(|e| ApiError::invalid_param(param, e.to_string()))
+        })
         .transpose()
 }
 
@@ -193,7 +209,9 @@ impl Content {
                     ("text" | "input_text" | "output_text", Some(text)) => Ok(text.as_str()),
                     (kind, _) => Err(ApiError::invalid_param(
                         param,
-                        format!("content parts of type {kind:?} are not supported: the model reads text only"),
+                        format!(
+                            "content parts of type {kind:?} are not supported: the model reads text only"
+                        ),
                     )),
                 })
                 .collect::<Result<Vec<_>, _>>()
@@ -302,7 +320,10 @@ impl ChatRequest {
     pub fn into_chat(self, state: &Shared) -> Result<Chat, ApiError> {
         state.check_model(self.model.as_deref())?;
         if self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-            return Err(ApiError::invalid_param("tools", "tools are not supported by this server"));
+            return Err(ApiError::invalid_param(
+                "tools",
+                "tools are not supported by this server",
+            ));
         }
         if let Some(format) = &self.response_format {
             if format.get("type").and_then(Value::as_str) != Some("text") {
@@ -340,7 +361,10 @@ impl ChatRequest {
         ])?;
         let logprobs = self.logprobs.unwrap_or(false);
         if self.top_logprobs.is_some_and(|k| k > 20) {
-            return Err(ApiError::invalid_param("top_logprobs", "top_logprobs must be at most 20"));
+            return Err(ApiError::invalid_param(
+                "top_logprobs",
+                "top_logprobs must be at most 20",
+            ));
         }
         Ok(Chat {
             generate: Generate {
@@ -395,18 +419,29 @@ pub async fn run_chat(state: Shared, chat: Chat, flavour: Flavour) -> Response {
                     "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
                 })
             };
-            if !send(&tx, chunk(json!({"role": "assistant", "content": ""}), None, None)).await {
+            if !send(
+                &tx,
+                chunk(json!({"role": "assistant", "content": ""}), None, None),
+            )
+            .await
+            {
                 return false;
             }
             loop {
-                let (update, outcome) = match turn.next().await {
-                    Ok(Step::Token(update)) => (update, None),
-                    Ok(Step::Done(update, outcome)) => (update, Some(outcome)),
-                    Err(e) => return send(&tx, e.body()).await,
+                let (update, outcome) = match next_or_gone(&mut turn, &tx).await {
+                    None => return false,
+                    Some(Ok(Step::Token(update))) => (update, None),
+                    Some(Ok(Step::Done(update, outcome))) => (update, Some(outcome)),
+                    Some(Err(e)) => return send(&tx, e.body()).await,
                 };
                 for delta in deltas(&update) {
                     let logprobs = (chat.logprobs && delta.get("content").is_some())
-                        .then(|| update.logprobs.as_ref().map(|l| json!({"content": [content_logprob(turn.tokenizer(), l)]})))
+                        .then(|| {
+                            update
+                                .logprobs
+                                .as_ref()
+                                .map(|l| json!({"content": [content_logprob(turn.tokenizer(), l)]}))
+                        })
                         .flatten();
                     if !send(&tx, chunk(delta, None, logprobs)).await {
                         return false;
@@ -538,6 +573,16 @@ pub fn log_stream(outcome: &Outcome) {
 
 pub type Sender = mpsc::Sender<SseEvent>;
 
+/// The turn's next step; None once the client has gone (its stream was
+/// dropped), so the caller returns and dropping the turn cancels the
+/// generation without waiting for text to send.
+pub async fn next_or_gone(turn: &mut Turn<'_>, tx: &Sender) -> Option<Result<Step, ApiError>> {
+    tokio::select! {
+        step = turn.next() => Some(step),
+        () = tx.closed() => None,
+    }
+}
+
 /// Sends one `data:` event; false once the client is gone.
 pub async fn send(tx: &Sender, data: Value) -> bool {
     tx.send(SseEvent::default().data(data.to_string())).await.is_ok()
@@ -572,7 +617,9 @@ where
 }
 
 fn receiver_stream(rx: mpsc::Receiver<SseEvent>) -> impl Stream<Item = Result<SseEvent, Infallible>> {
-    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|event| (Ok(event), rx)) })
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|event| (Ok(event), rx))
+    })
 }
 
 // ---- /v1/completions ----
@@ -619,10 +666,15 @@ pub async fn run_completion(
     let bad = |e: ApiError| e.into_response();
     state.check_model(request.model.as_deref()).map_err(bad)?;
     if request.echo || request.suffix.is_some() || request.best_of.is_some_and(|b| b != 1) {
-        return Err(bad(ApiError::invalid("echo, suffix and best_of are not supported")));
+        return Err(bad(ApiError::invalid(
+            "echo, suffix and best_of are not supported",
+        )));
     }
     if request.logprobs.is_some_and(|k| k > 20) {
-        return Err(bad(ApiError::invalid_param("logprobs", "logprobs must be at most 20")));
+        return Err(bad(ApiError::invalid_param(
+            "logprobs",
+            "logprobs must be at most 20",
+        )));
     }
     let prompt = match &request.prompt {
         Prompt::Text(text) => state
@@ -634,7 +686,12 @@ pub async fn run_completion(
             .tokenizer()
             .encode_ordinary(&texts[0])
             .map_err(|e| bad(ApiError::internal(e.to_string())))?,
-        Prompt::Texts(_) => return Err(bad(ApiError::invalid_param("prompt", "send one prompt per request"))),
+        Prompt::Texts(_) => {
+            return Err(bad(ApiError::invalid_param(
+                "prompt",
+                "send one prompt per request",
+            )))
+        }
     };
     let (max_tokens, max_tokens_param) = token_limit(&[("max_tokens", request.max_tokens)]).map_err(bad)?;
     let generate = Generate {
@@ -661,10 +718,11 @@ pub async fn run_completion(
             };
             let mut offset = 0;
             loop {
-                let (update, outcome) = match turn.next().await {
-                    Ok(Step::Token(update)) => (update, None),
-                    Ok(Step::Done(update, outcome)) => (update, Some(outcome)),
-                    Err(e) => return send(&tx, e.body()).await,
+                let (update, outcome) = match next_or_gone(&mut turn, &tx).await {
+                    None => return false,
+                    Some(Ok(Step::Token(update))) => (update, None),
+                    Some(Ok(Step::Done(update, outcome))) => (update, Some(outcome)),
+                    Some(Err(e)) => return send(&tx, e.body()).await,
                 };
                 let mut logprobs = CompletionLogprobs::default();
                 if with_logprobs {
@@ -743,7 +801,8 @@ struct CompletionLogprobs {
 
 impl CompletionLogprobs {
     fn push(&mut self, tokenizer: &Tokenizer, l: &TokenLogprobs, offset: &mut usize) {
-        let text = |id: u32| String::from_utf8_lossy(&tokenizer.token_bytes(id).unwrap_or_default()).into_owned();
+        let text =
+            |id: u32| String::from_utf8_lossy(&tokenizer.token_bytes(id).unwrap_or_default()).into_owned();
         let token = text(l.token);
         self.text_offset.push(*offset);
         *offset += token.len();

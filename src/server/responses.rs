@@ -12,7 +12,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::{ApiError, Body};
-use super::openai::{self, new_id, parse_effort, render_chat, token_limit, unix_now, Content, EffortField, Sampling};
+use super::openai::{
+    self, new_id, parse_effort, render_chat, token_limit, unix_now, Content, EffortField, Sampling,
+};
 use super::turn::{Outcome, Step};
 use super::{Generate, Shared};
 
@@ -65,10 +67,14 @@ fn turns(request: &ResponsesRequest) -> Result<Vec<(String, String)>, ApiError> 
                             .get("role")
                             .and_then(Value::as_str)
                             .ok_or_else(|| ApiError::invalid_param(&param, "a message needs a role"))?;
-                        let content: Content = serde_json::from_value(item.get("content").cloned().unwrap_or(Value::Null))
-                            .map_err(|_| {
-                                ApiError::invalid_param(&param, "content must be a string or a list of text parts")
-                            })?;
+                        let content: Content =
+                            serde_json::from_value(item.get("content").cloned().unwrap_or(Value::Null))
+                                .map_err(|_| {
+                                    ApiError::invalid_param(
+                                        &param,
+                                        "content must be a string or a list of text parts",
+                                    )
+                                })?;
                         turns.push((role.to_string(), content.text(&format!("{param}.content"))?));
                     }
                     // Earlier reasoning is dropped from the prompt, as harmony does.
@@ -96,7 +102,10 @@ pub async fn create(State(state): State<Shared>, Body(request): Body<ResponsesRe
 fn start(state: &Shared, request: ResponsesRequest) -> Result<(Generate, Echo, bool), ApiError> {
     state.check_model(request.model.as_deref())?;
     if request.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-        return Err(ApiError::invalid_param("tools", "tools are not supported by this server"));
+        return Err(ApiError::invalid_param(
+            "tools",
+            "tools are not supported by this server",
+        ));
     }
     if request.previous_response_id.is_some() {
         return Err(ApiError::invalid_param(
@@ -106,11 +115,22 @@ fn start(state: &Shared, request: ResponsesRequest) -> Result<(Generate, Echo, b
     }
     if let Some(format) = request.text.as_ref().and_then(|t| t.get("format")) {
         if format.get("type").and_then(Value::as_str) != Some("text") {
-            return Err(ApiError::invalid_param("text.format", "only {\"type\": \"text\"} is supported"));
+            return Err(ApiError::invalid_param(
+                "text.format",
+                "only {\"type\": \"text\"} is supported",
+            ));
         }
     }
-    let effort = parse_effort(request.reasoning.as_ref().and_then(|r| r.effort.as_deref()), "reasoning.effort")?;
-    let (prompt, cache_prefix) = render_chat(state.tokenizer(), turns(&request)?, effort, state.options().effort)?;
+    let effort = parse_effort(
+        request.reasoning.as_ref().and_then(|r| r.effort.as_deref()),
+        "reasoning.effort",
+    )?;
+    let (prompt, cache_prefix) = render_chat(
+        state.tokenizer(),
+        turns(&request)?,
+        effort,
+        state.options().effort,
+    )?;
     let (max_tokens, max_tokens_param) = token_limit(&[("max_output_tokens", request.max_output_tokens)])?;
     let sampler = request.sampling.options()?;
     let echo = Echo {
@@ -195,7 +215,9 @@ impl Output {
 
     /// Ends the open item; `status` is `incomplete` when the token limit cut it.
     fn close(&mut self, status: &str, events: &mut Events) {
-        let Some((kind, id, text)) = self.open.take() else { return };
+        let Some((kind, id, text)) = self.open.take() else {
+            return;
+        };
         let output_index = self.items.len();
         let (done, part, item) = match kind {
             Kind::Reasoning => {
@@ -215,7 +237,8 @@ impl Output {
                 )
             }
         };
-        let mut done_payload = json!({"item_id": id, "output_index": output_index, "content_index": 0, "text": text});
+        let mut done_payload =
+            json!({"item_id": id, "output_index": output_index, "content_index": 0, "text": text});
         if kind == Kind::Message {
             done_payload["logprobs"] = json!([]);
         }
@@ -224,7 +247,10 @@ impl Output {
             "response.content_part.done",
             json!({"item_id": id, "output_index": output_index, "content_index": 0, "part": part}),
         ));
-        events.push(("response.output_item.done", json!({"output_index": output_index, "item": item})));
+        events.push((
+            "response.output_item.done",
+            json!({"output_index": output_index, "item": item}),
+        ));
         self.items.push(item);
     }
 }
@@ -319,24 +345,48 @@ async fn run(state: Shared, generate: Generate, echo: Echo, stream: bool) -> Res
                 let mut output = Output::new();
                 loop {
                     let mut events = Vec::new();
-                    let (update, outcome) = match turn.next().await {
-                        Ok(Step::Token(update)) => (update, None),
-                        Ok(Step::Done(update, outcome)) => (update, Some(outcome)),
-                        Err(e) => {
-                            let failed = response_object(&state, &id, created, &echo, "failed", &output.items, None);
+                    let (update, outcome) = match openai::next_or_gone(&mut turn, &tx).await {
+                        None => return false,
+                        Some(Ok(Step::Token(update))) => (update, None),
+                        Some(Ok(Step::Done(update, outcome))) => (update, Some(outcome)),
+                        Some(Err(e)) => {
+                            let failed =
+                                response_object(&state, &id, created, &echo, "failed", &output.items, None);
                             let mut failed = failed;
                             failed["error"] = json!({"code": "server_error", "message": e.message});
-                            return emit(vec![("error", error_event(&e)), ("response.failed", json!({"response": failed}))])
-                                .await;
+                            return emit(vec![
+                                ("error", error_event(&e)),
+                                ("response.failed", json!({"response": failed})),
+                            ])
+                            .await;
                         }
                     };
                     output.push(Kind::Reasoning, &update.reasoning, &mut events);
                     output.push(Kind::Message, &update.content, &mut events);
                     if let Some(outcome) = outcome {
                         let status = status_of(&outcome);
-                        output.close(if status == "incomplete" { "incomplete" } else { "completed" }, &mut events);
-                        let last = response_object(&state, &id, created, &echo, status, &output.items, Some(&outcome));
-                        let name = if status == "incomplete" { "response.incomplete" } else { "response.completed" };
+                        output.close(
+                            if status == "incomplete" {
+                                "incomplete"
+                            } else {
+                                "completed"
+                            },
+                            &mut events,
+                        );
+                        let last = response_object(
+                            &state,
+                            &id,
+                            created,
+                            &echo,
+                            status,
+                            &output.items,
+                            Some(&outcome),
+                        );
+                        let name = if status == "incomplete" {
+                            "response.incomplete"
+                        } else {
+                            "response.completed"
+                        };
                         events.push((name, json!({"response": last})));
                         openai::log_stream(&outcome);
                         return emit(events).await;
@@ -369,7 +419,14 @@ async fn run(state: Shared, generate: Generate, echo: Echo, stream: bool) -> Res
         }
     };
     let status = status_of(&outcome);
-    output.close(if status == "incomplete" { "incomplete" } else { "completed" }, &mut ignored);
+    output.close(
+        if status == "incomplete" {
+            "incomplete"
+        } else {
+            "completed"
+        },
+        &mut ignored,
+    );
     let body = response_object(&state, &id, created, &echo, status, &output.items, Some(&outcome));
     openai::with_usage(Json(body), &outcome)
 }

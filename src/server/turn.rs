@@ -39,7 +39,10 @@ pub struct Outcome {
 impl Outcome {
     /// Decode speed after the first token.
     pub fn tokens_per_second(&self) -> f64 {
-        let decode = self.elapsed.saturating_sub(self.time_to_first_token).as_secs_f64();
+        let decode = self
+            .elapsed
+            .saturating_sub(self.time_to_first_token)
+            .as_secs_f64();
         if decode > 0.0 && self.completion_tokens > 1 {
             (self.completion_tokens - 1) as f64 / decode
         } else {
@@ -134,7 +137,9 @@ impl<'t> Turn<'t> {
                 }
                 None => {
                     self.done = true;
-                    return Err(ApiError::internal("the engine stopped before the generation ended"));
+                    return Err(ApiError::internal(
+                        "the engine stopped before the generation ended",
+                    ));
                 }
             }
         }

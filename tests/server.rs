@@ -1,0 +1,609 @@
+//! `safeguard serve` on fixture models, on 127.0.0.1 only: the official
+//! `openai` Python SDK (tests/server_client.py), plain HTTP for the LM Studio
+//! and classification endpoints and every error case, greedy output checked
+//! against mlx-lm's references, a client leaving mid-stream, 32 concurrent
+//! requests, the queue limit, auth, CORS and shutdown.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use safeguard_mlx::tokenizer::Tokenizer;
+use serde_json::{json, Value};
+
+/// A server process; killed when dropped.
+struct Server {
+    child: Child,
+    address: String,
+}
+
+impl Server {
+    fn start(fixture: &str, args: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_safeguard"))
+            .args(["serve", "-m"])
+            .arg(common::fixture(fixture))
+            .args(["--port", "0"])
+            .args(args)
+            .env("HF_HUB_OFFLINE", "1")
+            .env(
+                "HF_HOME",
+                std::env::temp_dir().join("safeguard-server-test-empty-hf-home"),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (found, address) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut found = Some(found);
+            for line in BufReader::new(stderr).lines() {
+                let line = line.unwrap_or_default();
+                if let Some(rest) = line.split("serving on http://").nth(1) {
+                    if let Some(f) = found.take() {
+                        let _ = f.send(rest.trim_end_matches("/v1").to_string());
+                    }
+                }
+                eprintln!("[server] {line}");
+            }
+        });
+        let address = address
+            .recv_timeout(Duration::from_secs(120))
+            .expect("the server announces its address");
+        Server { child, address }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    fn get(&self, path: &str) -> Reply {
+        http("GET", &self.url(path), &[], None)
+    }
+
+    fn post(&self, path: &str, body: &Value) -> Reply {
+        http("POST", &self.url(path), &[], Some(&body.to_string()))
+    }
+
+    /// Waits (bounded) until no request holds a slot and nothing decodes.
+    fn wait_idle(&self, within: Duration) -> Value {
+        let start = Instant::now();
+        loop {
+            let health = self.get("/health").json();
+            if health["requests"] == 0 && health["decoding"] == 0 {
+                return health;
+            }
+            assert!(start.elapsed() < within, "still busy after {within:?}: {health}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// An OpenAI-shaped error with this status; its message.
+    fn error(&self, status: u16) -> String {
+        assert_eq!(self.status, status, "{}", self.body);
+        let body = self.json();
+        let error = &body["error"];
+        for field in ["message", "type", "param", "code"] {
+            assert!(error.get(field).is_some(), "error without {field}: {body}");
+        }
+        error["message"].as_str().unwrap().to_string()
+    }
+}
+
+fn http(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> Reply {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(300)))
+        .build()
+        .into();
+    let mut request = ureq::http::Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut response = agent
+        .run(request.body(body.unwrap_or("").as_bytes().to_vec()).unwrap())
+        .unwrap();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    Reply {
+        status: response.status().as_u16(),
+        headers,
+        body: response.body_mut().read_to_string().unwrap(),
+    }
+}
+
+/// The `data:` payloads of an event stream.
+fn sse_data(body: &str) -> Vec<String> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(str::to_string)
+        .collect()
+}
+
+fn expected_scripted() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(common::fixture("scripted").join("expected.json")).unwrap())
+        .unwrap()
+}
+
+#[test]
+fn the_openai_python_sdk_drives_chat_responses_and_models() {
+    let server = Server::start("scripted", &[]);
+    let output = Command::new(common::python())
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/server_client.py"))
+        .arg(server.url("/v1"))
+        .arg(common::fixture("scripted").join("expected.json"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.trim_end().ends_with("ok"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn greedy_completions_match_mlx_lm_references() {
+    // The raw prompt's tokens, greedily continued: what mlx-lm generated for
+    // the same ids in float32 (tests/fixtures/references.py).
+    let dir = common::fixture("a-mxfp4");
+    let reference: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference/reference.json")).unwrap())
+            .unwrap();
+    let tokenizer = Tokenizer::load(&dir).unwrap();
+    let server = Server::start("a-mxfp4", &["--dtype", "float32"]);
+    let mut compared = 0;
+    for run in reference["runs"].as_array().unwrap() {
+        if run["dtype"] != "float32"
+            || run["prefill_step_size"] != 2048
+            || run["yarn_correction_range"] != "unrounded"
+        {
+            continue;
+        }
+        let prompt: Vec<u32> =
+            serde_json::from_value(reference["prompts"][run["prompt"].as_str().unwrap()].clone()).unwrap();
+        let expected: Vec<u32> = serde_json::from_value(run["tokens"].clone()).unwrap();
+        let margins: Vec<f64> = serde_json::from_value(run["margins"].clone()).unwrap();
+        let tie = reference["near_tie_threshold"].as_f64().unwrap();
+        let reply = server.post(
+            "/v1/completions",
+            &json!({"prompt": prompt, "max_tokens": expected.len(), "logprobs": 2, "temperature": 0}),
+        );
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let body = reply.json();
+        let tokens: Vec<String> =
+            serde_json::from_value(body["choices"][0]["logprobs"]["tokens"].clone()).unwrap();
+        let want: Vec<String> = expected
+            .iter()
+            // Ids past the tokenizer's (reserved, never trained) have no text.
+            .map(|&id| String::from_utf8_lossy(&tokenizer.token_bytes(id).unwrap_or_default()).into_owned())
+            .collect();
+        // Equal up to a near-tie, where float32 rounding may pick either.
+        let same = tokens.iter().zip(&want).take_while(|(a, b)| a == b).count();
+        assert!(
+            same == want.len() || margins[same] < tie,
+            "{}: token {same} differs: {:?} vs {:?}",
+            run["id"],
+            tokens.get(same),
+            want[same]
+        );
+        assert_eq!(body["choices"][0]["finish_reason"], "length");
+        assert_eq!(body["usage"]["prompt_tokens"], prompt.len());
+        assert_eq!(body["usage"]["completion_tokens"], expected.len());
+        // Each chosen token's logprob is the best of the alternatives listed.
+        let lp = &body["choices"][0]["logprobs"];
+        for (i, top) in lp["top_logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .take(same)
+        {
+            let best = top
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|v| v.as_f64().unwrap())
+                .fold(f64::MIN, f64::max);
+            assert!((lp["token_logprobs"][i].as_f64().unwrap() - best).abs() < 1e-6);
+        }
+        compared += 1;
+    }
+    assert!(compared > 0, "the a-mxfp4 references have float32 runs");
+}
+
+#[test]
+fn lm_studio_endpoints_use_its_enum_values_and_add_stats() {
+    let server = Server::start("scripted", &[]);
+    let models = server.get("/api/v0/models").json();
+    let entry = &models["data"][0];
+    assert_eq!(entry["id"], "scripted");
+    assert_eq!(entry["type"], "llm");
+    assert_eq!(entry["state"], "loaded");
+    assert_eq!(entry["compatibility_type"], "mlx");
+    assert_eq!(entry["arch"], "gpt_oss");
+    assert_eq!(entry["quantization"], "BF16");
+    assert_eq!(entry["max_context_length"], 131072);
+    assert_eq!(server.get("/api/v0/models/scripted").json()["state"], "loaded");
+    server.get("/api/v0/models/other/model").error(404);
+
+    let reply = server.post(
+        "/api/v0/chat/completions",
+        &json!({"model": "scripted", "messages": [{"role": "user", "content": "hi"}], "max_tokens": -1}),
+    );
+    let body = reply.json();
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        expected_scripted()["answer"]
+    );
+    assert_eq!(body["stats"]["stop_reason"], "eosFound");
+    assert!(body["stats"]["tokens_per_second"].as_f64().unwrap() >= 0.0);
+    assert!(body["stats"]["time_to_first_token"].as_f64().unwrap() > 0.0);
+    assert_eq!(body["model_info"]["format"], "mlx");
+    assert_eq!(body["model_info"]["arch"], "gpt_oss");
+    let cut = server.post(
+        "/api/v0/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}),
+    );
+    assert_eq!(cut.json()["stats"]["stop_reason"], "maxPredictedTokensReached");
+}
+
+#[test]
+fn classify_and_moderations_give_the_cli_verdicts() {
+    let server = Server::start("scripted", &[]);
+    let expected = expected_scripted();
+    let body = server
+        .post(
+            "/v1/classify",
+            &json!({"policy": "spam", "input": ["Buy now!", {"id": "b", "content": "hello"}], "effort": "low"}),
+        )
+        .json();
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    assert_eq!(results[1]["id"], "b");
+    for result in results {
+        assert_eq!(result["label"], expected["label"]);
+        let confidence = result["confidence"].as_f64().unwrap();
+        assert!(
+            (confidence - expected["confidence"].as_f64().unwrap()).abs() < 1e-5,
+            "{result}"
+        );
+    }
+    // Same as `safeguard classify --json` on the same item.
+    let cli = Command::new(env!("CARGO_BIN_EXE_safeguard"))
+        .args(["classify", "--json", "--policy", "spam", "--effort", "low", "-m"])
+        .arg(common::fixture("scripted"))
+        .arg("Buy now!")
+        .output()
+        .unwrap();
+    let cli: Value = serde_json::from_slice(&cli.stdout).unwrap();
+    for field in [
+        "label",
+        "answer",
+        "raw",
+        "reasoning",
+        "confidence",
+        "finish_reason",
+    ] {
+        assert_eq!(cli[field], results[0][field], "{field}");
+    }
+    // The policy prefix is cached across requests.
+    let again = server
+        .post("/v1/classify", &json!({"policy": "spam", "input": "other"}))
+        .json();
+    let usage = &again["results"][0]["usage"];
+    assert!(usage["cached_tokens"].as_u64().unwrap() > 100, "{usage}");
+
+    let moderation = server
+        .post(
+            "/v1/moderations",
+            &json!({"model": "omni-moderation-latest", "input": "Buy now!", "policy": "spam"}),
+        )
+        .json();
+    let result = &moderation["results"][0];
+    assert_eq!(result["flagged"], true);
+    assert_eq!(result["categories"]["spam"], true);
+    let score = result["category_scores"]["spam"].as_f64().unwrap();
+    assert!((score - expected["confidence"].as_f64().unwrap()).abs() < 1e-5);
+
+    // Policies are names or text, never paths.
+    let message = server
+        .post("/v1/classify", &json!({"policy": "spamm", "input": "x"}))
+        .error(400);
+    assert!(
+        message.contains("spamm") && message.contains("spam,"),
+        "{message}"
+    );
+    server
+        .post("/v1/classify", &json!({"policy": "/etc/hostname", "input": "x"}))
+        .error(400);
+    let custom = server
+        .post(
+            "/v1/classify",
+            &json!({"policy": "# Mine\nAnswer 1 for spam, else 0.", "input": "x"}),
+        )
+        .json();
+    assert_eq!(custom["policy"], "custom");
+    server.post("/v1/moderations", &json!({"input": "x"})).error(400);
+}
+
+#[test]
+fn bad_requests_get_openai_errors() {
+    let server = Server::start("scripted", &["--context-length", "80", "--max-body-mib", "1"]);
+    let chat = |extra: Value| {
+        let mut body = json!({"messages": [{"role": "user", "content": "hi"}]});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        server.post("/v1/chat/completions", &body)
+    };
+    let raw = http(
+        "POST",
+        &server.url("/v1/chat/completions"),
+        &[],
+        Some("{not json"),
+    );
+    assert!(raw.error(400).contains("invalid request body"));
+    let message = server
+        .post("/v1/chat/completions", &json!({"messages": "hi"}))
+        .error(400);
+    assert!(message.contains("messages"), "{message}");
+    assert!(chat(json!({"max_tokens": "ten"}))
+        .error(400)
+        .contains("max_tokens"));
+    assert!(chat(json!({"model": "gpt-4o"})).error(404).contains("gpt-4o"));
+    assert!(chat(json!({"tools": [{"type": "function"}]}))
+        .error(400)
+        .contains("tools"));
+    assert!(chat(json!({"n": 2})).error(400).contains("n = 1"));
+    assert!(chat(json!({"reasoning_effort": "extreme"}))
+        .error(400)
+        .contains("extreme"));
+    let long = "word ".repeat(200);
+    let message = server
+        .post(
+            "/v1/chat/completions",
+            &json!({"messages": [{"role": "user", "content": long}]}),
+        )
+        .error(400);
+    assert!(
+        message.contains("80 tokens") && message.contains("prompt is"),
+        "{message}"
+    );
+    let message = chat(json!({"max_tokens": 79})).error(400);
+    assert!(message.contains("at most"), "{message}");
+    // The body is sent from another thread: the server may answer (and
+    // close) before reading it all.
+    let mut over = TcpStream::connect(&server.address).unwrap();
+    over.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut writer = over.try_clone().unwrap();
+    let size = 2 << 20;
+    std::thread::spawn(move || {
+        let head = format!("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n");
+        let _ = writer.write_all(head.as_bytes());
+        let _ = writer.write_all(&vec![b' '; size]);
+    });
+    let mut head = [0u8; 12];
+    over.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 413");
+    server.get("/v1/nothing").error(404);
+    assert!(server
+        .post("/v1/completions", &json!({"prompt": [999999999]}))
+        .error(400)
+        .contains("vocabulary"));
+    // The server is still fine.
+    assert_eq!(chat(json!({})).status, 200);
+}
+
+/// Sends `body` to `path` by hand, on a connection the test can drop.
+fn send_raw(server: &Server, path: &str, body: &Value) -> TcpStream {
+    let body = body.to_string();
+    let mut stream = TcpStream::connect(&server.address).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        server.address,
+        body.len()
+    )
+    .unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    stream
+}
+
+/// Opens a streamed chat by hand and reads until its first event arrives.
+fn open_stream(server: &Server, max_tokens: usize) -> TcpStream {
+    let body = json!({
+        "messages": [{"role": "user", "content": "Tell me a long story."}],
+        "max_tokens": max_tokens, "stream": true,
+    });
+    let mut stream = send_raw(server, "/v1/chat/completions", &body);
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("data: ") {
+        let n = stream.read(&mut buffer).unwrap();
+        assert!(
+            n > 0,
+            "the stream closed early: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buffer[..n]);
+    }
+    assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 200"));
+    stream
+}
+
+fn wait_decoding(server: &Server, count: usize) {
+    let start = Instant::now();
+    while server.get("/health").json()["decoding"] != count {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "never {count} decoding"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_client_leaving_frees_its_slot_and_the_queue_is_bounded() {
+    // One decoding slot, no queue: a second request is turned away.
+    let server = Server::start("a-mxfp4", &["--max-batch", "1", "--queue", "0"]);
+    let stream = open_stream(&server, 100_000);
+    let busy = server.post("/v1/completions", &json!({"prompt": "hello", "max_tokens": 2}));
+    busy.error(503);
+    assert_eq!(busy.header("retry-after"), Some("1"));
+    wait_decoding(&server, 1);
+    // Leaving stops its generation (100,000 tokens would take many minutes),
+    // though the random model's chat has written no text to send.
+    drop(stream);
+    server.wait_idle(Duration::from_secs(10));
+    // The same without streaming: nothing is written until the end.
+    let waiting = send_raw(
+        &server,
+        "/v1/completions",
+        &json!({"prompt": "hello", "max_tokens": 100_000}),
+    );
+    wait_decoding(&server, 1);
+    drop(waiting);
+    server.wait_idle(Duration::from_secs(10));
+    assert_eq!(
+        server
+            .post("/v1/completions", &json!({"prompt": "hello", "max_tokens": 2}))
+            .status,
+        200
+    );
+}
+
+#[test]
+fn thirty_two_concurrent_requests_are_answered_as_if_alone() {
+    let server = Server::start("a-mxfp4", &["--max-batch", "8", "--queue", "32"]);
+    let request = |i: usize| json!({"prompt": format!("Item number {i} says"), "max_tokens": 6 + i % 5, "temperature": 0});
+    // Each alone first, then all at once: batching changes nothing.
+    let alone: Vec<Value> = (0..32)
+        .map(|i| server.post("/v1/completions", &request(i)).json()["choices"][0].clone())
+        .collect();
+    let together: Vec<Value> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..32)
+            .map(|i| {
+                let server = &server;
+                scope.spawn(move || server.post("/v1/completions", &request(i)))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap().json()["choices"][0].clone())
+            .collect()
+    });
+    for (i, (a, b)) in alone.iter().zip(&together).enumerate() {
+        assert_eq!(a["text"], b["text"], "request {i}");
+        assert_eq!(a["finish_reason"], b["finish_reason"], "request {i}");
+    }
+    server.wait_idle(Duration::from_secs(10));
+}
+
+#[test]
+fn api_key_and_cors() {
+    let server = Server::start("scripted", &["--api-key", "sekret", "--cors"]);
+    let url = server.url("/v1/models");
+    assert!(http("GET", &url, &[], None).error(401).contains("Bearer"));
+    http("GET", &url, &[("Authorization", "Bearer wrong")], None).error(401);
+    let ok = http(
+        "GET",
+        &url,
+        &[("Authorization", "Bearer sekret"), ("Origin", "http://app.local")],
+        None,
+    );
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(http("GET", &server.url("/health"), &[], None).status, 200);
+    let preflight = http(
+        "OPTIONS",
+        &server.url("/v1/chat/completions"),
+        &[
+            ("Origin", "http://app.local"),
+            ("Access-Control-Request-Method", "POST"),
+            ("Access-Control-Request-Headers", "authorization,content-type"),
+        ],
+        None,
+    );
+    assert_eq!(preflight.status, 200, "{}", preflight.body);
+    assert_eq!(preflight.header("access-control-allow-origin"), Some("*"));
+    assert!(preflight
+        .header("access-control-allow-methods")
+        .unwrap()
+        .contains("POST"));
+    assert!(preflight
+        .header("access-control-allow-headers")
+        .unwrap()
+        .contains("authorization"));
+
+    let closed = Server::start("scripted", &[]);
+    let reply = http(
+        "GET",
+        &closed.url("/v1/models"),
+        &[("Origin", "http://app.local")],
+        None,
+    );
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("access-control-allow-origin"), None);
+}
+
+#[test]
+fn sigterm_lets_a_stream_in_flight_finish() {
+    let mut server = Server::start("a-mxfp4", &[]);
+    let mut stream = open_stream(&server, 40);
+    unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) };
+    let mut rest = String::new();
+    stream.read_to_string(&mut rest).unwrap();
+    assert!(rest.contains("data: [DONE]"), "{rest}");
+    let finish: Vec<Value> = sse_data(&rest)
+        .iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter(|v| v["choices"][0]["finish_reason"].is_string())
+        .collect();
+    assert_eq!(finish.len(), 1);
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the server did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+}
