@@ -32,7 +32,7 @@ FIXTURES := target/fixtures
 FIXTURE_STAMP := $(FIXTURES)/.generated
 PIP := $(VENV)/bin/pip --disable-pip-version-check --quiet
 
-.PHONY: setup fixtures build run test fmt clean bench
+.PHONY: setup fixtures build run test fmt clean bench soak
 
 setup: $(SETUP_STAMP)
 
@@ -91,6 +91,13 @@ $(PERF_STAMP): benches/perf_fixture.py
 bench: $(PERF_STAMP)
 	$(CARGO) build --release
 	$(VENV)/bin/python benches/compare.py $(PERF_FIXTURE) ./target/release/safeguard
+
+# Mixed traffic against `safeguard serve` for SOAK_SECONDS (default 300),
+# memory sampled throughout; fails if it keeps growing after warm-up.
+SOAK_MODEL ?= $(FIXTURES)/a-mxfp4
+soak: fixtures
+	$(CARGO) build --release
+	$(VENV)/bin/python benches/soak.py ./target/release/safeguard $(SOAK_MODEL)
 
 clean:
 	$(CARGO) clean

@@ -258,7 +258,7 @@ pub async fn moderations(State(state): State<Shared>, Body(request): Body<Modera
             })
             .collect();
         Ok::<_, ApiError>(Json(json!({
-            "id": new_id("modr"),
+            "id": new_id("modr-"),
             "model": state.model().id,
             "policy": policy.name,
             "results": results,

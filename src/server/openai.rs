@@ -145,12 +145,12 @@ fn next_serial() -> u64 {
     SERIAL.fetch_add(1, Ordering::Relaxed)
 }
 
-/// A fresh id such as `chatcmpl-3f2a…`.
+/// A fresh id such as `chatcmpl-3f2a…` (`prefix` ends with its separator).
 pub fn new_id(prefix: &str) -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64);
-    format!("{prefix}-{now:x}{:04x}", next_serial() & 0xffff)
+    format!("{prefix}{now:x}{:04x}", next_serial() & 0xffff)
 }
 
 pub fn unix_now() -> u64 {
@@ -404,7 +404,7 @@ pub async fn run_chat(state: Shared, chat: Chat, flavour: Flavour) -> Response {
         Ok(slot) => slot,
         Err(e) => return e.into_response(),
     };
-    let id = new_id("chatcmpl");
+    let id = new_id("chatcmpl-");
     let created = unix_now();
     if chat.stream {
         return sse(state, move |state, tx| async move {
@@ -705,7 +705,7 @@ pub async fn run_completion(
     };
     let stops = Stops::into_vec(request.stop).map_err(bad)?;
     let slot = state.admit().map_err(bad)?;
-    let id = new_id("cmpl");
+    let id = new_id("cmpl-");
     let created = unix_now();
     let with_logprobs = request.logprobs.is_some();
     let include_usage = request.stream_options.is_some_and(|o| o.include_usage);

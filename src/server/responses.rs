@@ -183,7 +183,7 @@ impl Output {
         }
         let output_index = self.items.len();
         let (_, id, buffer) = self.open.get_or_insert_with(|| {
-            let id = new_id(if kind == Kind::Reasoning { "rs" } else { "msg" });
+            let id = new_id(if kind == Kind::Reasoning { "rs_" } else { "msg_" });
             let (item, part) = match kind {
                 Kind::Reasoning => (
                     json!({"id": id, "type": "reasoning", "summary": [], "content": [], "status": "in_progress"}),
@@ -309,7 +309,7 @@ async fn run(state: Shared, generate: Generate, echo: Echo, stream: bool) -> Res
         Ok(slot) => slot,
         Err(e) => return e.into_response(),
     };
-    let id = new_id("resp");
+    let id = new_id("resp_");
     let created = unix_now();
     if stream {
         return openai::sse_with(
@@ -434,4 +434,49 @@ async fn run(state: Shared, generate: Generate, echo: Echo, stream: bool) -> Res
 fn error_event(e: &ApiError) -> Value {
     let body = e.body();
     json!({"code": body["error"]["code"], "message": e.message, "param": body["error"]["param"]})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn items_stream_in_the_documented_event_order() {
+        let mut output = Output::new();
+        let mut events = Vec::new();
+        output.push(Kind::Reasoning, "Looks like ", &mut events);
+        output.push(Kind::Reasoning, "spam.", &mut events);
+        output.push(Kind::Message, "1", &mut events);
+        output.close("completed", &mut events);
+        // OpenAI's sequence for a reasoning item followed by a message.
+        let names: Vec<&str> = events.iter().map(|(name, _)| *name).collect();
+        assert_eq!(
+            names,
+            [
+                "response.output_item.added",
+                "response.content_part.added",
+                "response.reasoning_text.delta",
+                "response.reasoning_text.delta",
+                "response.reasoning_text.done",
+                "response.content_part.done",
+                "response.output_item.done",
+                "response.output_item.added",
+                "response.content_part.added",
+                "response.output_text.delta",
+                "response.output_text.done",
+                "response.content_part.done",
+                "response.output_item.done",
+            ]
+        );
+        let indexes: Vec<u64> = events
+            .iter()
+            .map(|(_, p)| p["output_index"].as_u64().unwrap())
+            .collect();
+        assert_eq!(indexes, [0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1]);
+        assert_eq!(events[4].1["text"], "Looks like spam.");
+        assert_eq!(output.items[0]["content"][0]["text"], "Looks like spam.");
+        assert_eq!(output.items[1]["content"][0]["text"], "1");
+        assert_eq!(output.items[1]["role"], "assistant");
+        assert!(output.items[0]["id"].as_str().unwrap().starts_with("rs_"));
+    }
 }

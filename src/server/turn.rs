@@ -9,7 +9,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use super::error::ApiError;
 use crate::engine::generate::TokenLogprobs;
 use crate::engine::scheduler::{Event, Stop};
-use crate::harmony::StreamParser;
+use crate::harmony::{ControlTokens, StreamParser};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
 /// What one token added.
@@ -60,6 +60,7 @@ pub struct Turn<'t> {
     events: Option<UnboundedReceiver<Event>>,
     tokenizer: &'t Tokenizer,
     text: Text<'t>,
+    control: ControlTokens,
     stops: StopStrings,
     prompt_tokens: usize,
     cached_tokens: usize,
@@ -91,6 +92,7 @@ impl<'t> Turn<'t> {
             events: Some(events),
             tokenizer,
             text,
+            control: ControlTokens::of(tokenizer).map_err(|e| ApiError::internal(e.to_string()))?,
             stops: StopStrings::new(stops),
             prompt_tokens,
             cached_tokens: 0,
@@ -150,6 +152,10 @@ impl<'t> Turn<'t> {
         let decode_error = |e: crate::tokenizer::Error| ApiError::internal(e.to_string());
         match &mut self.text {
             Text::Chat(parser) => {
+                let in_reasoning = parser.current().is_some_and(|m| m.is_reasoning());
+                if in_reasoning && !self.control.ends_message(token) {
+                    self.reasoning_tokens += 1;
+                }
                 if let Some(delta) = parser.push(token) {
                     let message = parser.message(delta.index);
                     if message.is_some_and(|m| m.is_answer()) {
@@ -158,9 +164,6 @@ impl<'t> Turn<'t> {
                     } else if message.is_some_and(|m| m.is_reasoning()) {
                         update.reasoning = delta.text;
                     }
-                }
-                if parser.current().is_some_and(|m| m.is_reasoning()) {
-                    self.reasoning_tokens += 1;
                 }
             }
             Text::Raw(decoder) => {
@@ -278,7 +281,97 @@ impl StopStrings {
 
 #[cfg(test)]
 mod tests {
-    use super::StopStrings;
+    use super::*;
+    use crate::engine::scheduler::Token;
+    use tokio::sync::mpsc::unbounded_channel;
+
+    fn tokenizer() -> Tokenizer {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fixtures/tokenizer");
+        Tokenizer::load(&dir).expect("run `make fixtures` for target/fixtures/tokenizer")
+    }
+
+    /// Feeds `output` (text, then an optional control token) through a
+    /// chat turn: (reasoning, content, outcome).
+    fn chat(output: &[(&str, Option<u32>)], stops: &[&str], end: Stop) -> (String, String, Outcome) {
+        let tokenizer = tokenizer();
+        let (events, receiver) = unbounded_channel();
+        events.send(Event::Started { cached_tokens: 3 }).unwrap();
+        for (text, control) in output {
+            for id in tokenizer
+                .encode_ordinary(text)
+                .unwrap()
+                .into_iter()
+                .chain(*control)
+            {
+                let token = Token {
+                    id,
+                    logprobs: None,
+                    watched: Vec::new(),
+                };
+                events.send(Event::Token(token)).unwrap();
+            }
+        }
+        events.send(Event::Finished(end)).unwrap();
+        let stops = stops.iter().map(|s| s.to_string()).collect();
+        let mut turn = Turn::new(&tokenizer, receiver, 10, true, stops).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let (mut reasoning, mut content) = (String::new(), String::new());
+        runtime.block_on(async {
+            loop {
+                let (update, outcome) = match turn.next().await.unwrap() {
+                    Step::Token(update) => (update, None),
+                    Step::Done(update, outcome) => (update, Some(outcome)),
+                };
+                reasoning.push_str(&update.reasoning);
+                content.push_str(&update.content);
+                if let Some(outcome) = outcome {
+                    return (reasoning, content, outcome);
+                }
+            }
+        })
+    }
+
+    const CHANNEL: u32 = 200005;
+    const MESSAGE: u32 = 200008;
+    const END: u32 = 200007;
+    const START: u32 = 200006;
+    const RETURN: u32 = 200002;
+
+    #[test]
+    fn harmony_output_splits_into_reasoning_and_answer() {
+        let thought = "The text sells watches; that is spam.";
+        let output = [
+            ("", Some(CHANNEL)),
+            ("analysis", Some(MESSAGE)),
+            (thought, Some(END)),
+            ("", Some(START)),
+            ("assistant", Some(CHANNEL)),
+            ("final", Some(MESSAGE)),
+            ("1 (spam)", Some(RETURN)),
+        ];
+        let (reasoning, content, outcome) = chat(&output, &[], Stop::StopToken);
+        assert_eq!(reasoning, thought);
+        assert_eq!(content, "1 (spam)");
+        assert_eq!(outcome.finish_reason, "stop");
+        assert_eq!(outcome.cached_tokens, 3);
+        let thought_tokens = tokenizer().encode_ordinary(thought).unwrap().len();
+        assert_eq!(outcome.reasoning_tokens, thought_tokens);
+        let total: usize = output
+            .iter()
+            .map(|(t, c)| tokenizer().encode_ordinary(t).unwrap().len() + usize::from(c.is_some()))
+            .sum();
+        assert_eq!(outcome.completion_tokens, total);
+
+        // A stop string ends the answer (and only the answer) before it.
+        let (reasoning, content, outcome) = chat(&output, &[" (sp"], Stop::StopToken);
+        assert_eq!((reasoning.as_str(), content.as_str()), (thought, "1"));
+        assert_eq!(outcome.finish_reason, "stop");
+
+        // Cut off while reasoning: no answer, and the limit is the reason.
+        let (reasoning, content, outcome) = chat(&output[..3], &[], Stop::Length);
+        assert_eq!((reasoning.as_str(), content.as_str()), (thought, ""));
+        assert_eq!(outcome.finish_reason, "length");
+    }
 
     fn run(stops: &[&str], pieces: &[&str]) -> (String, bool) {
         let mut s = StopStrings::new(stops.iter().map(|s| s.to_string()).collect());
