@@ -80,6 +80,12 @@ def main() -> None:
     check(finishes == ["stop"], f"stream finish {finishes}")
     check(chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == len(expected["completion"]),
           f"usage chunk {chunks[-1]}")
+    # The effort is in the system message, so low effort starts a prompt of its
+    # own (nothing cached) that `reasoning: {effort}` then shares.
+    check(chunks[-1].usage.prompt_tokens_details.cached_tokens == 0, "low effort reused medium's prefix")
+    low = client.chat.completions.create(model=model, messages=messages, max_tokens=64,
+                                         extra_body={"reasoning": {"effort": "low"}})
+    check(low.usage.prompt_tokens_details.cached_tokens > 0, f"reasoning.effort ignored: {low.usage}")
 
     # The token limit: two tokens cannot reach the answer.
     short = client.chat.completions.create(model=model, messages=messages, max_completion_tokens=2)

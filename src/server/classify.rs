@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::error::{ApiError, Body};
 use super::openai::{new_id, parse_effort, token_limit, Content};
-use super::{Generate, Shared};
+use super::{Generate, Shared, Usage};
 use crate::classify::input::Item;
 use crate::classify::policy::{shipped_names, Policy};
 use crate::classify::run::{Classification, ClassifyOptions, Judge};
@@ -177,6 +177,23 @@ async fn classify_items(
     Ok(results)
 }
 
+/// The response, with the items' tokens for the request log.
+fn logged(body: Json<Value>, results: &[Classification]) -> Response {
+    let completion_tokens: usize = results.iter().map(|r| r.completion_tokens).sum();
+    let slowest = results.iter().map(|r| r.latency).max().unwrap_or_default();
+    let mut response = body.into_response();
+    response.extensions_mut().insert(Usage {
+        prompt_tokens: results.iter().map(|r| r.prompt_tokens).sum(),
+        completion_tokens,
+        tokens_per_second: if slowest.is_zero() {
+            0.0
+        } else {
+            completion_tokens as f64 / slowest.as_secs_f64()
+        },
+    });
+    response
+}
+
 #[derive(Debug, Deserialize)]
 pub struct ClassifyRequest {
     model: Option<String>,
@@ -199,17 +216,15 @@ pub async fn classify(State(state): State<Shared>, Body(request): Body<ClassifyR
         let items = request.input.into_items()?;
         let _slot = state.admit()?;
         let results = classify_items(&state, &policy, effort, max_tokens, &items).await?;
-        Ok::<_, ApiError>(Json(json!({
+        let body = json!({
             "object": "classification",
             "model": state.model().id,
             "policy": policy.name,
             "results": results.iter().map(Classification::to_json).collect::<Vec<_>>(),
-        })))
+        });
+        Ok::<_, ApiError>(logged(Json(body), &results))
     };
-    match run.await {
-        Ok(body) => body.into_response(),
-        Err(e) => e.into_response(),
-    }
+    run.await.unwrap_or_else(IntoResponse::into_response)
 }
 
 #[derive(Debug, Deserialize)]
@@ -237,7 +252,7 @@ pub async fn moderations(State(state): State<Shared>, Body(request): Body<Modera
         let _slot = state.admit()?;
         let results = classify_items(&state, &policy, effort, None, &items).await?;
         let category = policy.name.clone();
-        let results: Vec<Value> = results
+        let verdicts: Vec<Value> = results
             .iter()
             .map(|r| {
                 let violation = r.violates();
@@ -257,15 +272,13 @@ pub async fn moderations(State(state): State<Shared>, Body(request): Body<Modera
                 })
             })
             .collect();
-        Ok::<_, ApiError>(Json(json!({
+        let body = json!({
             "id": new_id("modr-"),
             "model": state.model().id,
             "policy": policy.name,
-            "results": results,
-        })))
+            "results": verdicts,
+        });
+        Ok::<_, ApiError>(logged(Json(body), &results))
     };
-    match run.await {
-        Ok(body) => body.into_response(),
-        Err(e) => e.into_response(),
-    }
+    run.await.unwrap_or_else(IntoResponse::into_response)
 }
