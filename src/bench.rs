@@ -19,11 +19,12 @@ use crate::classify::input::Item;
 use crate::classify::policy::Policy;
 use crate::classify::run::{Classifier, ClassifyOptions};
 use crate::classify::verdict::Keywords;
+use crate::engine::cache::{make_caches, LayerCache};
 use crate::engine::generate::{GenerateOptions, Generation};
 use crate::engine::sampler::SamplerOptions;
 use crate::harmony::Effort;
-use crate::mlx;
-use crate::model::{Config, GptOss, LayerType};
+use crate::mlx::{self, Array};
+use crate::model::{Config, GptOss, LayerType, Stage};
 use crate::tokenizer::Tokenizer;
 
 /// Sizes read off the safetensors headers and config.json, no tensor data.
@@ -250,6 +251,8 @@ pub struct ContextResult {
 #[derive(Debug, Clone, Serialize)]
 pub struct ClassifyResult {
     pub items: usize,
+    /// Items decoded together (continuous batching).
+    pub batch_size: usize,
     pub policy: String,
     pub effort: String,
     pub max_tokens: usize,
@@ -273,6 +276,22 @@ pub struct ModelResult {
     pub contexts: Vec<ContextResult>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub classify: Option<ClassifyResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Profile>,
+}
+
+/// Where a forward's time goes (`--profile`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Profile {
+    pub prompt_tokens: usize,
+    pub decode_steps: usize,
+    /// Per stage: (name, prefill ms, decode ms per token), the stage
+    /// evaluated on its own, so MLX cannot overlap it with the next.
+    pub stages: Vec<(String, f64, f64)>,
+    /// A plain decode step (no probes): building its graph on the host, and
+    /// waiting for MLX to evaluate it, ms per token.
+    pub decode_build_ms: f64,
+    pub decode_eval_ms: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -286,6 +305,9 @@ pub struct BenchOptions {
     pub classify: Option<(usize, String)>,
     pub classify_max_tokens: usize,
     pub classify_effort: Effort,
+    pub classify_batch_size: usize,
+    /// Time the stages of a prefill and of decode steps.
+    pub profile: bool,
 }
 
 /// Deterministic pseudo-random prompt ids below `vocab` (xorshift).
@@ -400,15 +422,17 @@ pub fn classify_throughput(
     let mut classifier = Classifier::new(model, tokenizer, policy, classify_options)?;
     let start = Instant::now();
     let (mut prompt_tokens, mut cached_tokens, mut completion_tokens) = (0, 0, 0);
-    for item in items {
-        let c = classifier.classify(item)?;
+    let refs: Vec<&Item> = items.iter().collect();
+    classifier.classify_batched(&refs, options.classify_batch_size, |_, c| {
         prompt_tokens += c.prompt_tokens;
         cached_tokens += c.cached_tokens;
         completion_tokens += c.completion_tokens;
-    }
+        Ok(())
+    })?;
     let seconds = start.elapsed().as_secs_f64();
     Ok(ClassifyResult {
         items: items.len(),
+        batch_size: options.classify_batch_size,
         policy: policy.name.clone(),
         effort: options.classify_effort.to_string(),
         max_tokens: options.classify_max_tokens,
@@ -496,6 +520,13 @@ pub fn bench_model(
         }
         None => None,
     };
+    let profile = if options.profile {
+        progress(&format!("{name}: profiling"));
+        let prompt = synthetic_prompt(options.contexts[0].max(1), vocab, 7);
+        Some(profile(&model, &prompt, options.gen_tokens.clamp(1, 16))?)
+    } else {
+        None
+    };
     Ok(ModelResult {
         model: name.to_string(),
         path: dir.display().to_string(),
@@ -504,6 +535,72 @@ pub fn bench_model(
         load_seconds,
         contexts,
         classify,
+        profile,
+    })
+}
+
+/// Times each stage of a prefill of `prompt` and of `steps` decode steps by
+/// evaluating after it (the head only when decoding: a prefill keeps just the
+/// caches), then times plain decode steps split into graph building (host)
+/// and evaluation.
+pub fn profile(model: &GptOss, prompt: &[u32], steps: usize) -> Result<Profile> {
+    let mut stages: Vec<(Stage, f64, f64)> = Vec::new();
+    let mut timed_forward = |tokens: &[u32], caches: &mut Vec<LayerCache>, decode: bool| -> Result<u32> {
+        let input = Array::from_slice(tokens, &[1, tokens.len() as i32])?;
+        let mut last = Instant::now();
+        let mut probe = |stage: Stage, output: &Array| -> crate::model::Result<()> {
+            // Prefill never evaluates the head: only the caches are kept.
+            if stage == Stage::Head && !decode {
+                return Ok(());
+            }
+            output.eval()?;
+            let ms = last.elapsed().as_secs_f64() * 1e3;
+            match stages.iter_mut().find(|(s, _, _)| *s == stage) {
+                Some(entry) if decode => entry.2 += ms,
+                Some(entry) => entry.1 += ms,
+                None => stages.push((
+                    stage,
+                    if decode { 0.0 } else { ms },
+                    if decode { ms } else { 0.0 },
+                )),
+            }
+            last = Instant::now();
+            Ok(())
+        };
+        let logits = model.forward_probed(&input, &mut [caches.as_mut_slice()], &mut probe)?;
+        let last = logits.dim(1)? - 1;
+        Ok(logits
+            .slice_axis(1, last, last + 1)?
+            .argmax(-1, false)?
+            .reshape(&[1])?
+            .item::<u32>()?)
+        // (After a prefill this evaluates the last position's head, untimed.)
+    };
+    let mut caches = make_caches(model);
+    let mut token = timed_forward(prompt, &mut caches, false)?;
+    for _ in 0..steps {
+        token = timed_forward(&[token], &mut caches, true)?;
+    }
+    let (mut build, mut eval) = (0.0, 0.0);
+    for _ in 0..steps {
+        let start = Instant::now();
+        let logits = model.forward(&Array::from_slice(&[token], &[1, 1])?, &mut caches)?;
+        let next = logits.argmax(-1, false)?.reshape(&[1])?;
+        let built = Instant::now();
+        token = next.item::<u32>()?;
+        build += (built - start).as_secs_f64() * 1e3;
+        eval += built.elapsed().as_secs_f64() * 1e3;
+    }
+    let per_step = steps.max(1) as f64;
+    Ok(Profile {
+        prompt_tokens: prompt.len(),
+        decode_steps: steps,
+        stages: stages
+            .into_iter()
+            .map(|(stage, prefill, decode)| (format!("{stage:?}").to_lowercase(), prefill, decode / per_step))
+            .collect(),
+        decode_build_ms: build / per_step,
+        decode_eval_ms: eval / per_step,
     })
 }
 

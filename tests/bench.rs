@@ -65,6 +65,7 @@ fn bench_json_reports_sizes_and_timings() {
             "spam",
             "--classify-max-tokens",
             "4",
+            "--profile",
             "--plot",
         ])
         .arg(plot.path())
@@ -137,6 +138,22 @@ fn bench_json_reports_sizes_and_timings() {
         // The second item reuses the policy prefix.
         assert!(classify["cached_tokens"].as_u64().unwrap() > 0);
         assert!(classify["items_per_sec"].as_f64().unwrap() > 0.0);
+        assert_eq!(classify["batch_size"], 8);
+        // Every stage of the forward is timed; the head only when decoding.
+        let profile = &model["profile"];
+        let stages: Vec<&str> = profile["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s[0].as_str().unwrap())
+            .collect();
+        assert_eq!(stages, ["embedding", "attention", "router", "experts", "head"]);
+        for stage in profile["stages"].as_array().unwrap() {
+            assert!(stage[2].as_f64().unwrap() > 0.0, "{stage}");
+            assert_eq!(stage[1].as_f64().unwrap() > 0.0, stage[0] != "head", "{stage}");
+        }
+        assert!(profile["decode_build_ms"].as_f64().unwrap() > 0.0);
+        assert!(profile["decode_eval_ms"].as_f64().unwrap() > 0.0);
     }
     let svg = std::fs::read_to_string(plot.path()).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("polyline") && svg.trim_end().ends_with("</svg>"));

@@ -41,6 +41,13 @@ pub struct Args {
     /// Reasoning effort for --classify.
     #[arg(long, default_value_t = Effort::Low)]
     effort: Effort,
+    /// Items decoded together for --classify, as `classify --batch-size`.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    batch_size: u32,
+    /// Also time each stage of the forward (embedding, attention, router,
+    /// experts, head) at the first context, and the host's share of a decode step.
+    #[arg(long)]
+    profile: bool,
     /// Skip the warm-up run.
     #[arg(long)]
     no_warmup: bool,
@@ -69,6 +76,8 @@ pub fn run(args: Args) -> Result<()> {
         classify: args.classify.zip(args.policy.clone()),
         classify_max_tokens: args.classify_max_tokens,
         classify_effort: args.effort,
+        classify_batch_size: args.batch_size as usize,
+        profile: args.profile,
     };
     if let Some((_, policy)) = &options.classify {
         crate::classify::policy::Policy::find(policy).map_err(|e| UsageError(e.into()))?;
@@ -189,12 +198,13 @@ fn print_table(
         if let Some(c) = &r.classify {
             writeln!(
                 out,
-                "  classify: {} items ({} policy, effort {}, ≤{} tokens each) in {:.1} s: {:.2} items/s, {:.1} tokens/s \
-                 ({} prompt tokens, {} from the policy cache, {} generated)",
+                "  classify: {} items ({} policy, effort {}, ≤{} tokens each, batches of {}) in {:.1} s: {:.2} items/s, \
+                 {:.1} tokens/s ({} prompt tokens, {} from the policy cache, {} generated)",
                 c.items,
                 c.policy,
                 c.effort,
                 c.max_tokens,
+                c.batch_size,
                 c.seconds,
                 c.items_per_sec,
                 c.tokens_per_sec,
@@ -203,6 +213,9 @@ fn print_table(
                 c.completion_tokens
             )?;
         }
+        if let Some(p) = &r.profile {
+            write_profile(out, p)?;
+        }
     }
     writeln!(
         out,
@@ -210,4 +223,36 @@ fn print_table(
          KV at the context); \"of it\": measured decode ÷ ceiling"
     )?;
     Ok(())
+}
+
+fn write_profile(out: &mut impl Write, p: &crate::bench::Profile) -> std::io::Result<()> {
+    let (prefill_total, decode_total) = p.stages.iter().fold((0.0, 0.0), |(a, b), (_, prefill, decode)| {
+        (a + prefill, b + decode)
+    });
+    writeln!(
+        out,
+        "  profile (each stage evaluated alone): prefill of {} tokens, decode over {} steps",
+        p.prompt_tokens, p.decode_steps
+    )?;
+    writeln!(
+        out,
+        "    {:<10} {:>12} {:>7} {:>14} {:>7}",
+        "stage", "prefill ms", "share", "decode ms/tok", "share"
+    )?;
+    let share = |x: f64, total: f64| if total > 0.0 { 100.0 * x / total } else { 0.0 };
+    for (stage, prefill, decode) in &p.stages {
+        writeln!(
+            out,
+            "    {stage:<10} {prefill:>12.1} {:>6.1}% {decode:>14.2} {:>6.1}%",
+            share(*prefill, prefill_total),
+            share(*decode, decode_total)
+        )?;
+    }
+    writeln!(
+        out,
+        "    a plain decode step: {:.2} ms building the graph on the host, {:.2} ms evaluating ({:.1}% host)",
+        p.decode_build_ms,
+        p.decode_eval_ms,
+        share(p.decode_build_ms, p.decode_build_ms + p.decode_eval_ms)
+    )
 }

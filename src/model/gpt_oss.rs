@@ -11,6 +11,24 @@ use super::{ComputeDtype, Result, Weights};
 use crate::mlx::fast::{self, AttentionMask};
 use crate::mlx::{self, Array, Dtype};
 
+/// The parts of a forward, in order, as a [`Probe`] sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Stage {
+    Embedding,
+    /// Norm, attention and the residual, per layer.
+    Attention,
+    /// The router's logits, per layer.
+    Router,
+    /// Norm, experts and the residual, per layer.
+    Experts,
+    /// Final norm and lm_head.
+    Head,
+}
+
+/// Called with each stage's output as the forward builds it; profiling
+/// evaluates there to time the stages (`safeguard bench --profile`).
+pub type Probe<'p> = &'p mut dyn FnMut(Stage, &Array) -> Result<()>;
+
 /// Which keys each query may see in one forward step.
 #[derive(Debug, Clone)]
 pub enum Mask {
@@ -235,9 +253,10 @@ impl MoeBlock {
         })
     }
 
-    fn forward(&self, x: &Array) -> Result<Array> {
+    fn forward(&self, x: &Array, probe: Probe<'_>) -> Result<Array> {
         let g = self.router.forward(x)?; // [B, L, experts]
-                                         // Top-k by partition (unordered, as mlx-lm), softmax over the k.
+        probe(Stage::Router, &g)?;
+        // Top-k by partition (unordered, as mlx-lm), softmax over the k.
         let indices = g
             .argpartition(-self.top_k, -1)?
             .slice_axis(-1, -self.top_k, g.dim(-1)?)?;
@@ -256,13 +275,26 @@ struct TransformerBlock {
 }
 
 impl TransformerBlock {
-    fn forward<C: AttentionCache>(&self, x: &Array, masks: &[&Mask], caches: &mut [&mut C]) -> Result<Array> {
+    fn forward<C: AttentionCache>(
+        &self,
+        x: &Array,
+        masks: &[&Mask],
+        caches: &mut [&mut C],
+        probe: Probe<'_>,
+    ) -> Result<Array> {
         let h = x.add(
             &self
                 .self_attn
                 .forward(&self.input_layernorm.forward(x)?, masks, caches)?,
         )?;
-        Ok(h.add(&self.mlp.forward(&self.post_attention_layernorm.forward(&h)?)?)?)
+        probe(Stage::Attention, &h)?;
+        let out = h.add(
+            &self
+                .mlp
+                .forward(&self.post_attention_layernorm.forward(&h)?, probe)?,
+        )?;
+        probe(Stage::Experts, &out)?;
+        Ok(out)
     }
 }
 
@@ -348,7 +380,18 @@ impl GptOss {
     /// decoding of sequences of different lengths. Everything but attention
     /// runs on the whole batch; each row's result equals a forward of it alone.
     pub fn forward_rows<C: AttentionCache>(&self, tokens: &Array, caches: &mut [&mut [C]]) -> Result<Array> {
+        self.forward_probed(tokens, caches, &mut |_, _| Ok(()))
+    }
+
+    /// [`GptOss::forward_rows`], calling `probe` after each stage.
+    pub fn forward_probed<C: AttentionCache>(
+        &self,
+        tokens: &Array,
+        caches: &mut [&mut [C]],
+        probe: Probe<'_>,
+    ) -> Result<Array> {
         let mut x = self.embed_tokens.forward(tokens)?;
+        probe(Stage::Embedding, &x)?;
         let n = tokens.dim(1)?;
         let window = self.config.sliding_window;
         // Every layer of a type shares one mask per row, made from that type's first cache.
@@ -371,9 +414,11 @@ impl GptOss {
                 LayerType::SlidingAttention => sliding_masks.iter().collect(),
             };
             let mut layer_caches: Vec<&mut C> = caches.iter_mut().map(|row| &mut row[i]).collect();
-            x = layer.forward(&x, &masks, &mut layer_caches)?;
+            x = layer.forward(&x, &masks, &mut layer_caches, probe)?;
         }
-        self.lm_head.forward(&self.norm.forward(&x)?)
+        let logits = self.lm_head.forward(&self.norm.forward(&x)?)?;
+        probe(Stage::Head, &logits)?;
+        Ok(logits)
     }
 
     /// Every weight array, e.g. to evaluate them all after loading.
