@@ -9,7 +9,7 @@ policy's KV state cached) vs one by one through mlx-lm's stream_generate (same
 dtype, float32). Generation is capped at CLASSIFY_MAX_TOKENS because a random
 model never stops.
 
-env: PROMPT_TOKENS GEN_TOKENS RUNS CLASSIFY_ITEMS CLASSIFY_MAX_TOKENS POLICY
+env: PROMPT_TOKENS GEN_TOKENS RUNS CLASSIFY_ITEMS CLASSIFY_MAX_TOKENS POLICY MLX_LM_DEFAULTS
 usage: compare.py MODEL_DIR SAFEGUARD_BIN
 """
 
@@ -32,6 +32,8 @@ RUNS = int(os.environ.get("RUNS", 3))
 ITEMS = int(os.environ.get("CLASSIFY_ITEMS", 64))
 CMAX = int(os.environ.get("CLASSIFY_MAX_TOKENS", 32))
 POLICY = os.environ.get("POLICY", "spam")
+# mlx-lm at its bf16 defaults runs ~15x slower than float32 on CPU; 0 skips it.
+DEFAULTS = os.environ.get("MLX_LM_DEFAULTS", "1") != "0"
 
 
 def synthetic_items(n):  # the same texts as safeguard's bench::synthetic_items
@@ -95,8 +97,9 @@ def main(model_dir, safeguard):
     prompts = rendered_prompts(safeguard, model_dir, synthetic_items(ITEMS)) if ITEMS else []
     assert len(prompts) == ITEMS, len(prompts)
 
-    print(f"[mlx-lm defaults: {P} prompt tokens, {G} generated, {RUNS} runs]", file=sys.stderr, flush=True)
-    theirs_default = bench_mlx_lm(model, tokenizer, prompt)
+    if DEFAULTS:
+        print(f"[mlx-lm defaults: {P} prompt tokens, {G} generated, {RUNS} runs]", file=sys.stderr, flush=True)
+        theirs_default = bench_mlx_lm(model, tokenizer, prompt)
     model.set_dtype(mx.float32)  # floating parameters only (its default predicate)
     print("[mlx-lm float32]", file=sys.stderr, flush=True)
     theirs_f32 = bench_mlx_lm(model, tokenizer, prompt)
@@ -109,7 +112,7 @@ def main(model_dir, safeguard):
     print("[safeguard bench]", file=sys.stderr, flush=True)
     ours = json.loads(subprocess.run(
         [safeguard, "bench", "-m", model_dir, "--prompt-tokens", str(P), "--gen-tokens", str(G),
-         "--runs", str(RUNS), "--json"]
+         "--runs", str(RUNS), "--json", "--profile"]
         + (["--classify", str(ITEMS), "--policy", POLICY, "--effort", "low", "--classify-max-tokens", str(CMAX)] if ITEMS else []),
         check=True, capture_output=True, text=True,
     ).stdout)
@@ -122,7 +125,8 @@ def main(model_dir, safeguard):
         "peak_memory": c["peak_memory_bytes"]["median"],
     }
 
-    rows = [("mlx-lm (bf16, defaults)", theirs_default), ("mlx-lm (float32)", theirs_f32), ("safeguard (float32)", ours_row)]
+    rows = ([("mlx-lm (bf16, defaults)", theirs_default)] if DEFAULTS else []) + [
+        ("mlx-lm (float32)", theirs_f32), ("safeguard (float32)", ours_row)]
     print(f"model {model_dir}: {m['parameters'] / 1e6:.0f} M parameters, {m['active_parameters'] / 1e6:.0f} M active, "
           f"{m['bits_per_weight']:.2f} bits/weight; {P} prompt tokens, {G} generated, median of {RUNS} runs")
     print(f"| runner | prefill tok/s | decode tok/s | TTFT ms | peak memory MB |")
@@ -132,9 +136,19 @@ def main(model_dir, safeguard):
     print()
     print("| ours ÷ theirs | prefill | decode | TTFT | peak memory |")
     print("|---|---:|---:|---:|---:|")
-    for name, r in rows[:2]:
+    for name, r in rows[:-1]:
         print(f"| vs {name} | {ours_row['prefill_tps'] / r['prefill_tps']:.2f}× | {ours_row['decode_tps'] / r['decode_tps']:.2f}× "
               f"| {ours_row['ttft_ms'] / r['ttft_ms']:.2f}× | {ours_row['peak_memory'] / r['peak_memory']:.2f}× |")
+    profile = m["profile"]
+    totals = [sum(s[i] for s in profile["stages"]) for i in (1, 2)]
+    print(f"\nwhere safeguard's time goes (each stage evaluated alone; prefill of {profile['prompt_tokens']} tokens, "
+          f"decode over {profile['decode_steps']} steps):")
+    print("| stage | prefill ms | share | decode ms/token | share |\n|---|---:|---:|---:|---:|")
+    for name, prefill, decode in profile["stages"]:
+        print(f"| {name} | {prefill:.0f} | {100 * prefill / totals[0]:.1f}% | {decode:.1f} | {100 * decode / totals[1]:.1f}% |")
+    build, evaluate = profile["decode_build_ms"], profile["decode_eval_ms"]
+    print(f"a plain decode step: {build:.2f} ms building the graph on the host, {evaluate:.1f} ms evaluating "
+          f"({100 * build / (build + evaluate):.1f}% host)")
     if not ITEMS:
         print("\nclassification: skipped (CLASSIFY_ITEMS=0)")
         return
@@ -143,7 +157,7 @@ def main(model_dir, safeguard):
     print(f"classification, {ITEMS} items, {POLICY} policy ({len(prompts[0])} prompt tokens), effort low, "
           f"<= {CMAX} generated tokens each (the random model never stops):")
     print(f"| runner | items/s |\n|---|---:|\n| mlx-lm float32, one by one | {theirs_items:.3f} |\n"
-          f"| safeguard Classifier (policy prefix cached) | {ours_items:.3f} |\n| ratio | {ours_items / theirs_items:.2f}× |")
+          f"| safeguard Classifier (policy prefix cached, batches of {m['classify']['batch_size']}) | {ours_items:.3f} |\n| ratio | {ours_items / theirs_items:.2f}× |")
 
 
 if __name__ == "__main__":

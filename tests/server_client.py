@@ -11,6 +11,7 @@ raises on failure; the last line printed is "ok".
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 import openai
@@ -56,6 +57,19 @@ def main() -> None:
     check(choice.finish_reason == "stop", f"chat finish {choice.finish_reason}")
     check(chat.usage.completion_tokens == len(expected["completion"]), f"chat usage {chat.usage}")
     check(chat.usage.total_tokens == chat.usage.prompt_tokens + chat.usage.completion_tokens, "total")
+
+    # Log-probabilities of the answer's tokens: at the verdict "1" beats "0" by
+    # the logit gap built into the weights, so P(1) / (P(0) + P(1)) is the
+    # fixture's float64 confidence.
+    scored = client.chat.completions.create(model=model, messages=messages, max_tokens=64,
+                                            logprobs=True, top_logprobs=2)
+    content = scored.choices[0].logprobs.content
+    check([c.token for c in content] == [answer], f"logprob tokens {content}")
+    top = {t.token: t.logprob for t in content[0].top_logprobs}
+    check(set(top) == {"0", "1"}, f"top logprobs {top}")
+    confidence = math.exp(top["1"]) / (math.exp(top["0"]) + math.exp(top["1"]))
+    check(abs(confidence - expected["confidence"]) < 1e-5, f"confidence {confidence}")
+    check(content[0].logprob == top["1"] and content[0].bytes == list(answer.encode()), f"{content[0]}")
 
     # The same chat again: the system message's tokens come from the prefix cache.
     again = client.chat.completions.create(model=model, messages=messages, max_tokens=64)
