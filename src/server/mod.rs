@@ -31,7 +31,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
-use tokio::sync::mpsc::unbounded_channel;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use tower_http::cors::{Any, CorsLayer};
 
 pub use self::error::ApiError;
@@ -39,7 +39,7 @@ use self::turn::Turn;
 use crate::classify::policy::Policy;
 use crate::engine::generate::GenerateOptions;
 use crate::engine::sampler::SamplerOptions;
-use crate::engine::scheduler::{Engine, EngineOptions, Request as EngineRequest};
+use crate::engine::scheduler::{Engine, EngineOptions, Event, Request as EngineRequest};
 use crate::harmony::Effort;
 use crate::model::{self, ComputeDtype, Config, GptOss};
 use crate::tokenizer::Tokenizer;
@@ -166,10 +166,7 @@ impl AppState {
     }
 
     /// Checks `request` against the context and starts it.
-    pub fn generate(
-        &self,
-        request: Generate,
-    ) -> Result<tokio::sync::mpsc::UnboundedReceiver<crate::engine::scheduler::Event>, ApiError> {
+    pub fn generate(&self, request: Generate) -> Result<UnboundedReceiver<Event>, ApiError> {
         let limit = self.model.context_length;
         let prompt_len = request.prompt.len();
         if prompt_len == 0 {
