@@ -130,67 +130,129 @@ struct Active {
     max_tokens: usize,
 }
 
+/// What the engine thread holds: the batch, the requests in it, and the
+/// prefix cache.
+struct Worker<'m> {
+    model: &'m GptOss,
+    prefixes: PrefixCache,
+    batch: BatchGeneration<'m>,
+    active: HashMap<usize, Active>,
+    next_id: usize,
+}
+
 fn serve(model: &GptOss, incoming: &mpsc::Receiver<Request>, options: EngineOptions, decoding: &AtomicUsize) {
-    let mut prefixes = PrefixCache::new(options.prefix_cache_bytes);
-    let mut batch = BatchGeneration::new(model);
-    let mut active: HashMap<usize, Active> = HashMap::new();
-    let mut next_id = 0;
+    let mut worker = Worker {
+        model,
+        prefixes: PrefixCache::new(options.prefix_cache_bytes),
+        batch: BatchGeneration::new(model),
+        active: HashMap::new(),
+        next_id: 0,
+    };
     let mut open = true;
-    while open || !active.is_empty() {
-        decoding.store(active.len(), Ordering::Relaxed);
+    while open || !worker.active.is_empty() {
+        decoding.store(worker.active.len(), Ordering::Relaxed);
         // Wait when idle; otherwise take what is queued while there is room.
-        if active.is_empty() {
+        if worker.active.is_empty() {
             match incoming.recv() {
-                Ok(request) => admit(
-                    model,
-                    &mut prefixes,
-                    &mut batch,
-                    &mut active,
-                    &mut next_id,
-                    request,
-                ),
+                Ok(request) => worker.admit(request),
                 Err(_) => return,
             }
         }
-        while open && active.len() < options.max_batch.max(1) {
+        while open && worker.active.len() < options.max_batch.max(1) {
             match incoming.try_recv() {
-                Ok(request) => admit(
-                    model,
-                    &mut prefixes,
-                    &mut batch,
-                    &mut active,
-                    &mut next_id,
-                    request,
-                ),
+                Ok(request) => worker.admit(request),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => open = false,
             }
         }
-        let left: Vec<usize> = active
+        worker.drop_departed();
+        decoding.store(worker.active.len(), Ordering::Relaxed);
+        if !worker.batch.is_empty() {
+            worker.step();
+        }
+    }
+}
+
+impl Worker<'_> {
+    /// Prefills `request` (from the prefix cache where it can) and adds it
+    /// to the batch; failures go to its client.
+    fn admit(&mut self, request: Request) {
+        if request.events.is_closed() {
+            return;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let prefix = request.cache_prefix.min(request.prompt.len().saturating_sub(1));
+        let started = (|| -> crate::model::Result<usize> {
+            let (caches, cached) = if prefix > 0 {
+                let (caches, hit) = self.prefixes.caches_for(
+                    self.model,
+                    &request.prompt[..prefix],
+                    request.options.prefill_step,
+                )?;
+                (caches, if hit { prefix } else { 0 })
+            } else {
+                (make_caches(self.model), 0)
+            };
+            self.batch
+                .insert(id, caches, &request.prompt[prefix..], request.options)?;
+            Ok(cached)
+        })();
+        match started {
+            Ok(cached_tokens) => {
+                let _ = request.events.send(Event::Started { cached_tokens });
+                if request.options.max_tokens == 0 {
+                    let _ = request.events.send(Event::Finished(Stop::Length));
+                    return;
+                }
+                self.active.insert(
+                    id,
+                    Active {
+                        stop_tokens: request.stop_tokens,
+                        top_logprobs: request.top_logprobs,
+                        watch: request.watch,
+                        events: request.events,
+                        produced: 0,
+                        max_tokens: request.options.max_tokens,
+                    },
+                );
+            }
+            Err(e) => {
+                let _ = request.events.send(Event::Failed(e.to_string()));
+            }
+        }
+    }
+
+    /// Drops the requests whose clients have gone.
+    fn drop_departed(&mut self) {
+        let left: Vec<usize> = self
+            .active
             .iter()
             .filter(|(_, a)| a.events.is_closed())
             .map(|(&id, _)| id)
             .collect();
         for id in left {
-            batch.remove(id);
-            active.remove(&id);
+            self.batch.remove(id);
+            self.active.remove(&id);
         }
-        decoding.store(active.len(), Ordering::Relaxed);
-        if batch.is_empty() {
-            continue;
-        }
-        let steps = match batch.step() {
+    }
+
+    /// One token for every request in the batch, sent to its client.
+    fn step(&mut self) {
+        let steps = match self.batch.step() {
             Ok(steps) => steps,
             Err(e) => {
-                for (_, a) in active.drain() {
+                for (_, a) in self.active.drain() {
                     let _ = a.events.send(Event::Failed(e.to_string()));
                 }
-                batch = BatchGeneration::new(model);
-                continue;
+                self.batch = BatchGeneration::new(self.model);
+                return;
             }
         };
         for (id, step) in steps {
-            let Some(a) = active.get_mut(&id) else { continue };
+            let Some(a) = self.active.get_mut(&id) else {
+                continue;
+            };
             a.produced += 1;
             let event = token_event(&step, a.top_logprobs, &a.watch)
                 .map_or_else(|e| Event::Failed(e.to_string()), Event::Token);
@@ -209,61 +271,9 @@ fn serve(model: &GptOss, incoming: &mpsc::Receiver<Request>, options: EngineOpti
                 let _ = a.events.send(Event::Finished(stop));
             }
             if !delivered || failed || end.is_some() {
-                batch.remove(id);
-                active.remove(&id);
+                self.batch.remove(id);
+                self.active.remove(&id);
             }
-        }
-    }
-}
-
-/// Prefills `request` (from the prefix cache where it can) and adds it to
-/// the batch; failures go to its client.
-fn admit(
-    model: &GptOss,
-    prefixes: &mut PrefixCache,
-    batch: &mut BatchGeneration<'_>,
-    active: &mut HashMap<usize, Active>,
-    next_id: &mut usize,
-    request: Request,
-) {
-    if request.events.is_closed() {
-        return;
-    }
-    let id = *next_id;
-    *next_id += 1;
-    let prefix = request.cache_prefix.min(request.prompt.len().saturating_sub(1));
-    let started = (|| -> crate::model::Result<usize> {
-        let (caches, cached) = if prefix > 0 {
-            let (caches, hit) =
-                prefixes.caches_for(model, &request.prompt[..prefix], request.options.prefill_step)?;
-            (caches, if hit { prefix } else { 0 })
-        } else {
-            (make_caches(model), 0)
-        };
-        batch.insert(id, caches, &request.prompt[prefix..], request.options)?;
-        Ok(cached)
-    })();
-    match started {
-        Ok(cached_tokens) => {
-            let _ = request.events.send(Event::Started { cached_tokens });
-            if request.options.max_tokens == 0 {
-                let _ = request.events.send(Event::Finished(Stop::Length));
-                return;
-            }
-            active.insert(
-                id,
-                Active {
-                    stop_tokens: request.stop_tokens,
-                    top_logprobs: request.top_logprobs,
-                    watch: request.watch,
-                    events: request.events,
-                    produced: 0,
-                    max_tokens: request.options.max_tokens,
-                },
-            );
-        }
-        Err(e) => {
-            let _ = request.events.send(Event::Failed(e.to_string()));
         }
     }
 }

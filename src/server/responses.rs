@@ -296,6 +296,7 @@ fn response_object(
     })
 }
 
+/// The response's status, which is also its last item's.
 fn status_of(outcome: &Outcome) -> &'static str {
     if outcome.finish_reason == "length" {
         "incomplete"
@@ -365,14 +366,7 @@ async fn run(state: Shared, generate: Generate, echo: Echo, stream: bool) -> Res
                     output.push(Kind::Message, &update.content, &mut events);
                     if let Some(outcome) = outcome {
                         let status = status_of(&outcome);
-                        output.close(
-                            if status == "incomplete" {
-                                "incomplete"
-                            } else {
-                                "completed"
-                            },
-                            &mut events,
-                        );
+                        output.close(status, &mut events);
                         let last = response_object(
                             &state,
                             &id,
@@ -419,14 +413,7 @@ async fn run(state: Shared, generate: Generate, echo: Echo, stream: bool) -> Res
         }
     };
     let status = status_of(&outcome);
-    output.close(
-        if status == "incomplete" {
-            "incomplete"
-        } else {
-            "completed"
-        },
-        &mut ignored,
-    );
+    output.close(status, &mut ignored);
     let body = response_object(&state, &id, created, &echo, status, &output.items, Some(&outcome));
     openai::with_usage(Json(body), &outcome)
 }
