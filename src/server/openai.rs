@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::error::{ApiError, Body};
-use super::turn::{Outcome, Step, Turn, Update};
+use super::turn::{Outcome, Turn, Update};
 use super::{Generate, Shared, Usage};
 use crate::classify::policy::Policy;
 use crate::engine::generate::TokenLogprobs;
@@ -430,8 +430,7 @@ pub async fn run_chat(state: Shared, chat: Chat, flavour: Flavour) -> Response {
             loop {
                 let (update, outcome) = match next_or_gone(&mut turn, &tx).await {
                     None => return false,
-                    Some(Ok(Step::Token(update))) => (update, None),
-                    Some(Ok(Step::Done(update, outcome))) => (update, Some(outcome)),
+                    Some(Ok(next)) => next,
                     Some(Err(e)) => return send(&tx, e.body()).await,
                 };
                 for delta in deltas(&update) {
@@ -478,8 +477,7 @@ pub async fn run_chat(state: Shared, chat: Chat, flavour: Flavour) -> Response {
     let (mut reasoning, mut content, mut logprobs) = (String::new(), String::new(), Vec::new());
     let outcome = loop {
         let (update, outcome) = match turn.next().await {
-            Ok(Step::Token(update)) => (update, None),
-            Ok(Step::Done(update, outcome)) => (update, Some(outcome)),
+            Ok(next) => next,
             Err(e) => return e.into_response(),
         };
         reasoning.push_str(&update.reasoning);
@@ -576,7 +574,10 @@ pub type Sender = mpsc::Sender<SseEvent>;
 /// The turn's next step; None once the client has gone (its stream was
 /// dropped), so the caller returns and dropping the turn cancels the
 /// generation without waiting for text to send.
-pub async fn next_or_gone(turn: &mut Turn<'_>, tx: &Sender) -> Option<Result<Step, ApiError>> {
+pub async fn next_or_gone(
+    turn: &mut Turn<'_>,
+    tx: &Sender,
+) -> Option<Result<(Update, Option<Outcome>), ApiError>> {
     tokio::select! {
         step = turn.next() => Some(step),
         () = tx.closed() => None,
@@ -720,8 +721,7 @@ pub async fn run_completion(
             loop {
                 let (update, outcome) = match next_or_gone(&mut turn, &tx).await {
                     None => return false,
-                    Some(Ok(Step::Token(update))) => (update, None),
-                    Some(Ok(Step::Done(update, outcome))) => (update, Some(outcome)),
+                    Some(Ok(next)) => next,
                     Some(Err(e)) => return send(&tx, e.body()).await,
                 };
                 let mut logprobs = CompletionLogprobs::default();
@@ -763,8 +763,7 @@ pub async fn run_completion(
     let (mut text, mut logprobs, mut offset) = (String::new(), CompletionLogprobs::default(), 0);
     let outcome = loop {
         let (update, outcome) = match turn.next().await {
-            Ok(Step::Token(update)) => (update, None),
-            Ok(Step::Done(update, outcome)) => (update, Some(outcome)),
+            Ok(next) => next,
             Err(e) => return Err(bad(e)),
         };
         if let Some(l) = update.logprobs.as_ref().filter(|_| with_logprobs) {

@@ -15,7 +15,7 @@ use super::error::{ApiError, Body};
 use super::openai::{
     self, new_id, parse_effort, render_chat, token_limit, unix_now, Content, EffortField, Sampling,
 };
-use super::turn::{Outcome, Step};
+use super::turn::Outcome;
 use super::{Generate, Shared};
 
 #[derive(Debug, Deserialize)]
@@ -348,8 +348,7 @@ async fn run(state: Shared, generate: Generate, echo: Echo, stream: bool) -> Res
                     let mut events = Vec::new();
                     let (update, outcome) = match openai::next_or_gone(&mut turn, &tx).await {
                         None => return false,
-                        Some(Ok(Step::Token(update))) => (update, None),
-                        Some(Ok(Step::Done(update, outcome))) => (update, Some(outcome)),
+                        Some(Ok(next)) => next,
                         Some(Err(e)) => {
                             let failed =
                                 response_object(&state, &id, created, &echo, "failed", &output.items, None);
@@ -402,8 +401,7 @@ async fn run(state: Shared, generate: Generate, echo: Echo, stream: bool) -> Res
     let mut ignored = Vec::new();
     let outcome = loop {
         let (update, outcome) = match turn.next().await {
-            Ok(Step::Token(update)) => (update, None),
-            Ok(Step::Done(update, outcome)) => (update, Some(outcome)),
+            Ok(next) => next,
             Err(e) => return e.into_response(),
         };
         output.push(Kind::Reasoning, &update.reasoning, &mut ignored);

@@ -104,9 +104,9 @@ impl<'t> Turn<'t> {
         })
     }
 
-    /// The next token's text, or the outcome once generation is over.
+    /// The next token's text, with the outcome when it was the last.
     /// Dropping the turn before then cancels the generation.
-    pub async fn next(&mut self) -> Result<Step, ApiError> {
+    pub async fn next(&mut self) -> Result<(Update, Option<Outcome>), ApiError> {
         loop {
             if self.done {
                 return Err(ApiError::internal("the generation is over"));
@@ -121,17 +121,16 @@ impl<'t> Turn<'t> {
                     self.first_token.get_or_insert_with(|| self.submitted.elapsed());
                     self.completion_tokens += 1;
                     let update = self.push(token.id, token.logprobs)?;
-                    if self.stops.matched {
-                        return Ok(Step::Token(update).then_finish(self.finish("stop")));
-                    }
-                    return Ok(Step::Token(update));
+                    let outcome = self.stops.matched.then(|| self.finish("stop"));
+                    return Ok((update, outcome));
                 }
                 Some(Event::Finished(stop)) => {
                     let reason = match stop {
                         Stop::StopToken => "stop",
                         Stop::Length => "length",
                     };
-                    return Ok(self.finish(reason).into_step(self.flush()?));
+                    let update = self.flush()?;
+                    return Ok((update, Some(self.finish(reason))));
                 }
                 Some(Event::Failed(message)) => {
                     self.done = true;
@@ -205,27 +204,6 @@ impl<'t> Turn<'t> {
 
     pub fn tokenizer(&self) -> &'t Tokenizer {
         self.tokenizer
-    }
-}
-
-pub enum Step {
-    Token(Update),
-    /// The last text, and how generation ended.
-    Done(Update, Outcome),
-}
-
-impl Step {
-    fn then_finish(self, outcome: Outcome) -> Step {
-        match self {
-            Step::Token(update) => Step::Done(update, outcome),
-            done => done,
-        }
-    }
-}
-
-impl Outcome {
-    fn into_step(self, update: Update) -> Step {
-        Step::Done(update, self)
     }
 }
 
@@ -318,10 +296,7 @@ mod tests {
         let (mut reasoning, mut content) = (String::new(), String::new());
         runtime.block_on(async {
             loop {
-                let (update, outcome) = match turn.next().await.unwrap() {
-                    Step::Token(update) => (update, None),
-                    Step::Done(update, outcome) => (update, Some(outcome)),
-                };
+                let (update, outcome) = turn.next().await.unwrap();
                 reasoning.push_str(&update.reasoning);
                 content.push_str(&update.content);
                 if let Some(outcome) = outcome {
