@@ -509,7 +509,16 @@ fn a_client_leaving_frees_its_slot_and_the_queue_is_bounded() {
 #[test]
 fn thirty_two_concurrent_requests_are_answered_as_if_alone() {
     let server = Server::start("a-mxfp4", &["--max-batch", "8", "--queue", "32"]);
-    let request = |i: usize| json!({"prompt": format!("Item number {i} says"), "max_tokens": 6 + i % 5, "temperature": 0});
+    // Half ask for log-probabilities, which the engine reads for the whole
+    // batch in one evaluation.
+    let request = |i: usize| {
+        let mut body =
+            json!({"prompt": format!("Item number {i} says"), "max_tokens": 6 + i % 5, "temperature": 0});
+        if i % 2 == 0 {
+            body["logprobs"] = json!(1 + i % 4);
+        }
+        body
+    };
     // Each alone first, then all at once: batching changes nothing.
     let alone: Vec<Value> = (0..32)
         .map(|i| server.post("/v1/completions", &request(i)).json()["choices"][0].clone())
@@ -529,6 +538,8 @@ fn thirty_two_concurrent_requests_are_answered_as_if_alone() {
     for (i, (a, b)) in alone.iter().zip(&together).enumerate() {
         assert_eq!(a["text"], b["text"], "request {i}");
         assert_eq!(a["finish_reason"], b["finish_reason"], "request {i}");
+        assert_eq!(a["logprobs"], b["logprobs"], "request {i}");
+        assert_eq!(a["logprobs"].is_null(), i % 2 == 1, "request {i}");
     }
     server.wait_idle(Duration::from_secs(10));
 }

@@ -37,6 +37,14 @@ impl Step {
     /// The chosen token's log-probability and the `k` most likely tokens,
     /// best first (OpenAI's `logprobs` / `top_logprobs`).
     pub fn top_logprobs(&self, k: usize) -> Result<TokenLogprobs> {
+        let query = self.query_top_logprobs(k)?;
+        mlx::eval(&query.arrays())?;
+        query.read()
+    }
+
+    /// [`Step::top_logprobs`] as a graph not yet evaluated, so that a batch's
+    /// queries can share one evaluation.
+    pub fn query_top_logprobs(&self, k: usize) -> Result<LogprobsQuery> {
         let logprobs = self.logprobs.astype(mlx::Dtype::Float32)?;
         let vocab = logprobs.dim(-1)?;
         let k = (k as i32).clamp(1, vocab);
@@ -46,16 +54,40 @@ impl Step {
             .slice_axis(-1, 0, k)?;
         let values = logprobs.take_along_axis(&ids, -1)?;
         let chosen = logprobs.take(&Array::scalar_int(self.token.into(), mlx::Dtype::Uint32)?, 0)?;
-        mlx::eval(&[&ids, &values, &chosen])?;
-        let mut top: Vec<(u32, f32)> = ids
+        Ok(LogprobsQuery {
+            token: self.token,
+            ids,
+            values,
+            chosen,
+        })
+    }
+}
+
+/// The arrays behind a [`TokenLogprobs`], lazily evaluated.
+pub struct LogprobsQuery {
+    token: u32,
+    ids: Array,
+    values: Array,
+    chosen: Array,
+}
+
+impl LogprobsQuery {
+    pub fn arrays(&self) -> [&Array; 3] {
+        [&self.ids, &self.values, &self.chosen]
+    }
+
+    /// Reads the answer; evaluates first unless [`Self::arrays`] already were.
+    pub fn read(self) -> Result<TokenLogprobs> {
+        let mut top: Vec<(u32, f32)> = self
+            .ids
             .to_vec::<u32>()?
             .into_iter()
-            .zip(values.to_vec::<f32>()?)
+            .zip(self.values.to_vec::<f32>()?)
             .collect();
         top.sort_by(|a, b| b.1.total_cmp(&a.1));
         Ok(TokenLogprobs {
             token: self.token,
-            logprob: chosen.item::<f32>()?,
+            logprob: self.chosen.item::<f32>()?,
             top,
         })
     }

@@ -15,9 +15,9 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::batch::BatchGeneration;
 use super::cache::make_caches;
-use super::generate::{GenerateOptions, Step, TokenLogprobs};
+use super::generate::{GenerateOptions, LogprobsQuery, Step, TokenLogprobs};
 use super::prefix::PrefixCache;
-use crate::mlx::{Array, Dtype};
+use crate::mlx::{self, Array, Dtype};
 use crate::model::GptOss;
 
 /// One generation to run.
@@ -249,17 +249,41 @@ impl Worker<'_> {
                 return;
             }
         };
-        for (id, step) in steps {
-            let Some(a) = self.active.get_mut(&id) else {
-                continue;
-            };
+        // Every request's log-probability reads, evaluated together: one
+        // sync per step rather than one per request.
+        let reads: Vec<(usize, u32, anyhow::Result<Reads>)> = steps
+            .iter()
+            .filter_map(|(id, step)| {
+                let a = self.active.get(id)?;
+                Some((*id, step.token, Reads::new(step, a.top_logprobs, &a.watch)))
+            })
+            .collect();
+        let arrays: Vec<&Array> = reads
+            .iter()
+            .filter_map(|(_, _, r)| r.as_ref().ok())
+            .flat_map(Reads::arrays)
+            .collect();
+        let evaluated = if arrays.is_empty() {
+            Ok(())
+        } else {
+            mlx::eval(&arrays)
+        };
+        for (id, token, reads) in reads {
+            let a = self
+                .active
+                .get_mut(&id)
+                .expect("reads exist for active requests only");
             a.produced += 1;
-            let event = token_event(&step, a.top_logprobs, &a.watch)
+            let event = reads
+                .and_then(|r| match &evaluated {
+                    Ok(()) => r.token(token),
+                    Err(e) => Err(anyhow::anyhow!("{e}")),
+                })
                 .map_or_else(|e| Event::Failed(e.to_string()), Event::Token);
             let failed = matches!(event, Event::Failed(_));
             let end = if failed {
                 None
-            } else if a.stop_tokens.contains(&step.token) {
+            } else if a.stop_tokens.contains(&token) {
                 Some(Stop::StopToken)
             } else if a.produced >= a.max_tokens {
                 Some(Stop::Length)
@@ -278,19 +302,36 @@ impl Worker<'_> {
     }
 }
 
-fn token_event(step: &Step, top_logprobs: Option<usize>, watch: &[u32]) -> anyhow::Result<Token> {
-    let logprobs = top_logprobs.map(|k| step.top_logprobs(k)).transpose()?;
-    let watched = if watch.is_empty() {
-        Vec::new()
-    } else {
-        step.logprobs
-            .take(&Array::from_slice(watch, &[watch.len() as i32])?, 0)?
-            .astype(Dtype::Float32)?
-            .to_vec::<f32>()?
-    };
-    Ok(Token {
-        id: step.token,
-        logprobs,
-        watched,
-    })
+/// What one request reads from a step's distribution, not yet evaluated.
+struct Reads {
+    top: Option<LogprobsQuery>,
+    watched: Option<Array>,
+}
+
+impl Reads {
+    fn new(step: &Step, top_logprobs: Option<usize>, watch: &[u32]) -> anyhow::Result<Reads> {
+        let top = top_logprobs.map(|k| step.query_top_logprobs(k)).transpose()?;
+        let watched = if watch.is_empty() {
+            None
+        } else {
+            let ids = Array::from_slice(watch, &[watch.len() as i32])?;
+            Some(step.logprobs.take(&ids, 0)?.astype(Dtype::Float32)?)
+        };
+        Ok(Reads { top, watched })
+    }
+
+    fn arrays(&self) -> impl Iterator<Item = &Array> {
+        self.top
+            .iter()
+            .flat_map(LogprobsQuery::arrays)
+            .chain(&self.watched)
+    }
+
+    fn token(self, id: u32) -> anyhow::Result<Token> {
+        Ok(Token {
+            id,
+            logprobs: self.top.map(LogprobsQuery::read).transpose()?,
+            watched: self.watched.map_or(Ok(Vec::new()), |w| w.to_vec::<f32>())?,
+        })
+    }
 }
