@@ -71,7 +71,8 @@ fmt:
 
 # Side-by-side with mlx-lm on a 4-layer model with gpt-oss-20b's real layer
 # shapes (generated once into target/perf-fixture). Sizes via env:
-# PROMPT_TOKENS GEN_TOKENS RUNS CLASSIFY_ITEMS CLASSIFY_MAX_TOKENS POLICY.
+# PROMPT_TOKENS GEN_TOKENS RUNS CLASSIFY_ITEMS CLASSIFY_MAX_TOKENS POLICY,
+# CLASSIFY_BATCH CLASSIFY_BASELINE_ITEMS (see benches/compare.py).
 PERF_FIXTURE := target/perf-fixture
 PERF_STAMP := $(PERF_FIXTURE)/.generated
 PERF_LAYERS ?= 4

@@ -5,11 +5,17 @@ float32 (floating parameters cast with model.set_dtype(mx.float32), as our
 engine computes on CPU): prefill tok/s, decode tok/s, TTFT and peak memory,
 median over runs after a warm-up, with random prompt ids. Then classification:
 N synthetic items against a policy at low effort, through our Classifier (the
-policy's KV state cached) vs one by one through mlx-lm's stream_generate (same
-dtype, float32). Generation is capped at CLASSIFY_MAX_TOKENS because a random
-model never stops.
+policy's KV state cached) vs mlx-lm in the same dtype (float32): one by one
+through stream_generate, and through its batch_generate in batches of the
+same size as ours (CLASSIFY_BATCH, 8).
+Generation is capped at CLASSIFY_MAX_TOKENS because a random model never stops.
+mlx-lm can be timed on fewer items than ours, since 64 full prompts through it
+take hours on a small CPU: one by one on the first CLASSIFY_BASELINE_ITEMS
+(every item costs the same, so items/s does not depend on how many run), and
+batched on one full batch.
 
-env: PROMPT_TOKENS GEN_TOKENS RUNS CLASSIFY_ITEMS CLASSIFY_MAX_TOKENS POLICY MLX_LM_DEFAULTS
+env: PROMPT_TOKENS GEN_TOKENS RUNS CLASSIFY_ITEMS CLASSIFY_MAX_TOKENS
+     CLASSIFY_BATCH CLASSIFY_BASELINE_ITEMS POLICY MLX_LM_DEFAULTS
 usage: compare.py MODEL_DIR SAFEGUARD_BIN
 """
 
@@ -23,7 +29,7 @@ import time
 
 import mlx.core as mx
 import mlx_lm
-from mlx_lm.generate import stream_generate
+from mlx_lm.generate import batch_generate, stream_generate
 from mlx_lm.sample_utils import make_sampler
 
 P = int(os.environ.get("PROMPT_TOKENS", 512))
@@ -31,6 +37,8 @@ G = int(os.environ.get("GEN_TOKENS", 128))
 RUNS = int(os.environ.get("RUNS", 3))
 ITEMS = int(os.environ.get("CLASSIFY_ITEMS", 64))
 CMAX = int(os.environ.get("CLASSIFY_MAX_TOKENS", 32))
+BATCH = int(os.environ.get("CLASSIFY_BATCH", 8))
+BASELINE_ITEMS = min(ITEMS, int(os.environ.get("CLASSIFY_BASELINE_ITEMS", ITEMS)))
 POLICY = os.environ.get("POLICY", "spam")
 # mlx-lm at its bf16 defaults runs ~15x slower than float32 on CPU; 0 skips it.
 DEFAULTS = os.environ.get("MLX_LM_DEFAULTS", "1") != "0"
@@ -78,6 +86,14 @@ def classify_mlx_lm(model, tokenizer, prompts):
     return len(prompts) / (time.perf_counter() - start)
 
 
+def classify_mlx_lm_batched(model, tokenizer, prompts):
+    """mlx-lm's continuous batching, BATCH at a time, every prompt prefilled in full."""
+    start = time.perf_counter()
+    batch_generate(model, tokenizer, prompts, max_tokens=CMAX,
+                   prefill_batch_size=BATCH, completion_batch_size=BATCH)
+    return len(prompts) / (time.perf_counter() - start)
+
+
 def rendered_prompts(safeguard, model_dir, items):
     """Our classification prompts (token ids) from `classify --dry-run`."""
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
@@ -104,8 +120,12 @@ def main(model_dir, safeguard):
     print("[mlx-lm float32]", file=sys.stderr, flush=True)
     theirs_f32 = bench_mlx_lm(model, tokenizer, prompt)
     if ITEMS:
-        print(f"[mlx-lm float32: {ITEMS} items one by one, <= {CMAX} tokens]", file=sys.stderr, flush=True)
-        theirs_items = classify_mlx_lm(model, tokenizer, prompts)
+        baseline = prompts[:BASELINE_ITEMS]
+        print(f"[mlx-lm float32: {len(baseline)} items one by one, <= {CMAX} tokens]", file=sys.stderr, flush=True)
+        theirs_items = classify_mlx_lm(model, tokenizer, baseline)
+        batch = prompts[:BATCH]
+        print(f"[mlx-lm float32: {len(batch)} items through batch_generate]", file=sys.stderr, flush=True)
+        theirs_batched = classify_mlx_lm_batched(model, tokenizer, batch)
     del model
     mx.clear_cache()
 
@@ -113,7 +133,7 @@ def main(model_dir, safeguard):
     ours = json.loads(subprocess.run(
         [safeguard, "bench", "-m", model_dir, "--prompt-tokens", str(P), "--gen-tokens", str(G),
          "--runs", str(RUNS), "--json", "--profile"]
-        + (["--classify", str(ITEMS), "--policy", POLICY, "--effort", "low", "--classify-max-tokens", str(CMAX)] if ITEMS else []),
+        + (["--classify", str(ITEMS), "--batch-size", str(BATCH), "--policy", POLICY, "--effort", "low", "--classify-max-tokens", str(CMAX)] if ITEMS else []),
         check=True, capture_output=True, text=True,
     ).stdout)
     m = ours["models"][0]
@@ -156,8 +176,11 @@ def main(model_dir, safeguard):
     print()
     print(f"classification, {ITEMS} items, {POLICY} policy ({len(prompts[0])} prompt tokens), effort low, "
           f"<= {CMAX} generated tokens each (the random model never stops):")
-    print(f"| runner | items/s |\n|---|---:|\n| mlx-lm float32, one by one | {theirs_items:.3f} |\n"
-          f"| safeguard Classifier (policy prefix cached, batches of {m['classify']['batch_size']}) | {ours_items:.3f} |\n| ratio | {ours_items / theirs_items:.2f}× |")
+    print(f"| runner | items/s | ours ÷ theirs |\n|---|---:|---:|")
+    print(f"| mlx-lm float32, one by one (first {BASELINE_ITEMS} items) | {theirs_items:.4f} | {ours_items / theirs_items:.2f}× |")
+    print(f"| mlx-lm float32, batch_generate (first {min(BATCH, ITEMS)} items, batches of {BATCH}) "
+          f"| {theirs_batched:.4f} | {ours_items / theirs_batched:.2f}× |")
+    print(f"| safeguard Classifier (policy prefix cached, batches of {m['classify']['batch_size']}) | {ours_items:.4f} | |")
 
 
 if __name__ == "__main__":
