@@ -12,10 +12,14 @@ SAMPLE := Congratulations! You won a free phone. Enter your bank details at win-
 ARGS ?= classify --policy spam $(if $(MODEL),-m "$(MODEL)") "$(SAMPLE)"
 
 ifeq ($(shell uname -s),Darwin)
-  MLX_BACKEND ?= metal
+  DEFAULT_BACKEND := metal
 else
-  MLX_BACKEND ?= cpu
+  DEFAULT_BACKEND := cpu
 endif
+# After `MLX_BACKEND=cuda make setup`, later commands (make run, make test)
+# keep the installed backend instead of swapping the wheel back.
+INSTALLED_BACKEND := $(patsubst $(VENV)/.setup-%-$(MLX_VERSION),%,$(firstword $(wildcard $(VENV)/.setup-*-$(MLX_VERSION))))
+MLX_BACKEND ?= $(or $(INSTALLED_BACKEND),$(DEFAULT_BACKEND))
 
 # Each backend is its own wheel of the same `mlx` release: mlx-metal on macOS,
 # mlx-cpu / mlx-cuda-12 / mlx-cuda-13 on Linux, selected by pip extras.

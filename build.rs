@@ -65,26 +65,32 @@ fn find_mlx(venv_python: &Path) -> Result<PathBuf, String> {
         tried.push(format!("MLX_DIR={}", dir.display()));
     }
     for python in [venv_python.as_os_str(), "python3".as_ref()] {
-        match python_mlx_prefix(python.as_ref()) {
-            Some(dir) if is_mlx_prefix(&dir) => return Ok(dir),
-            _ => tried.push(format!("the `mlx` package of {}", python.to_string_lossy())),
+        if let Some(dir) = python_mlx_prefix(python.as_ref()) {
+            return Ok(dir);
         }
+        tried.push(format!("the `mlx` package of {}", python.to_string_lossy()));
     }
     Err(tried.join(", "))
 }
 
+/// Where `python`'s `mlx` package lies, found without importing `mlx.core`:
+/// the CUDA build of that extension cannot load without an NVIDIA driver,
+/// which a build machine need not have.
 fn python_mlx_prefix(python: &Path) -> Option<PathBuf> {
     let output = Command::new(python)
         .args([
             "-c",
-            "import os, mlx.core; print(os.path.dirname(mlx.core.__file__))",
+            "import importlib.util; print(*importlib.util.find_spec('mlx').submodule_search_locations, sep='\\n')",
         ])
         .output()
         .ok()?;
-    output
-        .status
-        .success()
-        .then(|| PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()))
+    if !output.status.success() {
+        return None;
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(PathBuf::from)
+        .find(|dir| is_mlx_prefix(dir))
 }
 
 fn is_mlx_prefix(dir: &Path) -> bool {
