@@ -263,11 +263,11 @@ impl Worker<'_> {
             .filter_map(|(_, _, r)| r.as_ref().ok())
             .flat_map(Reads::arrays)
             .collect();
-        let evaluated = if arrays.is_empty() {
-            Ok(())
-        } else {
-            mlx::eval(&arrays)
-        };
+        // A failure here leaves the arrays unevaluated; each request's own
+        // read below then meets it again and reports it to that request only.
+        if !arrays.is_empty() {
+            let _ = mlx::eval(&arrays);
+        }
         for (id, token, reads) in reads {
             let a = self
                 .active
@@ -275,10 +275,7 @@ impl Worker<'_> {
                 .expect("reads exist for active requests only");
             a.produced += 1;
             let event = reads
-                .and_then(|r| match &evaluated {
-                    Ok(()) => r.token(token),
-                    Err(e) => Err(anyhow::anyhow!("{e}")),
-                })
+                .and_then(|r| r.token(token))
                 .map_or_else(|e| Event::Failed(e.to_string()), Event::Token);
             let failed = matches!(event, Event::Failed(_));
             let end = if failed {
