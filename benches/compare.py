@@ -1,11 +1,12 @@
 """mlx-lm vs `safeguard bench` on one model, side by side.
 
-mlx-lm is measured at its defaults (the checkpoint's bf16 compute) and in
-float32 (floating parameters cast with model.set_dtype(mx.float32), as our
-engine computes on CPU): prefill tok/s, decode tok/s, TTFT and peak memory,
-median over runs after a warm-up, with random prompt ids. Then classification:
+mlx-lm is measured at its defaults (the checkpoint's bf16 compute) and in the
+dtype our engine computes in: float32 on the CPU (floating parameters cast with
+model.set_dtype(mx.float32)), the model's own on a GPU, where the two coincide.
+Prefill tok/s, decode tok/s, TTFT and peak memory are medians over runs after a
+warm-up, with random prompt ids. Then classification:
 N synthetic items against a policy at low effort, through our Classifier (the
-policy's KV state cached) vs mlx-lm in the same dtype (float32): one by one
+policy's KV state cached) vs mlx-lm in the same dtype: one by one
 through stream_generate, and through its batch_generate in batches of the
 same size as ours (CLASSIFY_BATCH, 8).
 Generation is capped at CLASSIFY_MAX_TOKENS because a random model never stops.
@@ -31,6 +32,7 @@ import mlx.core as mx
 import mlx_lm
 from mlx_lm.generate import batch_generate, stream_generate
 from mlx_lm.sample_utils import make_sampler
+from mlx.utils import tree_flatten
 
 P = int(os.environ.get("PROMPT_TOKENS", 512))
 G = int(os.environ.get("GEN_TOKENS", 128))
@@ -40,7 +42,8 @@ CMAX = int(os.environ.get("CLASSIFY_MAX_TOKENS", 32))
 BATCH = int(os.environ.get("CLASSIFY_BATCH", 8))
 BASELINE_ITEMS = min(ITEMS, int(os.environ.get("CLASSIFY_BASELINE_ITEMS", ITEMS)))
 POLICY = os.environ.get("POLICY", "spam")
-# mlx-lm at its bf16 defaults runs ~15x slower than float32 on CPU; 0 skips it.
+# mlx-lm at its bf16 defaults runs ~15x slower than float32 on CPU; 0 skips it
+# there (on a GPU the defaults are the same-dtype baseline and always run).
 DEFAULTS = os.environ.get("MLX_LM_DEFAULTS", "1") != "0"
 
 
@@ -113,18 +116,26 @@ def main(model_dir, safeguard):
     prompts = rendered_prompts(safeguard, model_dir, synthetic_items(ITEMS)) if ITEMS else []
     assert len(prompts) == ITEMS, len(prompts)
 
-    if DEFAULTS:
-        print(f"[mlx-lm defaults: {P} prompt tokens, {G} generated, {RUNS} runs]", file=sys.stderr, flush=True)
-        theirs_default = bench_mlx_lm(model, tokenizer, prompt)
-    model.set_dtype(mx.float32)  # floating parameters only (its default predicate)
-    print("[mlx-lm float32]", file=sys.stderr, flush=True)
-    theirs_f32 = bench_mlx_lm(model, tokenizer, prompt)
+    # safeguard computes in float32 on the CPU and in the model's dtype on a
+    # GPU; mlx-lm is measured at its defaults and in that same dtype.
+    gpu = mx.default_device().type == mx.DeviceType.gpu
+    default = next(str(v.dtype) for _, v in tree_flatten(model.parameters()) if mx.issubdtype(v.dtype, mx.floating))
+    default = default.removeprefix("mlx.core.")
+    theirs = []  # (runner, dtype, metrics)
+    if DEFAULTS or gpu:
+        print(f"[mlx-lm ({default}, defaults): {P} prompt tokens, {G} generated, {RUNS} runs]", file=sys.stderr, flush=True)
+        theirs.append((f"mlx-lm ({default}, defaults)", default, bench_mlx_lm(model, tokenizer, prompt)))
+    if not gpu:
+        model.set_dtype(mx.float32)  # floating parameters only (its default predicate)
+        print("[mlx-lm (float32)]", file=sys.stderr, flush=True)
+        theirs.append(("mlx-lm (float32)", "float32", bench_mlx_lm(model, tokenizer, prompt)))
+    same_dtype = theirs[-1][1]
     if ITEMS:
         baseline = prompts[:BASELINE_ITEMS]
-        print(f"[mlx-lm float32: {len(baseline)} items one by one, <= {CMAX} tokens]", file=sys.stderr, flush=True)
+        print(f"[mlx-lm {same_dtype}: {len(baseline)} items one by one, <= {CMAX} tokens]", file=sys.stderr, flush=True)
         theirs_items = classify_mlx_lm(model, tokenizer, baseline)
         batch = prompts[:BATCH]
-        print(f"[mlx-lm float32: {len(batch)} items through batch_generate]", file=sys.stderr, flush=True)
+        print(f"[mlx-lm {same_dtype}: {len(batch)} items through batch_generate]", file=sys.stderr, flush=True)
         theirs_batched = classify_mlx_lm_batched(model, tokenizer, batch)
     del model
     mx.clear_cache()
@@ -145,8 +156,7 @@ def main(model_dir, safeguard):
         "peak_memory": c["peak_memory_bytes"]["median"],
     }
 
-    rows = ([("mlx-lm (bf16, defaults)", theirs_default)] if DEFAULTS else []) + [
-        ("mlx-lm (float32)", theirs_f32), ("safeguard (float32)", ours_row)]
+    rows = [(name, r) for name, _, r in theirs] + [(f"safeguard ({m['dtype']})", ours_row)]
     print(f"model {model_dir}: {m['parameters'] / 1e6:.0f} M parameters, {m['active_parameters'] / 1e6:.0f} M active, "
           f"{m['bits_per_weight']:.2f} bits/weight; {P} prompt tokens, {G} generated, median of {RUNS} runs")
     print(f"| runner | prefill tok/s | decode tok/s | TTFT ms | peak memory MB |")
@@ -177,8 +187,8 @@ def main(model_dir, safeguard):
     print(f"classification, {ITEMS} items, {POLICY} policy ({len(prompts[0])} prompt tokens), effort low, "
           f"<= {CMAX} generated tokens each (the random model never stops):")
     print(f"| runner | items/s | ours ÷ theirs |\n|---|---:|---:|")
-    print(f"| mlx-lm float32, one by one (first {BASELINE_ITEMS} items) | {theirs_items:.4f} | {ours_items / theirs_items:.2f}× |")
-    print(f"| mlx-lm float32, batch_generate (first {min(BATCH, ITEMS)} items, batches of {BATCH}) "
+    print(f"| mlx-lm {same_dtype}, one by one (first {BASELINE_ITEMS} items) | {theirs_items:.4f} | {ours_items / theirs_items:.2f}× |")
+    print(f"| mlx-lm {same_dtype}, batch_generate (first {min(BATCH, ITEMS)} items, batches of {BATCH}) "
           f"| {theirs_batched:.4f} | {ours_items / theirs_batched:.2f}× |")
     print(f"| safeguard Classifier (policy prefix cached, batches of {m['classify']['batch_size']}) | {ours_items:.4f} | |")
 
