@@ -19,7 +19,6 @@ use crate::engine::sampler::SamplerOptions;
 use crate::harmony::{
     self, ControlTokens, Conversation, Effort, Finish, Message, StreamParser, SystemContent,
 };
-use crate::mlx::{Array, Dtype};
 use crate::model::GptOss;
 use crate::tokenizer::Tokenizer;
 
@@ -323,12 +322,7 @@ impl<'a> Classifier<'a> {
 
 /// P("0") and P("1") at a step.
 fn digit_probabilities(step: &Step, digits: &[u32; 2]) -> anyhow::Result<(f32, f32)> {
-    let p = step
-        .logprobs
-        .take(&Array::from_slice(digits, &[2])?, 0)?
-        .astype(Dtype::Float32)?
-        .exp()?
-        .to_vec::<f32>()?;
+    let p = step.logprobs_of(digits)?.exp()?.to_vec::<f32>()?;
     Ok((p[0], p[1]))
 }
 

@@ -42,6 +42,12 @@ impl Step {
         query.read()
     }
 
+    /// The log-probabilities of `ids`, in float32, lazily evaluated.
+    pub fn logprobs_of(&self, ids: &[u32]) -> Result<Array> {
+        let ids = Array::from_slice(ids, &[ids.len() as i32])?;
+        Ok(self.logprobs.take(&ids, 0)?.astype(mlx::Dtype::Float32)?)
+    }
+
     /// [`Step::top_logprobs`] as a graph not yet evaluated, so that a batch's
     /// queries can share one evaluation.
     pub fn query_top_logprobs(&self, k: usize) -> Result<LogprobsQuery> {

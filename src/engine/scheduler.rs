@@ -17,7 +17,7 @@ use super::batch::BatchGeneration;
 use super::cache::make_caches;
 use super::generate::{GenerateOptions, LogprobsQuery, Step, TokenLogprobs};
 use super::prefix::PrefixCache;
-use crate::mlx::{self, Array, Dtype};
+use crate::mlx::{self, Array};
 use crate::model::GptOss;
 
 /// One generation to run.
@@ -311,8 +311,7 @@ impl Reads {
         let watched = if watch.is_empty() {
             None
         } else {
-            let ids = Array::from_slice(watch, &[watch.len() as i32])?;
-            Some(step.logprobs.take(&ids, 0)?.astype(Dtype::Float32)?)
+            Some(step.logprobs_of(watch)?)
         };
         Ok(Reads { top, watched })
     }
