@@ -9,9 +9,19 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const SHIM_FILES: [&str; 3] = ["src/mlx/ffi.rs", "src/mlx/shim.h", "src/mlx/shim.cc"];
+const KERNEL_FILES: [&str; 8] = [
+    "src/kernels/ffi.rs",
+    "src/kernels/primitive.h",
+    "src/kernels/primitive.cc",
+    "src/kernels/qmm.h",
+    "src/kernels/qmm.cc",
+    "src/kernels/qmm_isa.cc",
+    "src/kernels/pool.h",
+    "src/kernels/pool.cc",
+];
 
 fn main() {
-    for file in SHIM_FILES {
+    for file in SHIM_FILES.iter().chain(&KERNEL_FILES) {
         println!("cargo:rerun-if-changed={file}");
     }
     println!("cargo:rerun-if-env-changed=MLX_DIR");
@@ -47,12 +57,66 @@ fn main() {
         .flag_if_supported("-Wno-unused-parameter")
         .flag_if_supported("-Wno-deprecated-declarations")
         .compile("safeguard_mlx_shim");
+    build_kernels(&include);
 
     println!("cargo:rustc-link-search=native={}", lib.display());
     println!("cargo:rustc-link-lib=dylib=mlx");
     // The binary and the tests find libmlx where it was at build time.
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     println!("cargo:rustc-env=SAFEGUARD_MLX_PREFIX={}", prefix.display());
+}
+
+/// The CPU kernels: the primitive glue, then the inner loops once per
+/// instruction set, each in its own namespace with its own target flags (the
+/// binary picks one at run time). Always optimized, even in debug builds: the
+/// tests run models through them.
+fn build_kernels(include: &Path) {
+    let base = |build: &mut cc::Build| {
+        build
+            .cpp(true)
+            .std("c++20")
+            .opt_level(3)
+            .include(include)
+            .flag_if_supported("-Wno-unused-parameter")
+            // 64-byte vectors cross only internal functions, never an ABI.
+            .flag_if_supported("-Wno-psabi");
+    };
+    let mut glue = cxx_build::bridge("src/kernels/ffi.rs");
+    base(&mut glue);
+    glue.file("src/kernels/primitive.cc")
+        .file("src/kernels/qmm.cc")
+        .file("src/kernels/pool.cc")
+        .compile("safeguard_kernels");
+
+    let x86 = env::var("CARGO_CFG_TARGET_ARCH").as_deref() == Ok("x86_64");
+    let mut isas: Vec<(&str, &[&str])> = vec![("generic", &[])];
+    if x86 {
+        isas.push(("avx2", &["-mavx2", "-mfma"]));
+        isas.push((
+            "avx512",
+            &[
+                "-mavx512f",
+                "-mavx512bw",
+                "-mavx512vl",
+                "-mavx2",
+                "-mfma",
+                "-DQMM_WIDE",
+            ],
+        ));
+    }
+    for (isa, flags) in isas {
+        let mut build = cc::Build::new();
+        base(&mut build);
+        build
+            .file("src/kernels/qmm_isa.cc")
+            .define("QMM_ISA", isa)
+            // Fused multiply-adds wherever the instruction set has them.
+            .flag("-ffp-contract=fast");
+        for flag in flags {
+            build.flag(flag);
+        }
+        build.compile(&format!("safeguard_qmm_{isa}"));
+    }
 }
 
 fn find_mlx(venv_python: &Path) -> Result<PathBuf, String> {

@@ -15,6 +15,7 @@ pub mod cli;
 pub mod engine;
 pub mod harmony;
 pub mod hub;
+pub mod kernels;
 pub mod mlx;
 pub mod model;
 pub mod server;

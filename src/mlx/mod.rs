@@ -10,7 +10,7 @@ mod device;
 mod dtype;
 mod error;
 pub mod fast;
-mod ffi;
+pub(crate) mod ffi;
 pub mod memory;
 mod ops;
 mod quant;

@@ -7,7 +7,7 @@ use std::path::Path;
 use super::config::{Config, LayerType};
 use super::layers::{Embedding, Linear, RmsNorm, SwitchLinear};
 use super::rope::Rope;
-use super::{ComputeDtype, Result, Weights};
+use super::{LoadOptions, Result, Weights};
 use crate::mlx::fast::{self, AttentionMask};
 use crate::mlx::{self, Array, Dtype};
 
@@ -309,9 +309,9 @@ pub struct GptOss {
 
 impl GptOss {
     /// Loads a model folder: config.json and its safetensors shards.
-    pub fn load(dir: &Path, compute: ComputeDtype) -> Result<GptOss> {
+    pub fn load(dir: &Path, options: impl Into<LoadOptions>) -> Result<GptOss> {
         let config = Config::load(dir)?;
-        let mut weights = Weights::open(dir, compute)?;
+        let mut weights = Weights::open(dir, options)?;
         let model = GptOss::from_weights(config, &mut weights)?;
         weights.finish()?;
         mlx::eval(&model.parameters())?;

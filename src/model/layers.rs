@@ -2,17 +2,20 @@
 //! linear layers, the embedding, expert (switch) linears and RMSNorm. They
 //! mirror mlx's `nn.Linear`/`nn.QuantizedLinear`, `nn.Embedding`/
 //! `nn.QuantizedEmbedding` and mlx-lm's `SwitchLinear`/`QuantizedSwitchLinear`
-//! op for op, so results match mlx-lm's bit for bit.
+//! op for op, so results match mlx-lm's bit for bit — or, where our CPU
+//! kernels compute the quantized products, to float32 rounding.
 
 use super::config::{ModuleQuantization, Quantization};
+use super::load::QuantKernel;
 use super::{Error, Result, Weights};
+use crate::kernels;
 use crate::mlx::{fast, Array, Dtype, QuantMode, QuantSpec, Quantized};
 
 /// Reads a module's weight as stored: dense `[..lead, out, in]`, or quantized
 /// with the spec the quantization map (or the tensors themselves) give.
 pub(crate) enum Matrix {
     Dense(Array),
-    Quantized(Quantized),
+    Quantized(Quantized, QuantKernel),
 }
 
 impl Matrix {
@@ -84,12 +87,16 @@ impl Matrix {
                 Some(weights.take_float(&format!("{path}.biases"), &grouped)?),
             ),
         };
-        Ok(Matrix::Quantized(Quantized {
-            weight,
-            scales,
-            biases,
-            spec,
-        }))
+        let kernel = weights.quant_kernel(&weight_name, spec, in_dims);
+        Ok(Matrix::Quantized(
+            Quantized {
+                weight,
+                scales,
+                biases,
+                spec,
+            },
+            kernel,
+        ))
     }
 }
 
@@ -97,7 +104,7 @@ impl Matrix {
     fn collect<'a>(&'a self, out: &mut Vec<&'a Array>) {
         match self {
             Matrix::Dense(w) => out.push(w),
-            Matrix::Quantized(q) => {
+            Matrix::Quantized(q, _) => {
                 out.extend([&q.weight, &q.scales]);
                 out.extend(q.biases.as_ref());
             }
@@ -175,8 +182,11 @@ impl Linear {
         Ok(match (&self.weight, &self.bias) {
             (Matrix::Dense(w), Some(b)) => b.addmm(x, &w.transpose(&[1, 0])?, 1.0, 1.0)?,
             (Matrix::Dense(w), None) => x.matmul(&w.transpose(&[1, 0])?)?,
-            (Matrix::Quantized(q), bias) => {
-                let y = q.matmul(x, true)?;
+            (Matrix::Quantized(q, kernel), bias) => {
+                let y = match kernel {
+                    QuantKernel::Cpu => kernels::quantized_matmul(x, q, None)?,
+                    QuantKernel::Mlx => q.matmul(x, true)?,
+                };
                 match bias {
                     Some(b) => y.add(b)?,
                     None => y,
@@ -213,7 +223,7 @@ impl Embedding {
     pub(crate) fn forward(&self, ids: &Array) -> Result<Array> {
         Ok(match &self.weight {
             Matrix::Dense(w) => w.take(ids, 0)?,
-            Matrix::Quantized(q) => Quantized {
+            Matrix::Quantized(q, _) => Quantized {
                 weight: q.weight.take(ids, 0)?,
                 scales: q.scales.take(ids, 0)?,
                 biases: q.biases.as_ref().map(|b| b.take(ids, 0)).transpose()?,
@@ -256,7 +266,10 @@ impl SwitchLinear {
     pub(crate) fn forward(&self, x: &Array, indices: &Array, sorted: bool) -> Result<Array> {
         let y = match &self.weight {
             Matrix::Dense(w) => x.gather_mm(&w.swapaxes(-1, -2)?, None, Some(indices), sorted)?,
-            Matrix::Quantized(q) => q.gather_matmul(x, None, Some(indices), true, sorted)?,
+            Matrix::Quantized(q, QuantKernel::Cpu) => kernels::gather_matmul(x, q, indices, None)?,
+            Matrix::Quantized(q, QuantKernel::Mlx) => {
+                q.gather_matmul(x, None, Some(indices), true, sorted)?
+            }
         };
         Ok(y.add(&self.bias.take(indices, 0)?.expand_dims(-2)?)?)
     }

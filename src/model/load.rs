@@ -8,7 +8,8 @@ use std::str::FromStr;
 use serde::Deserialize;
 
 use super::{Error, Result};
-use crate::mlx::{self, Array, Dtype};
+use crate::kernels::{self, CpuKernels};
+use crate::mlx::{self, Array, Dtype, QuantSpec};
 
 /// The dtype activations and floating weights are computed in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -50,6 +51,30 @@ impl FromStr for ComputeDtype {
     }
 }
 
+/// How a checkpoint becomes a model: the compute dtype and, on the CPU, whose
+/// kernels run its quantized matmuls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LoadOptions {
+    pub compute: ComputeDtype,
+    pub cpu_kernels: CpuKernels,
+}
+
+impl From<ComputeDtype> for LoadOptions {
+    fn from(compute: ComputeDtype) -> LoadOptions {
+        LoadOptions {
+            compute,
+            ..LoadOptions::default()
+        }
+    }
+}
+
+/// Who computes one quantized matrix's products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum QuantKernel {
+    Mlx,
+    Cpu,
+}
+
 struct Tensor {
     array: Array,
     file: usize,
@@ -61,6 +86,7 @@ pub struct Weights {
     files: Vec<PathBuf>,
     tensors: HashMap<String, Tensor>,
     compute: Dtype,
+    cpu_kernels: CpuKernels,
 }
 
 #[derive(Deserialize)]
@@ -70,7 +96,8 @@ struct ShardIndex {
 
 impl Weights {
     /// Opens every shard of `dir` lazily: no tensor data is read until used.
-    pub fn open(dir: &Path, compute: ComputeDtype) -> Result<Weights> {
+    pub fn open(dir: &Path, options: impl Into<LoadOptions>) -> Result<Weights> {
+        let options = options.into();
         let files = weight_files(dir)?;
         let mut tensors = HashMap::new();
         for (index, path) in files.iter().enumerate() {
@@ -95,8 +122,9 @@ impl Weights {
             files,
             tensors,
             compute: Dtype::Float32,
+            cpu_kernels: options.cpu_kernels,
         };
-        weights.compute = compute.resolve(weights.model_dtype()?);
+        weights.compute = options.compute.resolve(weights.model_dtype()?);
         Ok(weights)
     }
 
@@ -112,6 +140,28 @@ impl Weights {
     /// The dtype floating weights are cast to and activations computed in.
     pub fn compute_dtype(&self) -> Dtype {
         self.compute
+    }
+
+    /// Our CPU kernels where they apply (CPU device, float32 activations, a
+    /// quantization they support); MLX's own otherwise. A matrix the chosen
+    /// kernels cannot compute falls back to MLX's with a warning naming it.
+    pub(crate) fn quant_kernel(&self, tensor: &str, spec: QuantSpec, in_dims: i32) -> QuantKernel {
+        if self.cpu_kernels == CpuKernels::Mlx
+            || mlx::default_device().is_gpu()
+            || self.compute != Dtype::Float32
+        {
+            return QuantKernel::Mlx;
+        }
+        match kernels::support(spec, in_dims) {
+            Ok(()) => QuantKernel::Cpu,
+            Err(why) => {
+                tracing::warn!(
+                    "{tensor}: no {} CPU kernel ({why}); using MLX's",
+                    self.cpu_kernels
+                );
+                QuantKernel::Mlx
+            }
+        }
     }
 
     pub fn contains(&self, name: &str) -> bool {

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 pub use config::{stop_tokens, Config, LayerType, ModuleQuantization, Quantization, RopeScaling};
 pub use gpt_oss::{AttentionCache, GptOss, Mask, Probe, Stage};
 pub(crate) use load::weight_files;
-pub use load::{ComputeDtype, Weights};
+pub use load::{ComputeDtype, LoadOptions, Weights};
 
 use crate::mlx::{self, Dtype};
 

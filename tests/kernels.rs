@@ -1,0 +1,316 @@
+//! Our CPU quantized matmul kernels against MLX's own `quantized_matmul` /
+//! `gather_qmm` and against an independent numpy dequantize-and-matmul in
+//! float64, for every format, group size, row count and instruction set.
+//!
+//! Tolerance: the largest difference divided by the largest magnitude of the
+//! reference (so outputs that cancel to near zero are judged on the scale of
+//! the whole product). Float32 sums of a few hundred terms stay near 1e-7 of
+//! that; 1e-5 is the issue's bound for "equal to float32 rounding".
+
+mod common;
+
+use common::*;
+use safeguard_mlx::kernels;
+use safeguard_mlx::mlx::{Array, Dtype, QuantMode, QuantSpec, Quantized};
+
+const EXACT: f64 = 1e-5;
+
+/// numpy decoders of MLX's packing, written from the formats' definitions.
+const DEQUANT: &str = r#"
+def unpack(w, bits):
+    w = w.astype(np.uint64)
+    per_word = 32 // bits
+    parts = [(w >> (bits * i)) & ((1 << bits) - 1) for i in range(per_word)]
+    return np.stack(parts, axis=-1).reshape(*w.shape[:-1], w.shape[-1] * per_word)
+
+E2M1 = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6])
+
+def dequant(w, scales, biases, bits, group, mode):
+    q = unpack(w, bits)
+    if mode == "mxfp4":
+        vals = E2M1[q]
+        s = np.exp2(scales.astype(np.float64) - 127.0)
+        return (vals.reshape(*q.shape[:-1], -1, group) * s[..., None]).reshape(q.shape)
+    g = q.astype(np.float64).reshape(*q.shape[:-1], -1, group) * scales[..., None] + biases[..., None]
+    return g.reshape(q.shape)
+"#;
+
+fn specs() -> Vec<QuantSpec> {
+    let mut specs = vec![QuantSpec {
+        group_size: 32,
+        bits: 4,
+        mode: QuantMode::Mxfp4,
+    }];
+    for bits in [4, 8] {
+        for group_size in [32, 64, 128] {
+            specs.push(QuantSpec {
+                group_size,
+                bits,
+                mode: QuantMode::Affine,
+            });
+        }
+    }
+    specs
+}
+
+fn quantized(shape: &[i32], spec: QuantSpec, seed: u64) -> Quantized {
+    let (w, _) = rand_array(shape, seed);
+    Quantized::quantize(&w, spec).unwrap()
+}
+
+/// Largest |a - b| over the largest |b|.
+fn scaled_error(ours: &[f64], reference: &[f64]) -> f64 {
+    assert_eq!(ours.len(), reference.len(), "element count differs");
+    let scale = reference
+        .iter()
+        .fold(0.0f64, |m, v| m.max(v.abs()))
+        .max(f64::MIN_POSITIVE);
+    let worst = ours
+        .iter()
+        .zip(reference)
+        .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+    worst / scale
+}
+
+fn assert_scaled_close(label: &str, ours: &Array, reference: &Array) {
+    assert_eq!(ours.shape(), reference.shape(), "{label}: shape");
+    let err = scaled_error(&values(ours), &values(reference));
+    assert!(err <= EXACT, "{label}: scaled error {err:e} > {EXACT:e}");
+}
+
+fn numpy_inputs(q: &Quantized) -> Vec<Input<'static>> {
+    let mut inputs = vec![
+        input(
+            "w",
+            &q.weight.to_vec::<u32>().unwrap(),
+            &q.weight.shape(),
+            "uint32",
+        ),
+        Input {
+            name: "scales",
+            data: values(&q.scales),
+            shape: q.scales.shape(),
+            dtype: if q.spec.mode == QuantMode::Mxfp4 {
+                "uint8"
+            } else {
+                "float64"
+            },
+        },
+    ];
+    let biases = q.biases.as_ref().map(values).unwrap_or_else(|| vec![0.0]);
+    let shape = q.biases.as_ref().map(|b| b.shape()).unwrap_or_else(|| vec![1]);
+    inputs.push(Input {
+        name: "biases",
+        data: biases,
+        shape,
+        dtype: "float64",
+    });
+    inputs
+}
+
+fn dequant_call(spec: QuantSpec) -> String {
+    format!(
+        "dequant(w, scales, biases, {}, {}, {:?})",
+        spec.bits,
+        spec.group_size,
+        spec.mode.as_str()
+    )
+}
+
+#[test]
+fn dense_matmul_equals_mlx_and_numpy_for_every_format_and_row_count() {
+    // 37 outputs: not a multiple of any tile width, SIMD width or thread count.
+    let (n, k) = (37, 256);
+    for (i, spec) in specs().into_iter().enumerate() {
+        let q = quantized(&[n, k], spec, 100 + i as u64);
+        for rows in [1, 3, 8, 64, 300] {
+            let (x, xd) = rand_array(&[rows, k], 7 * rows as u64 + i as u64);
+            let label = format!(
+                "{:?} bits {} group {} rows {rows}",
+                spec.mode, spec.bits, spec.group_size
+            );
+            let ours = kernels::quantized_matmul(&x, &q, None).unwrap();
+            assert_scaled_close(&label, &ours, &q.matmul(&x, true).unwrap());
+            if rows == 3 || rows == 64 {
+                let mut inputs = numpy_inputs(&q);
+                inputs.push(f32_input("x", &xd, &[rows, k]));
+                let reference = numpy1(
+                    &format!("{DEQUANT}\nout = x.astype(np.float64) @ {}.T", dequant_call(spec)),
+                    &inputs,
+                );
+                assert_eq!(ours.shape(), reference.shape, "{label}");
+                let err = scaled_error(&values(&ours), &reference.data);
+                assert!(err <= EXACT, "{label} vs numpy: scaled error {err:e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn leading_axes_are_kept() {
+    let spec = specs()[0];
+    let q = quantized(&[16, 64], spec, 3);
+    let (x, _) = rand_array(&[2, 5, 64], 4);
+    let ours = kernels::quantized_matmul(&x, &q, None).unwrap();
+    assert_eq!(ours.shape(), vec![2, 5, 16]);
+    assert_scaled_close("[2, 5, 64]", &ours, &q.matmul(&x, true).unwrap());
+}
+
+fn indices(values: &[u32], shape: &[i32]) -> Array {
+    Array::from_slice(values, shape).unwrap()
+}
+
+#[test]
+fn gathered_experts_equal_gather_qmm_with_repeated_unsorted_indices() {
+    let (experts, n, k) = (6, 21, 128);
+    for (i, spec) in specs().into_iter().enumerate() {
+        let q = quantized(&[experts, n, k], spec, 200 + i as u64);
+        let label = format!("{:?} bits {} group {}", spec.mode, spec.bits, spec.group_size);
+        // The model's decode shape: x [B, L, 1, 1, K], indices [B, L, top_k]
+        // with experts repeated across tokens, unsorted and out of order.
+        let (x, _) = rand_array(&[2, 3, 1, 1, k], 300 + i as u64);
+        let idx = indices(
+            &[5, 0, 3, 3, 1, 5, 0, 2, 4, 1, 5, 2, 4, 4, 0, 2, 3, 1],
+            &[2, 3, 3],
+        );
+        let ours = kernels::gather_matmul(&x, &q, &idx, None).unwrap();
+        let theirs = q.gather_matmul(&x, None, Some(&idx), true, false).unwrap();
+        assert_eq!(ours.shape(), vec![2, 3, 3, 1, n], "{label}");
+        assert_scaled_close(&format!("{label} decode"), &ours, &theirs);
+
+        // The sorted prefill shape: x [P, 1, K] with one expert per row.
+        let order = [0u32, 0, 0, 1, 2, 2, 4, 5, 5, 5, 5];
+        let (x, _) = rand_array(&[order.len() as i32, 1, k], 400 + i as u64);
+        let idx = indices(&order, &[order.len() as i32]);
+        let ours = kernels::gather_matmul(&x, &q, &idx, None).unwrap();
+        let theirs = q.gather_matmul(&x, None, Some(&idx), true, true).unwrap();
+        assert_scaled_close(&format!("{label} sorted"), &ours, &theirs);
+
+        // Several rows per pair (M > 1).
+        let (x, _) = rand_array(&[3, 4, k], 500 + i as u64);
+        let idx = indices(&[2, 2, 0], &[3]);
+        let ours = kernels::gather_matmul(&x, &q, &idx, None).unwrap();
+        let theirs = q.gather_matmul(&x, None, Some(&idx), true, false).unwrap();
+        assert_eq!(ours.shape(), vec![3, 4, n]);
+        assert_scaled_close(&format!("{label} M=4"), &ours, &theirs);
+    }
+}
+
+#[test]
+fn gathered_experts_equal_numpy() {
+    let spec = specs()[0];
+    let (experts, n, k) = (4, 9, 64);
+    let q = quantized(&[experts, n, k], spec, 11);
+    let (x, xd) = rand_array(&[5, 1, k], 12);
+    let order = [3u32, 1, 3, 0, 2];
+    let ours = kernels::gather_matmul(&x, &q, &indices(&order, &[5]), None).unwrap();
+    let mut inputs = numpy_inputs(&q);
+    inputs.push(f32_input("x", &xd, &[5, 1, k]));
+    inputs.push(input("idx", &order, &[5], "int64"));
+    let reference = numpy1(
+        &format!(
+            "{DEQUANT}\nW = {}\nout = np.stack([x[i].astype(np.float64) @ W[e].T for i, e in enumerate(idx)])",
+            dequant_call(spec)
+        ),
+        &inputs,
+    );
+    assert_eq!(ours.shape(), reference.shape);
+    let err = scaled_error(&values(&ours), &reference.data);
+    assert!(err <= EXACT, "scaled error {err:e}");
+}
+
+#[test]
+fn every_instruction_set_agrees_with_the_portable_path() {
+    let isas = kernels::instruction_sets();
+    assert_eq!(isas.last().map(String::as_str), Some("generic"), "{isas:?}");
+    assert_eq!(kernels::default_instruction_set(), isas[0]);
+    for (i, spec) in specs().into_iter().enumerate() {
+        let q = quantized(&[3, 45, 256], spec, 600 + i as u64);
+        for rows in [1, 5, 40] {
+            let (x, _) = rand_array(&[rows, 256], 700 + rows as u64);
+            let idx = indices(&[2, 0], &[2]);
+            let x3 = x.reshape(&[1, rows, 256]).unwrap();
+            let run = |isa: &str| {
+                let dense = kernels::quantized_matmul(&x, &first(&q), Some(isa)).unwrap();
+                let gathered = kernels::gather_matmul(&x3, &q, &idx, Some(isa)).unwrap();
+                (dense.to_vec::<f32>().unwrap(), gathered.to_vec::<f32>().unwrap())
+            };
+            let portable = run("generic");
+            let mut fused: Option<(String, Outputs)> = None;
+            for isa in &isas[..isas.len() - 1] {
+                let got = run(isa);
+                // Different lane counts per register, same arithmetic: bit for bit.
+                if let Some((other, expected)) = &fused {
+                    assert!(
+                        bits_equal(&got, expected),
+                        "{isa} differs from {other} ({spec:?}, rows {rows})"
+                    );
+                }
+                fused.get_or_insert((isa.clone(), got.clone()));
+                // The portable build may not fuse multiply-adds: float32 rounding apart.
+                let err = scaled_error(&to_f64(&got.0), &to_f64(&portable.0))
+                    .max(scaled_error(&to_f64(&got.1), &to_f64(&portable.1)));
+                assert!(err <= 1e-6, "{isa} vs generic: {err:e} ({spec:?}, rows {rows})");
+            }
+        }
+    }
+}
+
+fn first(q: &Quantized) -> Quantized {
+    let take0 = |a: &Array| a.slice_axis(0, 0, 1).unwrap().squeeze(0).unwrap();
+    Quantized {
+        weight: take0(&q.weight),
+        scales: take0(&q.scales),
+        biases: q.biases.as_ref().map(take0),
+        spec: q.spec,
+    }
+}
+
+/// A dense and a gathered product, as read back.
+type Outputs = (Vec<f32>, Vec<f32>);
+
+fn bits_equal(a: &Outputs, b: &Outputs) -> bool {
+    let same =
+        |x: &[f32], y: &[f32]| x.len() == y.len() && x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits());
+    same(&a.0, &b.0) && same(&a.1, &b.1)
+}
+
+#[test]
+fn unsupported_inputs_are_errors_naming_the_problem() {
+    let spec = |bits, group_size| QuantSpec {
+        group_size,
+        bits,
+        mode: QuantMode::Affine,
+    };
+    let why = kernels::support(spec(3, 64), 256).unwrap_err();
+    assert!(why.contains("3 bits"), "{why}");
+    let why = kernels::support(spec(4, 16), 256).unwrap_err();
+    assert!(why.contains("group size 16"), "{why}");
+    assert!(kernels::support(spec(8, 128), 256).is_ok());
+
+    let q = quantized(&[8, 64], spec(4, 32), 1);
+    let (x, _) = rand_array(&[2, 64], 2);
+    let message = kernels::quantized_matmul(&x.astype(Dtype::Bfloat16).unwrap(), &q, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("float32") && message.contains("bfloat16"),
+        "{message}"
+    );
+    let (wrong_k, _) = rand_array(&[2, 96], 2);
+    let message = kernels::quantized_matmul(&wrong_k, &q, None)
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("96"), "{message}");
+    let message = kernels::quantized_matmul(&x, &q, Some("sse9"))
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("sse9"), "{message}");
+
+    // An expert index past the last expert fails the evaluation, not the process.
+    let experts = quantized(&[2, 8, 64], spec(4, 32), 5);
+    let (x, _) = rand_array(&[1, 1, 64], 6);
+    let y = kernels::gather_matmul(&x, &experts, &indices(&[7], &[1]), None).unwrap();
+    let message = y.to_vec::<f32>().unwrap_err().to_string();
+    assert!(message.contains("expert 7 of 2"), "{message}");
+}
