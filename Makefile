@@ -77,6 +77,9 @@ fmt:
 # shapes (generated once into target/perf-fixture). Sizes via env:
 # PROMPT_TOKENS GEN_TOKENS RUNS CLASSIFY_ITEMS CLASSIFY_MAX_TOKENS POLICY,
 # CLASSIFY_BATCH CLASSIFY_BASELINE_ITEMS (see benches/compare.py).
+# LLAMA_CPP=1 adds llama.cpp's llama-bench on a GGUF of the same weights
+# (benches/llama_cpp.py): its first run builds llama.cpp from the llama-cpp-python
+# sdist into target/llama.cpp (needs cmake; ~10 minutes on 2 cores), later runs reuse it.
 PERF_FIXTURE := target/perf-fixture
 PERF_STAMP := $(PERF_FIXTURE)/.generated
 PERF_LAYERS ?= 4
@@ -85,6 +88,7 @@ export GEN_TOKENS ?= 16
 export RUNS ?= 2
 export CLASSIFY_ITEMS ?= 8
 export CLASSIFY_MAX_TOKENS ?= 8
+export LLAMA_CPP ?= 0
 
 # Only the fixtures' tokenizer is needed; run `make fixtures` first if it is missing
 # (no dependency on the stamps: bench never rewrites the test fixtures).
@@ -93,7 +97,7 @@ $(PERF_STAMP): benches/perf_fixture.py
 	$(VENV)/bin/python benches/perf_fixture.py $(PERF_FIXTURE) $(FIXTURES)/tokenizer $(PERF_LAYERS)
 	@touch $@
 
-bench: $(PERF_STAMP)
+bench: $(SETUP_STAMP) $(PERF_STAMP)
 	$(CARGO) build --release
 	$(VENV)/bin/python benches/compare.py $(PERF_FIXTURE) ./target/release/safeguard
 

@@ -14,9 +14,14 @@ mlx-lm can be timed on fewer items than ours, since 64 full prompts through it
 take hours on a small CPU: one by one on the first CLASSIFY_BASELINE_ITEMS
 (every item costs the same, so items/s does not depend on how many run), and
 batched on one full batch.
+With LLAMA_CPP=1, llama.cpp's llama-bench as well, on a GGUF of the same
+weights (benches/llama_cpp.py; its first run builds llama.cpp, ~10 minutes on
+2 cores): prefill of PROMPT_TOKENS, decode of GEN_TOKENS after them, means over
+RUNS runs, at the better of 1 and all threads (LLAMA_CPP_THREADS).
 
 env: PROMPT_TOKENS GEN_TOKENS RUNS CLASSIFY_ITEMS CLASSIFY_MAX_TOKENS
      CLASSIFY_BATCH CLASSIFY_BASELINE_ITEMS POLICY MLX_LM_DEFAULTS
+     LLAMA_CPP LLAMA_CPP_THREADS
 usage: compare.py MODEL_DIR SAFEGUARD_BIN
 """
 
@@ -45,6 +50,7 @@ POLICY = os.environ.get("POLICY", "spam")
 # mlx-lm at its bf16 defaults runs ~15x slower than float32 on CPU; 0 skips it
 # there (on a GPU the defaults are the same-dtype baseline and always run).
 DEFAULTS = os.environ.get("MLX_LM_DEFAULTS", "1") != "0"
+LLAMA_CPP = os.environ.get("LLAMA_CPP", "0") not in ("", "0")
 
 
 def synthetic_items(n):  # the same texts as safeguard's bench::synthetic_items
@@ -109,7 +115,18 @@ def rendered_prompts(safeguard, model_dir, items):
     return [[int(t) for t in line.split(",")] for line in out.splitlines() if line and line[0].isdigit() and "," in line]
 
 
+def cell(value, fmt, unit=""):  # llama-bench reports neither TTFT nor peak memory: "–"
+    return "–" if value is None else format(value, fmt) + unit
+
+
 def main(model_dir, safeguard):
+    llama = None
+    if LLAMA_CPP:  # first: its build is the slow part, and fails early
+        import llama_cpp
+        load = os.getloadavg()[0]
+        llama = llama_cpp.measure(model_dir, P, G, RUNS)
+        llama["load"] = load
+
     model, tokenizer = mlx_lm.load(model_dir)
     rng = __import__("random").Random(P)
     prompt = [rng.randrange(199998) for _ in range(P)]
@@ -156,19 +173,31 @@ def main(model_dir, safeguard):
         "peak_memory": c["peak_memory_bytes"]["median"],
     }
 
-    rows = [(name, r) for name, _, r in theirs] + [(f"safeguard ({m['dtype']})", ours_row)]
+    rows = [(name, r) for name, _, r in theirs]
+    if llama:
+        rows.append(("llama.cpp (GGUF: experts MXFP4, rest Q8_0/F32)", {**llama, "ttft_ms": None, "peak_memory": None}))
+    rows.append((f"safeguard ({m['dtype']})", ours_row))
     print(f"model {model_dir}: {m['parameters'] / 1e6:.0f} M parameters, {m['active_parameters'] / 1e6:.0f} M active, "
           f"{m['bits_per_weight']:.2f} bits/weight; {P} prompt tokens, {G} generated, median of {RUNS} runs")
     print(f"| runner | prefill tok/s | decode tok/s | TTFT ms | peak memory MB |")
     print(f"|---|---:|---:|---:|---:|")
     for name, r in rows:
-        print(f"| {name} | {r['prefill_tps']:.2f} | {r['decode_tps']:.2f} | {r['ttft_ms']:.0f} | {r['peak_memory'] / 1e6:.0f} |")
+        memory = None if r["peak_memory"] is None else r["peak_memory"] / 1e6
+        print(f"| {name} | {r['prefill_tps']:.2f} | {r['decode_tps']:.2f} | {cell(r['ttft_ms'], '.0f')} | {cell(memory, '.0f')} |")
     print()
     print("| ours ÷ theirs | prefill | decode | TTFT | peak memory |")
     print("|---|---:|---:|---:|---:|")
     for name, r in rows[:-1]:
+        ttft = None if r["ttft_ms"] is None else ours_row["ttft_ms"] / r["ttft_ms"]
+        memory = None if r["peak_memory"] is None else ours_row["peak_memory"] / r["peak_memory"]
         print(f"| vs {name} | {ours_row['prefill_tps'] / r['prefill_tps']:.2f}× | {ours_row['decode_tps'] / r['decode_tps']:.2f}× "
-              f"| {ours_row['ttft_ms'] / r['ttft_ms']:.2f}× | {ours_row['peak_memory'] / r['peak_memory']:.2f}× |")
+              f"| {cell(ttft, '.2f', '×')} | {cell(memory, '.2f', '×')} |")
+    if llama:
+        threads = ", ".join(f"{t}: {v['prefill_tps']:.2f} / {v['decode_tps']:.2f}" for t, v in llama["by_threads"].items())
+        print(f"\nllama.cpp: llama-bench from {llama['source']} on {llama['cpu_info']}, GGUF of {llama['model_bytes'] / 1e9:.2f} GB "
+              f"(the same weights), means of {RUNS} runs, decode after {P} tokens of context; best prefill with "
+              f"{llama['prefill_threads']} thread(s), decode with {llama['decode_threads']} (prefill / decode tok/s by threads: "
+              f"{threads}); 1-minute load average before it {llama['load']:.2f}")
     profile = m["profile"]
     totals = [sum(s[i] for s in profile["stages"]) for i in (1, 2)]
     print(f"\nwhere safeguard's time goes (each stage evaluated alone; prefill of {profile['prompt_tokens']} tokens, "
