@@ -301,7 +301,7 @@ pub struct BenchOptions {
     pub runs: usize,
     pub warmup: bool,
     pub prefill_step: usize,
-    pub compute: crate::model::ComputeDtype,
+    pub load: crate::model::LoadOptions,
     pub classify: Option<(usize, String)>,
     pub classify_max_tokens: usize,
     pub classify_effort: Effort,
@@ -454,7 +454,7 @@ pub fn bench_model(
     mut progress: impl FnMut(&str),
 ) -> Result<ModelResult> {
     let load_start = Instant::now();
-    let model = GptOss::load(dir, options.compute)?;
+    let model = GptOss::load(dir, options.load)?;
     let load_seconds = load_start.elapsed().as_secs_f64();
     let stats = model_stats(dir, &model.config)?;
     let vocab = model.config.vocab_size as u32;

@@ -72,7 +72,7 @@ pub fn run(args: Args) -> Result<()> {
         runs: args.runs.max(1),
         warmup: !args.no_warmup,
         prefill_step: args.engine.prefill_step,
-        compute: args.engine.dtype,
+        load: args.engine.load_options(),
         classify: args.classify.zip(args.policy.clone()),
         classify_max_tokens: args.classify_max_tokens,
         classify_effort: args.effort,

@@ -105,7 +105,7 @@ pub fn run(args: Args) -> Result<()> {
         return print_prompts(&tokenizer, &policy, &options, &items);
     }
 
-    let model = GptOss::load(&model_dir, args.engine.dtype).map_err(|e| usage(e.into()))?;
+    let model = GptOss::load(&model_dir, args.engine.load_options()).map_err(|e| usage(e.into()))?;
     let mut classifier = Classifier::new(&model, &tokenizer, &policy, options)?;
     let mut log = args
         .output

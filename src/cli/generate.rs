@@ -147,7 +147,7 @@ pub fn run(args: Args) -> Result<()> {
         .into());
     }
     let load_start = Instant::now();
-    let model = GptOss::load(&model_dir, args.engine.dtype).map_err(|e| UsageError(e.into()))?;
+    let model = GptOss::load(&model_dir, args.engine.load_options()).map_err(|e| UsageError(e.into()))?;
     let stops = model::stop_tokens(&model_dir, &model.config).map_err(|e| UsageError(e.into()))?;
     let tokenizer = Tokenizer::load(&model_dir).map_err(|e| UsageError(e.into()))?;
     let load_time = load_start.elapsed();

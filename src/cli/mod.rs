@@ -14,8 +14,9 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::hub::{self, HubConfig, HubError};
+use crate::kernels::CpuKernels;
 use crate::mlx;
-use crate::model::ComputeDtype;
+use crate::model::{ComputeDtype, LoadOptions};
 
 /// Run OpenAI's gpt-oss-safeguard policy classifiers locally on MLX.
 #[derive(Debug, Parser)]
@@ -45,6 +46,19 @@ pub struct EngineArgs {
     /// Prompt tokens per prefill step.
     #[arg(long, default_value_t = 2048)]
     prefill_step: usize,
+    /// Quantized matmuls on the CPU: exact (ours, float32, equal to MLX's to
+    /// rounding) or mlx (MLX's own kernels, for comparison).
+    #[arg(long, env = "SAFEGUARD_CPU_KERNELS", default_value = "exact", value_parser = clap::builder::ValueParser::new(str::parse::<CpuKernels>))]
+    cpu_kernels: CpuKernels,
+}
+
+impl EngineArgs {
+    fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            compute: self.dtype,
+            cpu_kernels: self.cpu_kernels,
+        }
+    }
 }
 
 /// An error in what the user asked for (exit code 2), as opposed to a failure

@@ -94,7 +94,7 @@ pub fn run(args: Args) -> Result<()> {
         max_body_bytes: args.max_body_mib << 20,
         prefix_cache_bytes: args.prefix_cache_mib << 20,
         prefill_step: args.engine.prefill_step,
-        dtype: args.engine.dtype,
+        load: args.engine.load_options(),
         policy,
         effort: args.effort,
         shutdown_grace: Duration::from_secs(args.shutdown_timeout),

@@ -16,6 +16,10 @@
 
 #include "qmm.h"
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 #ifndef QMM_ISA
 #error "QMM_ISA must name the instruction set this file is compiled for"
 #endif
@@ -24,9 +28,92 @@ namespace safeguard_kernels::QMM_ISA {
 
 namespace {
 
-typedef float v16f __attribute__((vector_size(64)));
-typedef int32_t v16i __attribute__((vector_size(64)));
+// Registers per 16 lanes: one AVX-512, two AVX2, four SSE/NEON. Vector
+// extensions wider than the machine's registers compile to spills, so the 16
+// lanes are spelled out as native-width parts.
+#if defined(QMM_WIDE)
+constexpr int kWidth = 16;
+#elif defined(__AVX2__)
+constexpr int kWidth = 8;
+#else
+constexpr int kWidth = 4;
+#endif
+constexpr int kParts = 16 / kWidth;
+
+typedef float vf __attribute__((vector_size(kWidth * 4)));
+typedef int32_t vi __attribute__((vector_size(kWidth * 4)));
+typedef uint8_t vu8 __attribute__((vector_size(kWidth)));
+typedef int8_t vi8 __attribute__((vector_size(kWidth)));
 typedef uint8_t v16u8 __attribute__((vector_size(16)));
+typedef int8_t v16i8 __attribute__((vector_size(16)));
+
+struct Lanes {
+  vf part[kParts];
+};
+
+inline Lanes zero() { return Lanes{}; }
+
+inline Lanes splat(float f) {
+  Lanes l;
+  for (int i = 0; i < kParts; ++i) l.part[i] = vf{} + f;
+  return l;
+}
+
+inline Lanes load16(const float* p) {
+  Lanes l;
+  std::memcpy(&l, p, sizeof l);
+  return l;
+}
+
+inline void store16(float* p, const Lanes& l) { std::memcpy(p, &l, sizeof l); }
+
+// a · b + c, fused where the instruction set has fused multiply-adds.
+inline Lanes mul_add(const Lanes& a, const Lanes& b, const Lanes& c) {
+  Lanes r;
+  for (int i = 0; i < kParts; ++i) r.part[i] = a.part[i] * b.part[i] + c.part[i];
+  return r;
+}
+
+inline Lanes mul(const Lanes& a, const Lanes& b) {
+  Lanes r;
+  for (int i = 0; i < kParts; ++i) r.part[i] = a.part[i] * b.part[i];
+  return r;
+}
+
+// 16 bytes → 16 floats. Compilers do not find the extending moves through
+// vector extensions here, so the x86 builds name them.
+#if defined(QMM_WIDE)
+inline Lanes to_float(v16u8 bytes) {
+  Lanes l;
+  l.part[0] = (vf)_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32((__m128i)bytes));
+  return l;
+}
+inline Lanes to_float(v16i8 bytes) {
+  Lanes l;
+  l.part[0] = (vf)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32((__m128i)bytes));
+  return l;
+}
+#elif defined(__AVX2__)
+inline Lanes to_float(v16u8 bytes) {
+  Lanes l;
+  l.part[0] = (vf)_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32((__m128i)bytes));
+  l.part[1] = (vf)_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128((__m128i)bytes, 8)));
+  return l;
+}
+inline Lanes to_float(v16i8 bytes) {
+  Lanes l;
+  l.part[0] = (vf)_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32((__m128i)bytes));
+  l.part[1] = (vf)_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128((__m128i)bytes, 8)));
+  return l;
+}
+#else
+template <typename Bytes>
+inline Lanes to_float(Bytes bytes) {
+  float f[16];
+  for (int i = 0; i < 16; ++i) f[i] = float(bytes[i]);
+  return load16(f);
+}
+#endif
 
 // The largest tile of (input rows × weight rows) the registers hold.
 #if defined(QMM_WIDE)
@@ -39,21 +126,17 @@ constexpr int kMaxRows = 2, kMaxCols = 2;
 // reused by every row; below it, decoding inside the loop costs less.
 constexpr size_t kPanelRows = 8;
 
-inline v16f load16(const float* p) {
-  v16f v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
+// How far ahead, in 32-weight blocks, decoding asks for weights.
+constexpr int kPrefetchBlocks = 16;
 
-inline v16f splat(float f) { return v16f{} + f; }
+// Twice the E2M1 value of each 4-bit code (bit 3 is the sign): small
+// integers, so a byte-table lookup (pshufb, tbl) decodes 16 codes at once.
+const v16i8 kE2m1Doubled = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
 
-// E2M1 code → value, indexed by the 4-bit code (bit 3 is the sign).
-const v16f kE2m1 = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f,
-                    -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
-
-inline float e8m0_to_float(uint8_t e) {
-  // 2^(e - 127); e = 0 is 2^-127, a subnormal, built from its bits.
-  uint32_t bits = e == 0 ? 0x00400000u : uint32_t(e) << 23;
+// Half of the E8M0 scale 2^(e - 127), to undo the doubling: exact, as both
+// factors are powers of two. Built from its bits (e ≤ 1 gives subnormals).
+inline float e8m0_half(uint8_t e) {
+  uint32_t bits = e >= 2 ? uint32_t(e - 1) << 23 : 0x00200000u << e;
   float f;
   std::memcpy(&f, &bits, sizeof f);
   return f;
@@ -69,7 +152,9 @@ struct RowReader {
   const float* scales;    // affine scales of the row
   const float* biases;    // affine biases of the row
 
-  RowReader(const Problem& p, uint32_t expert, int n) : p(p) {
+  int group_shift;        // block index → group index
+
+  RowReader(const Problem& p, uint32_t expert, int n) : p(p), group_shift(__builtin_ctz(p.group_size / 32)) {
     size_t row = size_t(expert) * p.out_dims + n;
     int bits = p.format == Format::Affine8 ? 8 : 4;
     bytes = reinterpret_cast<const uint8_t*>(p.w) + row * size_t(p.in_dims) * bits / 8;
@@ -79,34 +164,39 @@ struct RowReader {
     biases = p.biases ? p.biases + row * groups : nullptr;
   }
 
-  inline void block(int b, v16f& w0, v16f& w1) const {
-    int group = b * 32 / p.group_size;
+  // Asks for the codes of a later block: with several rows read in step,
+  // the hardware prefetchers alone leave decode waiting on memory.
+  inline void prefetch(int b) const {
+    __builtin_prefetch(bytes + b * (p.format == Format::Affine8 ? 32 : 16));
+  }
+
+  inline void block(int b, Lanes& w0, Lanes& w1) const {
+    const int group = b >> group_shift;
     if (p.format == Format::Affine8) {
       v16u8 lo, hi;
       std::memcpy(&lo, bytes + b * 32, 16);
       std::memcpy(&hi, bytes + b * 32 + 16, 16);
-      v16f s = splat(scales[group]), z = splat(biases[group]);
-      w0 = __builtin_convertvector(lo, v16f) * s + z;
-      w1 = __builtin_convertvector(hi, v16f) * s + z;
+      Lanes s = splat(scales[group]), z = splat(biases[group]);
+      w0 = mul_add(to_float(lo), s, z);
+      w1 = mul_add(to_float(hi), s, z);
       return;
     }
     v16u8 packed;
     std::memcpy(&packed, bytes + b * 16, 16);
-    v16i codes = __builtin_convertvector(packed, v16i);
-    v16i low = codes & 15, high = codes >> 4;
+    v16u8 low = packed & 15, high = packed >> 4;
     if (p.format == Format::Mxfp4) {
-      v16f s = splat(e8m0_to_float(e8m0[group]));
-      w0 = __builtin_shuffle(kE2m1, low) * s;
-      w1 = __builtin_shuffle(kE2m1, high) * s;
+      Lanes s = splat(e8m0_half(e8m0[group]));
+      w0 = mul(to_float(__builtin_shuffle(kE2m1Doubled, (v16i8)low)), s);
+      w1 = mul(to_float(__builtin_shuffle(kE2m1Doubled, (v16i8)high)), s);
     } else {
-      v16f s = splat(scales[group]), z = splat(biases[group]);
-      w0 = __builtin_convertvector(low, v16f) * s + z;
-      w1 = __builtin_convertvector(high, v16f) * s + z;
+      Lanes s = splat(scales[group]), z = splat(biases[group]);
+      w0 = mul_add(to_float(low), s, z);
+      w1 = mul_add(to_float(high), s, z);
     }
   }
 };
 
-inline float sum_lanes(v16f v) {
+inline float sum_lanes(const Lanes& v) {
   float l[16];
   std::memcpy(l, &v, sizeof l);
   float a[8], b[4];
@@ -120,24 +210,25 @@ inline float sum_lanes(v16f v) {
 template <int ROWS, int COLS>
 void tile(int blocks, const float* const* x, const RowReader* readers, const float* const* panel,
           float* const* out) {
-  v16f acc[ROWS][COLS];
+  Lanes acc[ROWS][COLS];
   for (int r = 0; r < ROWS; ++r)
-    for (int c = 0; c < COLS; ++c) acc[r][c] = v16f{};
+    for (int c = 0; c < COLS; ++c) acc[r][c] = zero();
   for (int b = 0; b < blocks; ++b) {
-    v16f w0[COLS], w1[COLS];
+    Lanes w0[COLS], w1[COLS];
     for (int c = 0; c < COLS; ++c) {
       if (panel) {
         w0[c] = load16(panel[c] + b * 32);
         w1[c] = load16(panel[c] + b * 32 + 16);
       } else {
+        readers[c].prefetch(b + kPrefetchBlocks);
         readers[c].block(b, w0[c], w1[c]);
       }
     }
     for (int r = 0; r < ROWS; ++r) {
-      v16f x0 = load16(x[r] + b * 32), x1 = load16(x[r] + b * 32 + 16);
+      Lanes x0 = load16(x[r] + b * 32), x1 = load16(x[r] + b * 32 + 16);
       for (int c = 0; c < COLS; ++c) {
-        acc[r][c] = acc[r][c] + x0 * w0[c];
-        acc[r][c] = acc[r][c] + x1 * w1[c];
+        acc[r][c] = mul_add(x0, w0[c], acc[r][c]);
+        acc[r][c] = mul_add(x1, w1[c], acc[r][c]);
       }
     }
   }
@@ -179,10 +270,10 @@ void run_tile(const Problem& p, uint32_t expert, const RowJob* rows, size_t row_
       for (int c = 0; c < cols; ++c) {
         float* dst = panel_buffer.data() + size_t(c) * p.in_dims;
         for (int b = 0; b < blocks; ++b) {
-          v16f w0, w1;
+          Lanes w0, w1;
           readers[c].block(b, w0, w1);
-          std::memcpy(dst + b * 32, &w0, sizeof w0);
-          std::memcpy(dst + b * 32 + 16, &w1, sizeof w1);
+          store16(dst + b * 32, w0);
+          store16(dst + b * 32 + 16, w1);
         }
         panel[c] = dst;
       }

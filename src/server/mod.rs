@@ -41,7 +41,7 @@ use crate::engine::generate::GenerateOptions;
 use crate::engine::sampler::SamplerOptions;
 use crate::engine::scheduler::{Engine, EngineOptions, Event, Request as EngineRequest};
 use crate::harmony::Effort;
-use crate::model::{self, ComputeDtype, Config, GptOss};
+use crate::model::{self, Config, GptOss, LoadOptions};
 use crate::tokenizer::Tokenizer;
 
 #[derive(Debug, Clone)]
@@ -61,7 +61,7 @@ pub struct Options {
     pub max_body_bytes: usize,
     pub prefix_cache_bytes: usize,
     pub prefill_step: usize,
-    pub dtype: ComputeDtype,
+    pub load: LoadOptions,
     /// The policy of `/v1/moderations` requests that name none.
     pub policy: Option<Policy>,
     /// Reasoning effort when a request does not say.
@@ -251,10 +251,10 @@ async fn serve(model_arg: &str, dir: &Path, options: Options) -> anyhow::Result<
     let load_start = Instant::now();
     let (engine, (config, stop_tokens)) = {
         let dir = dir.to_path_buf();
-        let dtype = options.dtype;
+        let load = options.load;
         Engine::start(
             move || {
-                let model = GptOss::load(&dir, dtype)?;
+                let model = GptOss::load(&dir, load)?;
                 let stops = model::stop_tokens(&dir, &model.config)?;
                 let config = model.config.clone();
                 Ok((model, (config, stops)))
