@@ -79,7 +79,9 @@ fn build_kernels(include: &Path) {
             .include(include)
             .flag_if_supported("-Wno-unused-parameter")
             // 64-byte vectors cross only internal functions, never an ABI.
-            .flag_if_supported("-Wno-psabi");
+            .flag_if_supported("-Wno-psabi")
+            // GCC 12's own AVX-512 headers trip it (their `__Y = __Y` idiom).
+            .flag_if_supported("-Wno-maybe-uninitialized");
     };
     let mut glue = cxx_build::bridge("src/kernels/ffi.rs");
     base(&mut glue);
@@ -97,6 +99,7 @@ fn build_kernels(include: &Path) {
             &[
                 "-mavx512f",
                 "-mavx512bw",
+                "-mavx512vnni",
                 "-mavx512vl",
                 "-mavx2",
                 "-mfma",

@@ -10,7 +10,7 @@
 mod common;
 
 use common::*;
-use safeguard_mlx::kernels;
+use safeguard_mlx::kernels::{self, Precision};
 use safeguard_mlx::mlx::{Array, Dtype, QuantMode, QuantSpec, Quantized};
 
 const EXACT: f64 = 1e-5;
@@ -129,7 +129,7 @@ fn dense_matmul_equals_mlx_and_numpy_for_every_format_and_row_count() {
                 "{:?} bits {} group {} rows {rows}",
                 spec.mode, spec.bits, spec.group_size
             );
-            let ours = kernels::quantized_matmul(&x, &q, None).unwrap();
+            let ours = kernels::quantized_matmul(&x, &q, Precision::Exact, None).unwrap();
             assert_scaled_close(&label, &ours, &q.matmul(&x, true).unwrap());
             if rows == 3 || rows == 64 {
                 let mut inputs = numpy_inputs(&q);
@@ -151,7 +151,7 @@ fn leading_axes_are_kept() {
     let spec = specs()[0];
     let q = quantized(&[16, 64], spec, 3);
     let (x, _) = rand_array(&[2, 5, 64], 4);
-    let ours = kernels::quantized_matmul(&x, &q, None).unwrap();
+    let ours = kernels::quantized_matmul(&x, &q, Precision::Exact, None).unwrap();
     assert_eq!(ours.shape(), vec![2, 5, 16]);
     assert_scaled_close("[2, 5, 64]", &ours, &q.matmul(&x, true).unwrap());
 }
@@ -173,7 +173,7 @@ fn gathered_experts_equal_gather_qmm_with_repeated_unsorted_indices() {
             &[5, 0, 3, 3, 1, 5, 0, 2, 4, 1, 5, 2, 4, 4, 0, 2, 3, 1],
             &[2, 3, 3],
         );
-        let ours = kernels::gather_matmul(&x, &q, &idx, None).unwrap();
+        let ours = kernels::gather_matmul(&x, &q, &idx, Precision::Exact, None).unwrap();
         let theirs = q.gather_matmul(&x, None, Some(&idx), true, false).unwrap();
         assert_eq!(ours.shape(), vec![2, 3, 3, 1, n], "{label}");
         assert_scaled_close(&format!("{label} decode"), &ours, &theirs);
@@ -182,14 +182,14 @@ fn gathered_experts_equal_gather_qmm_with_repeated_unsorted_indices() {
         let order = [0u32, 0, 0, 1, 2, 2, 4, 5, 5, 5, 5];
         let (x, _) = rand_array(&[order.len() as i32, 1, k], 400 + i as u64);
         let idx = indices(&order, &[order.len() as i32]);
-        let ours = kernels::gather_matmul(&x, &q, &idx, None).unwrap();
+        let ours = kernels::gather_matmul(&x, &q, &idx, Precision::Exact, None).unwrap();
         let theirs = q.gather_matmul(&x, None, Some(&idx), true, true).unwrap();
         assert_scaled_close(&format!("{label} sorted"), &ours, &theirs);
 
         // Several rows per pair (M > 1).
         let (x, _) = rand_array(&[3, 4, k], 500 + i as u64);
         let idx = indices(&[2, 2, 0], &[3]);
-        let ours = kernels::gather_matmul(&x, &q, &idx, None).unwrap();
+        let ours = kernels::gather_matmul(&x, &q, &idx, Precision::Exact, None).unwrap();
         let theirs = q.gather_matmul(&x, None, Some(&idx), true, false).unwrap();
         assert_eq!(ours.shape(), vec![3, 4, n]);
         assert_scaled_close(&format!("{label} M=4"), &ours, &theirs);
@@ -203,7 +203,7 @@ fn gathered_experts_equal_numpy() {
     let q = quantized(&[experts, n, k], spec, 11);
     let (x, xd) = rand_array(&[5, 1, k], 12);
     let order = [3u32, 1, 3, 0, 2];
-    let ours = kernels::gather_matmul(&x, &q, &indices(&order, &[5]), None).unwrap();
+    let ours = kernels::gather_matmul(&x, &q, &indices(&order, &[5]), Precision::Exact, None).unwrap();
     let mut inputs = numpy_inputs(&q);
     inputs.push(f32_input("x", &xd, &[5, 1, k]));
     inputs.push(input("idx", &order, &[5], "int64"));
@@ -231,8 +231,8 @@ fn every_instruction_set_agrees_with_the_portable_path() {
             let idx = indices(&[2, 0], &[2]);
             let x3 = x.reshape(&[1, rows, 256]).unwrap();
             let run = |isa: &str| {
-                let dense = kernels::quantized_matmul(&x, &first(&q), Some(isa)).unwrap();
-                let gathered = kernels::gather_matmul(&x3, &q, &idx, Some(isa)).unwrap();
+                let dense = kernels::quantized_matmul(&x, &first(&q), Precision::Exact, Some(isa)).unwrap();
+                let gathered = kernels::gather_matmul(&x3, &q, &idx, Precision::Exact, Some(isa)).unwrap();
                 (dense.to_vec::<f32>().unwrap(), gathered.to_vec::<f32>().unwrap())
             };
             let portable = run("generic");
@@ -290,7 +290,7 @@ fn unsupported_inputs_are_errors_naming_the_problem() {
 
     let q = quantized(&[8, 64], spec(4, 32), 1);
     let (x, _) = rand_array(&[2, 64], 2);
-    let message = kernels::quantized_matmul(&x.astype(Dtype::Bfloat16).unwrap(), &q, None)
+    let message = kernels::quantized_matmul(&x.astype(Dtype::Bfloat16).unwrap(), &q, Precision::Exact, None)
         .unwrap_err()
         .to_string();
     assert!(
@@ -298,11 +298,11 @@ fn unsupported_inputs_are_errors_naming_the_problem() {
         "{message}"
     );
     let (wrong_k, _) = rand_array(&[2, 96], 2);
-    let message = kernels::quantized_matmul(&wrong_k, &q, None)
+    let message = kernels::quantized_matmul(&wrong_k, &q, Precision::Exact, None)
         .unwrap_err()
         .to_string();
     assert!(message.contains("96"), "{message}");
-    let message = kernels::quantized_matmul(&x, &q, Some("sse9"))
+    let message = kernels::quantized_matmul(&x, &q, Precision::Exact, Some("sse9"))
         .unwrap_err()
         .to_string();
     assert!(message.contains("sse9"), "{message}");
@@ -310,7 +310,114 @@ fn unsupported_inputs_are_errors_naming_the_problem() {
     // An expert index past the last expert fails the evaluation, not the process.
     let experts = quantized(&[2, 8, 64], spec(4, 32), 5);
     let (x, _) = rand_array(&[1, 1, 64], 6);
-    let y = kernels::gather_matmul(&x, &experts, &indices(&[7], &[1]), None).unwrap();
+    let y = kernels::gather_matmul(&x, &experts, &indices(&[7], &[1]), Precision::Exact, None).unwrap();
     let message = y.to_vec::<f32>().unwrap_err().to_string();
     assert!(message.contains("expert 7 of 2"), "{message}");
+}
+
+/// numpy: the exact product and the int8 rounding bound of the fast path,
+/// stacked. Each input block of 32 is coded with step d = max|x| / 127, so an
+/// input is off by at most d / 2, and the product by Σ_blocks d / 2 · Σ |w|.
+fn exact_and_fast_bound(spec: QuantSpec, q: &Quantized, xd: &[f32], rows: i32, k: i32) -> (Vec<f64>, Vec<f64>) {
+    let mut inputs = numpy_inputs(q);
+    inputs.push(f32_input("x", xd, &[rows, k]));
+    let reference = numpy1(
+        &format!(
+            "{DEQUANT}\nW = {}\nx = x.astype(np.float64)\n\
+             d = np.abs(x.reshape(x.shape[0], -1, 32)).max(-1) / 127\n\
+             wabs = np.abs(W).reshape(W.shape[0], -1, 32).sum(-1)\n\
+             out = np.stack([x @ W.T, (d / 2) @ wabs.T])",
+            dequant_call(spec)
+        ),
+        &inputs,
+    );
+    let half = reference.data.len() / 2;
+    (reference.data[..half].to_vec(), reference.data[half..].to_vec())
+}
+
+#[test]
+fn fast_products_stay_within_the_int8_rounding_bound() {
+    let (n, k) = (37, 256);
+    for (i, spec) in specs().into_iter().enumerate() {
+        let q = quantized(&[n, k], spec, 800 + i as u64);
+        for rows in [1, 3, 8, 64, 300] {
+            let (x, xd) = rand_array(&[rows, k], 900 + rows as u64 + i as u64);
+            let label = format!("{:?} bits {} group {} rows {rows}", spec.mode, spec.bits, spec.group_size);
+            let ours = values(&kernels::quantized_matmul(&x, &q, Precision::Fast, None).unwrap());
+            let (exact, bound) = exact_and_fast_bound(spec, &q, &xd, rows, k);
+            let scale = exact.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            let mut differs = false;
+            for (j, ((o, e), b)) in ours.iter().zip(&exact).zip(&bound).enumerate() {
+                assert!(
+                    (o - e).abs() <= b + EXACT * scale,
+                    "{label}: element {j} is {o}, exact {e}, bound {b}"
+                );
+                differs |= (o - e).abs() > EXACT * scale;
+            }
+            assert!(differs, "{label}: int8 inputs should not reproduce float32 results exactly");
+        }
+    }
+}
+
+#[test]
+fn fast_gathered_experts_match_fast_dense_per_expert() {
+    let (experts, n, k) = (5, 19, 128);
+    for (i, spec) in specs().into_iter().enumerate() {
+        let q = quantized(&[experts, n, k], spec, 1000 + i as u64);
+        let order = [4u32, 1, 4, 0, 3, 3];
+        let (x, _) = rand_array(&[order.len() as i32, 1, k], 1100 + i as u64);
+        let gathered = kernels::gather_matmul(&x, &q, &indices(&order, &[6]), Precision::Fast, None)
+            .unwrap()
+            .to_vec::<f32>()
+            .unwrap();
+        for (p, &e) in order.iter().enumerate() {
+            let take = |a: &Array| a.slice_axis(0, e as i32, e as i32 + 1).unwrap().squeeze(0).unwrap();
+            let expert = Quantized {
+                weight: take(&q.weight),
+                scales: take(&q.scales),
+                biases: q.biases.as_ref().map(take),
+                spec,
+            };
+            let row = x.slice_axis(0, p as i32, p as i32 + 1).unwrap().reshape(&[1, k]).unwrap();
+            let dense = kernels::quantized_matmul(&row, &expert, Precision::Fast, None)
+                .unwrap()
+                .to_vec::<f32>()
+                .unwrap();
+            let same = dense.iter().zip(&gathered[p * n as usize..(p + 1) * n as usize]).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{spec:?}: pair {p} (expert {e}) differs from the dense product");
+        }
+    }
+}
+
+#[test]
+fn fast_instruction_sets_agree_bit_for_bit() {
+    let isas = kernels::instruction_sets();
+    for (i, spec) in specs().into_iter().enumerate() {
+        let q = quantized(&[45, 256], spec, 1200 + i as u64);
+        for rows in [1, 5, 40] {
+            let (x, _) = rand_array(&[rows, 256], 1300 + rows as u64);
+            let run = |isa: &str| {
+                kernels::quantized_matmul(&x, &q, Precision::Fast, Some(isa))
+                    .unwrap()
+                    .to_vec::<f32>()
+                    .unwrap()
+            };
+            let portable = run("generic");
+            for isa in &isas[..isas.len() - 1] {
+                let got = run(isa);
+                // Integer dot products are exact everywhere; the float steps
+                // after them fuse or not with the instruction set.
+                let err = scaled_error(&to_f64(&got), &to_f64(&portable));
+                assert!(err <= 1e-6, "{isa} vs generic: {err:e} ({spec:?}, rows {rows})");
+                if isa != &isas[0] {
+                    let first = run(&isas[0]);
+                    assert!(
+                        got.iter().zip(&first).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{isa} differs from {} ({spec:?}, rows {rows})",
+                        isas[0]
+                    );
+                }
+            }
+        }
+    }
 }

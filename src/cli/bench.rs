@@ -9,6 +9,7 @@ use serde_json::json;
 use super::UsageError;
 use crate::bench::{self, BenchOptions, ModelResult};
 use crate::harmony::Effort;
+use crate::kernels;
 use crate::mlx;
 
 /// Benchmark models: sizes, prefill/decode tok/s, time to first token, peak memory.
@@ -114,6 +115,7 @@ pub fn run(args: Args) -> Result<()> {
                 "mlx_version": mlx::version(),
                 "memory_bandwidth_bytes_per_sec": bandwidth,
                 "bandwidth_method": "Rust memcpy of a 256 MiB buffer, best of 5, read + write bytes",
+                "quantized_matmuls": kernels::describe(options.load.cpu_kernels),
             },
             "settings": {
                 "gen_tokens": options.gen_tokens,
@@ -142,10 +144,11 @@ fn print_table(
 ) -> Result<()> {
     writeln!(
         out,
-        "machine: {} (MLX {}); memory bandwidth {:.1} GB/s (Rust memcpy, 256 MiB, read+write)",
+        "machine: {} (MLX {}); memory bandwidth {:.1} GB/s (Rust memcpy, 256 MiB, read+write); quantized matmuls: {}",
         mlx::default_device(),
         mlx::version(),
-        bandwidth / 1e9
+        bandwidth / 1e9,
+        kernels::describe(options.load.cpu_kernels)
     )?;
     writeln!(
         out,

@@ -46,8 +46,9 @@ pub struct EngineArgs {
     /// Prompt tokens per prefill step.
     #[arg(long, default_value_t = 2048)]
     prefill_step: usize,
-    /// Quantized matmuls on the CPU: exact (ours, float32, equal to MLX's to
-    /// rounding) or mlx (MLX's own kernels, for comparison).
+    /// Quantized matmuls on the CPU: exact (ours, float32 activations, equal to
+    /// MLX's to rounding), fast (ours, int8 activations as llama.cpp) or mlx
+    /// (MLX's own kernels, for comparison).
     #[arg(long, env = "SAFEGUARD_CPU_KERNELS", default_value = "exact", value_parser = clap::builder::ValueParser::new(str::parse::<CpuKernels>))]
     cpu_kernels: CpuKernels,
 }

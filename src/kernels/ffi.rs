@@ -18,6 +18,7 @@ pub(crate) mod bridge {
             group_size: i32,
             bits: i32,
             mode: &str,
+            fast: bool,
             isa: &str,
         ) -> Result<UniquePtr<Array>>;
         fn gather_matmul(
@@ -30,6 +31,7 @@ pub(crate) mod bridge {
             group_size: i32,
             bits: i32,
             mode: &str,
+            fast: bool,
             isa: &str,
         ) -> Result<UniquePtr<Array>>;
         fn support_error(mode: &str, bits: i32, group_size: i32, in_dims: i32) -> String;

@@ -22,12 +22,23 @@ use std::str::FromStr;
 use crate::mlx::{Array, Dtype, Error, QuantSpec, Quantized, Result};
 use ffi::bridge;
 
+/// How our kernels take activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// float32: equal to MLX's kernels to float32 rounding.
+    Exact,
+    /// int8 per block of 32 (scale = max|x| / 127) and integer dot products,
+    /// as llama.cpp: each product is off by at most half a code step per
+    /// input times the weight, Σ_blocks d_b / 2 · Σ_i |w_i|.
+    Fast,
+}
+
 /// Which kernels quantized matmuls use on the CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CpuKernels {
-    /// Ours, float32 activations: equal to MLX's kernels to float32 rounding.
     #[default]
     Exact,
+    Fast,
     /// MLX's own `quantized_matmul` / `gather_qmm`, for comparison.
     Mlx,
 }
@@ -36,7 +47,17 @@ impl CpuKernels {
     pub fn as_str(self) -> &'static str {
         match self {
             CpuKernels::Exact => "exact",
+            CpuKernels::Fast => "fast",
             CpuKernels::Mlx => "mlx",
+        }
+    }
+
+    /// Our kernels' precision, or `None` for MLX's kernels.
+    pub fn precision(self) -> Option<Precision> {
+        match self {
+            CpuKernels::Exact => Some(Precision::Exact),
+            CpuKernels::Fast => Some(Precision::Fast),
+            CpuKernels::Mlx => None,
         }
     }
 }
@@ -53,9 +74,20 @@ impl FromStr for CpuKernels {
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         match s {
             "exact" => Ok(CpuKernels::Exact),
+            "fast" => Ok(CpuKernels::Fast),
             "mlx" => Ok(CpuKernels::Mlx),
-            other => Err(format!("unknown CPU kernels {other:?} (expected exact or mlx)")),
+            other => Err(format!("unknown CPU kernels {other:?} (expected exact, fast or mlx)")),
         }
+    }
+}
+
+/// Who computes quantized matmuls under `choice` on the current device, for
+/// reports: e.g. "ours (exact, avx512, 2 threads)" or "MLX's".
+pub fn describe(choice: CpuKernels) -> String {
+    if choice.precision().is_none() || crate::mlx::default_device().is_gpu() {
+        "MLX's".to_string()
+    } else {
+        format!("ours ({choice}, {}, {} threads)", default_instruction_set(), threads())
     }
 }
 
@@ -93,7 +125,7 @@ fn mlx_error(op: &'static str) -> impl FnOnce(cxx::Exception) -> Error {
 
 /// `x [.., in] @ W.T` → `[.., out]` for `W [out, in]`, on instruction set
 /// `isa` (`None`: the fastest available).
-pub fn quantized_matmul(x: &Array, w: &Quantized, isa: Option<&str>) -> Result<Array> {
+pub fn quantized_matmul(x: &Array, w: &Quantized, precision: Precision, isa: Option<&str>) -> Result<Array> {
     bridge::quantized_matmul(
         x.raw(),
         w.weight.raw(),
@@ -102,6 +134,7 @@ pub fn quantized_matmul(x: &Array, w: &Quantized, isa: Option<&str>) -> Result<A
         w.spec.group_size,
         w.spec.bits,
         w.spec.mode.as_str(),
+        precision == Precision::Fast,
         isa.unwrap_or(""),
     )
     .map_err(mlx_error("quantized matmul (CPU kernels)"))
@@ -112,7 +145,13 @@ pub fn quantized_matmul(x: &Array, w: &Quantized, isa: Option<&str>) -> Result<A
 /// entry of `indices` choosing the expert for the matching entry of `x`'s
 /// leading axes (broadcast together, as MLX's `gather_qmm` with
 /// `rhs_indices`) → `[broadcast(..), M, out]`.
-pub fn gather_matmul(x: &Array, w: &Quantized, indices: &Array, isa: Option<&str>) -> Result<Array> {
+pub fn gather_matmul(
+    x: &Array,
+    w: &Quantized,
+    indices: &Array,
+    precision: Precision,
+    isa: Option<&str>,
+) -> Result<Array> {
     let x_shape = x.shape();
     if x_shape.len() < 2 {
         return Err(Error::Invalid {
@@ -139,6 +178,7 @@ pub fn gather_matmul(x: &Array, w: &Quantized, indices: &Array, isa: Option<&str
         w.spec.group_size,
         w.spec.bits,
         w.spec.mode.as_str(),
+        precision == Precision::Fast,
         isa.unwrap_or(""),
     )
     .map_err(mlx_error("gathered quantized matmul (CPU kernels)"))

@@ -24,9 +24,11 @@ Format format_of(std::string_view mode, int bits) {
 
 class QuantizedMatmulCpu : public mx::UnaryPrimitive {
  public:
-  QuantizedMatmulCpu(mx::Stream stream, Format format, int group_size, bool gathered, std::string isa)
+  QuantizedMatmulCpu(mx::Stream stream, Format format, Precision precision, int group_size, bool gathered,
+                     std::string isa)
       : mx::UnaryPrimitive(stream),
         format_(format),
+        precision_(precision),
         group_size_(group_size),
         gathered_(gathered),
         isa_(std::move(isa)) {}
@@ -42,12 +44,14 @@ class QuantizedMatmulCpu : public mx::UnaryPrimitive {
     }
     encoder.set_output_array(out);
     encoder.dispatch([held = std::move(held), out = mx::array::unsafe_weak_copy(out), format = format_,
-                      group_size = group_size_, gathered = gathered_, isa = isa_]() mutable {
+                      precision = precision_, group_size = group_size_, gathered = gathered_,
+                      isa = isa_]() mutable {
       const bool affine = format != Format::Mxfp4;
       const mx::array& x = held[0];
       const mx::array& w = held[1];
       Problem p{};
       p.format = format;
+      p.precision = precision;
       p.group_size = group_size;
       p.in_dims = x.shape(-1);
       p.out_dims = out.shape(-1);
@@ -100,16 +104,19 @@ class QuantizedMatmulCpu : public mx::UnaryPrimitive {
 
   bool is_equivalent(const mx::Primitive& other) const override {
     auto* o = dynamic_cast<const QuantizedMatmulCpu*>(&other);
-    return o && o->format_ == format_ && o->group_size_ == group_size_ && o->gathered_ == gathered_ &&
+    return o && o->format_ == format_ && o->precision_ == precision_ && o->group_size_ == group_size_ && o->gathered_ == gathered_ &&
            o->isa_ == isa_;
   }
 
  private:
   Format format_;
+  Precision precision_;
   int group_size_;
   bool gathered_;
   std::string isa_;
 };
+
+Precision precision_of(bool fast) { return fast ? Precision::Fast : Precision::Exact; }
 
 std::string checked_isa(rust::Str isa) {
   std::string name(isa);
@@ -158,7 +165,7 @@ void check_input(const Array& x) {
 }  // namespace
 
 ArrayPtr quantized_matmul(const Array& x, const Array& w, const Array& scales, std::unique_ptr<Array> biases,
-                          int32_t group_size, int32_t bits, rust::Str mode, rust::Str isa) {
+                          int32_t group_size, int32_t bits, rust::Str mode, bool fast, rust::Str isa) {
   const Format format = format_of(std::string_view(mode.data(), mode.size()), bits);
   check_input(x);
   if (w.ndim() != 2) throw std::invalid_argument("the quantized matrix must be 2-d [out, in]");
@@ -169,13 +176,13 @@ ArrayPtr quantized_matmul(const Array& x, const Array& w, const Array& scales, s
   shape.back() = w.shape(0);
   auto stream = mx::default_stream(mx::Device::cpu);
   return std::make_unique<Array>(
-      shape, mx::float32, std::make_shared<QuantizedMatmulCpu>(stream, format, group_size, false, checked_isa(isa)),
+      shape, mx::float32, std::make_shared<QuantizedMatmulCpu>(stream, format, precision_of(fast), group_size, false, checked_isa(isa)),
       std::move(inputs));
 }
 
 ArrayPtr gather_matmul(const Array& x, const Array& w, const Array& scales, std::unique_ptr<Array> biases,
                        const Array& lhs, const Array& rhs, int32_t group_size, int32_t bits, rust::Str mode,
-                       rust::Str isa) {
+                       bool fast, rust::Str isa) {
   const Format format = format_of(std::string_view(mode.data(), mode.size()), bits);
   check_input(x);
   if (x.ndim() != 3) throw std::invalid_argument("gathered inputs must be [batches, rows, in]");
@@ -190,7 +197,7 @@ ArrayPtr gather_matmul(const Array& x, const Array& w, const Array& scales, std:
   mx::Shape shape{lhs.shape(0), x.shape(1), w.shape(1)};
   auto stream = mx::default_stream(mx::Device::cpu);
   return std::make_unique<Array>(
-      shape, mx::float32, std::make_shared<QuantizedMatmulCpu>(stream, format, group_size, true, checked_isa(isa)),
+      shape, mx::float32, std::make_shared<QuantizedMatmulCpu>(stream, format, precision_of(fast), group_size, true, checked_isa(isa)),
       std::move(inputs));
 }
 

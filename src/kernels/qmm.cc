@@ -1,6 +1,7 @@
 #include "qmm.h"
 
 #include <algorithm>
+#include <cmath>
 #include <stdexcept>
 
 #include "pool.h"
@@ -31,7 +32,31 @@ std::vector<float> prepare_inputs(const Problem& p, size_t x_rows) {
   return prepared;
 }
 
-using TileFn = void (*)(const Problem&, uint32_t, const RowJob*, size_t, int, int, const float*);
+// Each block of 32 inputs as int8 codes with one factor: code = round(x / d),
+// d = max|x| / 127. The same as llama.cpp's Q8_0 activations.
+void quantize_inputs(const float* x, size_t rows, size_t k, std::vector<int8_t>& q, std::vector<float>& scale,
+                     std::vector<int32_t>& sum) {
+  const size_t blocks = k / 32;
+  q.resize(rows * k);
+  scale.resize(rows * blocks);
+  sum.resize(rows * blocks);
+  for (size_t b = 0; b < rows * blocks; ++b) {
+    const float* src = x + b * 32;
+    float amax = 0.0f;
+    for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(src[i]));
+    const float d = amax / 127.0f, inverse = d > 0.0f ? 1.0f / d : 0.0f;
+    int32_t total = 0;
+    for (int i = 0; i < 32; ++i) {
+      const int32_t code = std::clamp(int32_t(std::nearbyint(src[i] * inverse)), -127, 127);
+      q[b * 32 + i] = int8_t(code);
+      total += code;
+    }
+    scale[b] = d;
+    sum[b] = total;
+  }
+}
+
+using TileFn = void (*)(const Problem&, uint32_t, const RowJob*, size_t, int, int, const Inputs&);
 
 TileFn tile_for(const std::string& isa) {
 #if defined(__x86_64__)
@@ -57,7 +82,9 @@ std::vector<std::string> available_isas() {
   std::vector<std::string> isas;
 #if defined(__x86_64__)
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) isas.push_back("avx512");
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni"))
+    isas.push_back("avx512");
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) isas.push_back("avx2");
 #endif
   isas.push_back("generic");
@@ -75,10 +102,18 @@ void run(const Problem& p, const std::vector<ExpertJob>& jobs, const std::string
   for (const auto& job : jobs)
     for (const auto& row : job.rows) x_rows = std::max<size_t>(x_rows, row.x_row + 1);
   std::vector<float> prepared;
-  const float* x = p.x;
+  Inputs in;
+  in.x = p.x;
   if (is_4bit(p.format)) {
     prepared = prepare_inputs(p, x_rows);
-    x = prepared.data();
+    in.x = prepared.data();
+  }
+  std::vector<int8_t> codes;
+  std::vector<float> scales;
+  std::vector<int32_t> sums;
+  if (p.precision == Precision::Fast) {
+    quantize_inputs(in.x, x_rows, p.in_dims, codes, scales, sums);
+    in = Inputs{nullptr, codes.data(), scales.data(), sums.data()};
   }
   // Tasks are (job, slice of weight rows). Enough slices to keep every thread
   // busy, each a multiple of 4 rows; wider when many input rows share them, so
@@ -93,7 +128,7 @@ void run(const Problem& p, const std::vector<ExpertJob>& jobs, const std::string
     const ExpertJob& job = jobs[task / slices];
     const int n_begin = int((task % slices) * slice);
     const int n_end = std::min<int>(p.out_dims, n_begin + int(slice));
-    tile(p, job.expert, job.rows.data(), job.rows.size(), n_begin, n_end, x);
+    tile(p, job.expert, job.rows.data(), job.rows.size(), n_begin, n_end, in);
   });
 }
 

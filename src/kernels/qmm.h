@@ -25,8 +25,22 @@ struct ExpertJob {
   std::vector<RowJob> rows;
 };
 
+// How activations enter the products: as float32 (equal to MLX's kernels to
+// rounding), or quantized to int8 per block of 32 with integer dot products
+// (as llama.cpp does; faster, within the int8 rounding bound).
+enum class Precision { Exact, Fast };
+
+// The input rows as the kernels read them, prepared once per call.
+struct Inputs {
+  const float* x = nullptr;      // exact: [x_rows, K] floats
+  const int8_t* q = nullptr;     // fast: [x_rows, K] int8 codes
+  const float* scale = nullptr;  // fast: [x_rows, K / 32] code → value factors
+  const int32_t* sum = nullptr;  // fast: [x_rows, K / 32] sums of the codes
+};
+
 struct Problem {
   Format format;
+  Precision precision;
   int group_size;       // 32 for mxfp4; 32, 64 or 128 for affine
   int in_dims;          // K
   int out_dims;         // N
@@ -41,7 +55,8 @@ struct Problem {
 // Why `problem` cannot run here, or empty when it can.
 std::string unsupported(Format format, int group_size, int in_dims);
 
-// The instruction set each entry point uses: "avx512", "avx2", "generic".
+// The instruction set each entry point uses: "avx512" (with VNNI), "avx2"
+// (with FMA), "generic".
 // `generic` is portable C++ (NEON on arm64 by the compiler) and the reference
 // the others equal bit for bit.
 std::vector<std::string> available_isas();
@@ -53,15 +68,15 @@ void run(const Problem& problem, const std::vector<ExpertJob>& jobs, const std::
 // Per-ISA entry points (qmm_isa.cc, compiled once per instruction set).
 namespace generic {
 void run_tile(const Problem& p, uint32_t expert, const RowJob* rows, size_t row_count, int n_begin, int n_end,
-              const float* x_prepared);
+              const Inputs& in);
 }
 namespace avx2 {
 void run_tile(const Problem& p, uint32_t expert, const RowJob* rows, size_t row_count, int n_begin, int n_end,
-              const float* x_prepared);
+              const Inputs& in);
 }
 namespace avx512 {
 void run_tile(const Problem& p, uint32_t expert, const RowJob* rows, size_t row_count, int n_begin, int n_end,
-              const float* x_prepared);
+              const Inputs& in);
 }
 
 }  // namespace safeguard_kernels

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <cstring>
 #include <new>
 #include <utility>
@@ -133,13 +134,127 @@ constexpr int kPrefetchBlocks = 16;
 // integers, so a byte-table lookup (pshufb, tbl) decodes 16 codes at once.
 const v16i8 kE2m1Doubled = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
 
-// Half of the E8M0 scale 2^(e - 127), to undo the doubling: exact, as both
-// factors are powers of two. Built from its bits (e ≤ 1 gives subnormals).
-inline float e8m0_half(uint8_t e) {
-  uint32_t bits = e >= 2 ? uint32_t(e - 1) << 23 : 0x00200000u << e;
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
+// Half of each E8M0 scale 2^(e - 127), to undo the doubling: exact, as both
+// factors are powers of two. A table, as the subnormal cases (e ≤ 1) would
+// otherwise put a branch in the inner loop.
+constexpr std::array<float, 256> kE8m0Half = [] {
+  std::array<float, 256> table{};
+  for (int e = 0; e < 256; ++e) {
+    const uint32_t bits = e >= 2 ? uint32_t(e - 1) << 23 : 0x00200000u << e;
+    table[e] = std::bit_cast<float>(bits);
+  }
+  return table;
+}();
+
+inline float e8m0_half(uint8_t e) { return kE8m0Half[e]; }
+
+// ---- Fast precision: int8 codes and integer dot products ----
+//
+// A block's 32 weights become 32 bytes in the order the prepared inputs use,
+// and its dot product with 32 int8 input codes lands in 8 int32 lanes, lane j
+// holding bytes 4j..4j+3. Integer sums are exact, so every instruction set
+// gets the same lanes; the float part is the same fixed sequence after them.
+
+typedef int32_t v8i __attribute__((vector_size(32)));
+typedef float v8f __attribute__((vector_size(32)));
+
+#if defined(__AVX2__)
+typedef __m256i Bytes32;
+
+inline Bytes32 load32(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+
+// 16 packed bytes → [16 low nibbles | 16 high nibbles].
+inline Bytes32 nibbles(const uint8_t* p) {
+  const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  const __m128i mask = _mm_set1_epi8(15);
+  return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(packed, 4), mask), _mm_and_si128(packed, mask));
+}
+
+inline Bytes32 e2m1_doubled(Bytes32 codes) {
+  const __m256i table = _mm256_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12, 0, 1, 2, 3, 4,
+                                         6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12);
+  return _mm256_shuffle_epi8(table, codes);
+}
+
+inline Bytes32 minus_128(Bytes32 bytes) { return _mm256_xor_si256(bytes, _mm256_set1_epi8(char(0x80))); }
+
+// Signed weights (|w| ≤ 128) times signed codes (|x| ≤ 127): |w| against x
+// carrying w's sign, as the unsigned-by-signed instructions want.
+inline v8i dot_signed(Bytes32 w, Bytes32 x) {
+  const __m256i magnitude = _mm256_sign_epi8(w, w), signed_x = _mm256_sign_epi8(x, w);
+#if defined(QMM_WIDE)
+  return (v8i)_mm256_dpbusd_epi32(_mm256_setzero_si256(), magnitude, signed_x);
+#else
+  // Pairs stay within int16: 2 · 128 · 127 < 32768.
+  return (v8i)_mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, signed_x), _mm256_set1_epi16(1));
+#endif
+}
+
+// Unsigned 4-bit weights times signed codes.
+inline v8i dot_unsigned(Bytes32 w, Bytes32 x) {
+#if defined(QMM_WIDE)
+  return (v8i)_mm256_dpbusd_epi32(_mm256_setzero_si256(), w, x);
+#else
+  return (v8i)_mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1));
+#endif
+}
+#else
+struct Bytes32 {
+  uint8_t v[32];
+};
+
+inline Bytes32 load32(const void* p) {
+  Bytes32 b;
+  std::memcpy(b.v, p, 32);
+  return b;
+}
+
+inline Bytes32 nibbles(const uint8_t* p) {
+  Bytes32 b;
+  for (int i = 0; i < 16; ++i) {
+    b.v[i] = p[i] & 15;
+    b.v[16 + i] = p[i] >> 4;
+  }
+  return b;
+}
+
+inline Bytes32 e2m1_doubled(Bytes32 codes) {
+  static const int8_t table[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+  for (auto& c : codes.v) c = uint8_t(table[c]);
+  return codes;
+}
+
+inline Bytes32 minus_128(Bytes32 bytes) {
+  for (auto& c : bytes.v) c ^= 0x80;
+  return bytes;
+}
+
+inline v8i dot_signed(Bytes32 w, Bytes32 x) {
+  v8i lanes{};
+  for (int i = 0; i < 32; ++i) lanes[i / 4] += int32_t(int8_t(w.v[i])) * int32_t(int8_t(x.v[i]));
+  return lanes;
+}
+
+inline v8i dot_unsigned(Bytes32 w, Bytes32 x) {
+  v8i lanes{};
+  for (int i = 0; i < 32; ++i) lanes[i / 4] += int32_t(w.v[i]) * int32_t(int8_t(x.v[i]));
+  return lanes;
+}
+#endif
+
+// One block of a weight row as bytes, with what turns their integer dot
+// product with input codes c (factor d, sum Σc) into the real one:
+// Σ w·x ≈ d · (factor · Σ bytes·c + offset · Σc).
+struct Block8 {
+  Bytes32 bytes;
+  float factor;
+  float offset;
+};
+
+inline float sum_lanes8(v8f v) {
+  float l[8];
+  std::memcpy(l, &v, sizeof l);
+  return ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
 }
 
 // The 32 weights of block `block` of one weight row, in the order the
@@ -168,6 +283,20 @@ struct RowReader {
   // the hardware prefetchers alone leave decode waiting on memory.
   inline void prefetch(int b) const {
     __builtin_prefetch(bytes + b * (p.format == Format::Affine8 ? 32 : 16));
+  }
+
+  inline Block8 block8(int b) const {
+    const int group = b >> group_shift;
+    switch (p.format) {
+      case Format::Mxfp4:
+        return {e2m1_doubled(nibbles(bytes + b * 16)), e8m0_half(e8m0[group]), 0.0f};
+      case Format::Affine4:
+        return {nibbles(bytes + b * 16), scales[group], biases[group]};
+      case Format::Affine8:
+      default:
+        // Codes q as signed q - 128: s·q + z = s·(q - 128) + (128·s + z).
+        return {minus_128(load32(bytes + b * 32)), scales[group], 128.0f * scales[group] + biases[group]};
+    }
   }
 
   inline void block(int b, Lanes& w0, Lanes& w1) const {
@@ -252,12 +381,62 @@ constexpr auto tile_table(std::integer_sequence<int, R...>) {
 // kTiles[rows - 1][cols - 1]: the tile function for a partial tile too.
 const auto kTiles = tile_table(std::make_integer_sequence<int, kMaxRows>{});
 
+// The fast tile: int8 input codes, weights decoded to bytes per block.
+template <int ROWS, int COLS>
+void tile_fast(int blocks, const Inputs& in, const size_t* x_rows, int k, const RowReader* readers,
+               float* const* out) {
+  const bool unsigned_weights = readers[0].p.format == Format::Affine4;
+  const bool offsets = readers[0].p.format != Format::Mxfp4;
+  v8f acc[ROWS][COLS];
+  float offset_acc[ROWS][COLS];
+  for (int r = 0; r < ROWS; ++r)
+    for (int c = 0; c < COLS; ++c) {
+      acc[r][c] = v8f{};
+      offset_acc[r][c] = 0.0f;
+    }
+  for (int b = 0; b < blocks; ++b) {
+    Block8 w[COLS];
+    for (int c = 0; c < COLS; ++c) {
+      readers[c].prefetch(b + kPrefetchBlocks);
+      w[c] = readers[c].block8(b);
+    }
+    for (int r = 0; r < ROWS; ++r) {
+      const size_t block = x_rows[r] * (k / 32) + b;
+      const Bytes32 x = load32(in.q + x_rows[r] * k + b * 32);
+      const float d = in.scale[block];
+      for (int c = 0; c < COLS; ++c) {
+        const v8i lanes = unsigned_weights ? dot_unsigned(w[c].bytes, x) : dot_signed(w[c].bytes, x);
+        acc[r][c] = __builtin_convertvector(lanes, v8f) * (v8f{} + d * w[c].factor) + acc[r][c];
+        if (offsets) offset_acc[r][c] = (d * w[c].offset) * float(in.sum[block]) + offset_acc[r][c];
+      }
+    }
+  }
+  for (int r = 0; r < ROWS; ++r)
+    for (int c = 0; c < COLS; ++c) out[r][c] = sum_lanes8(acc[r][c]) + offset_acc[r][c];
+}
+
+using FastTileFn = void (*)(int, const Inputs&, const size_t*, int, const RowReader*, float* const*);
+
+template <int R, int... C>
+constexpr auto fast_tile_row(std::integer_sequence<int, C...>) {
+  return std::array<FastTileFn, sizeof...(C)>{&tile_fast<R, C + 1>...};
+}
+
+template <int... R>
+constexpr auto fast_tile_table(std::integer_sequence<int, R...>) {
+  return std::array<std::array<FastTileFn, kMaxCols>, sizeof...(R)>{
+      fast_tile_row<R + 1>(std::make_integer_sequence<int, kMaxCols>{})...};
+}
+
+const auto kFastTiles = fast_tile_table(std::make_integer_sequence<int, kMaxRows>{});
+
 }  // namespace
 
 void run_tile(const Problem& p, uint32_t expert, const RowJob* rows, size_t row_count, int n_begin, int n_end,
-              const float* x_prepared) {
+              const Inputs& in) {
   const int blocks = p.in_dims / 32;
-  const bool use_panel = row_count >= kPanelRows;
+  const bool fast = p.precision == Precision::Fast;
+  const bool use_panel = !fast && row_count >= kPanelRows;
   std::vector<float> panel_buffer(use_panel ? size_t(kMaxCols) * p.in_dims : 0);
   for (int n0 = n_begin; n0 < n_end; n0 += kMaxCols) {
     const int cols = std::min(kMaxCols, n_end - n0);
@@ -281,13 +460,18 @@ void run_tile(const Problem& p, uint32_t expert, const RowJob* rows, size_t row_
     for (size_t r0 = 0; r0 < row_count; r0 += kMaxRows) {
       const int count = int(std::min<size_t>(kMaxRows, row_count - r0));
       const float* x[kMaxRows];
+      size_t x_rows[kMaxRows];
       float result[kMaxRows][kMaxCols];
       float* out[kMaxRows];
       for (int r = 0; r < count; ++r) {
-        x[r] = x_prepared + size_t(rows[r0 + r].x_row) * p.in_dims;
+        x_rows[r] = rows[r0 + r].x_row;
+        x[r] = fast ? nullptr : in.x + x_rows[r] * p.in_dims;
         out[r] = result[r];
       }
-      kTiles[count - 1][cols - 1](blocks, x, readers, use_panel ? panel : nullptr, out);
+      if (fast)
+        kFastTiles[count - 1][cols - 1](blocks, in, x_rows, p.in_dims, readers, out);
+      else
+        kTiles[count - 1][cols - 1](blocks, x, readers, use_panel ? panel : nullptr, out);
       for (int r = 0; r < count; ++r) {
         float* dst = p.out + size_t(rows[r0 + r].out_row) * p.out_dims + n0;
         for (int c = 0; c < cols; ++c) dst[c] = result[r][c];

@@ -184,7 +184,7 @@ impl Linear {
             (Matrix::Dense(w), None) => x.matmul(&w.transpose(&[1, 0])?)?,
             (Matrix::Quantized(q, kernel), bias) => {
                 let y = match kernel {
-                    QuantKernel::Cpu => kernels::quantized_matmul(x, q, None)?,
+                    QuantKernel::Cpu(precision) => kernels::quantized_matmul(x, q, *precision, None)?,
                     QuantKernel::Mlx => q.matmul(x, true)?,
                 };
                 match bias {
@@ -266,7 +266,9 @@ impl SwitchLinear {
     pub(crate) fn forward(&self, x: &Array, indices: &Array, sorted: bool) -> Result<Array> {
         let y = match &self.weight {
             Matrix::Dense(w) => x.gather_mm(&w.swapaxes(-1, -2)?, None, Some(indices), sorted)?,
-            Matrix::Quantized(q, QuantKernel::Cpu) => kernels::gather_matmul(x, q, indices, None)?,
+            Matrix::Quantized(q, QuantKernel::Cpu(precision)) => {
+                kernels::gather_matmul(x, q, indices, *precision, None)?
+            }
             Matrix::Quantized(q, QuantKernel::Mlx) => {
                 q.gather_matmul(x, None, Some(indices), true, sorted)?
             }

@@ -8,7 +8,7 @@ use std::str::FromStr;
 use serde::Deserialize;
 
 use super::{Error, Result};
-use crate::kernels::{self, CpuKernels};
+use crate::kernels::{self, CpuKernels, Precision};
 use crate::mlx::{self, Array, Dtype, QuantSpec};
 
 /// The dtype activations and floating weights are computed in.
@@ -72,7 +72,7 @@ impl From<ComputeDtype> for LoadOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum QuantKernel {
     Mlx,
-    Cpu,
+    Cpu(Precision),
 }
 
 struct Tensor {
@@ -146,14 +146,14 @@ impl Weights {
     /// quantization they support); MLX's own otherwise. A matrix the chosen
     /// kernels cannot compute falls back to MLX's with a warning naming it.
     pub(crate) fn quant_kernel(&self, tensor: &str, spec: QuantSpec, in_dims: i32) -> QuantKernel {
-        if self.cpu_kernels == CpuKernels::Mlx
-            || mlx::default_device().is_gpu()
-            || self.compute != Dtype::Float32
-        {
+        let Some(precision) = self.cpu_kernels.precision() else {
+            return QuantKernel::Mlx;
+        };
+        if mlx::default_device().is_gpu() || self.compute != Dtype::Float32 {
             return QuantKernel::Mlx;
         }
         match kernels::support(spec, in_dims) {
-            Ok(()) => QuantKernel::Cpu,
+            Ok(()) => QuantKernel::Cpu(precision),
             Err(why) => {
                 tracing::warn!(
                     "{tensor}: no {} CPU kernel ({why}); using MLX's",
