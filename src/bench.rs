@@ -23,8 +23,9 @@ use crate::engine::cache::{make_caches, LayerCache};
 use crate::engine::generate::{GenerateOptions, Generation};
 use crate::engine::sampler::SamplerOptions;
 use crate::harmony::Effort;
+use crate::kernels::CpuKernels;
 use crate::mlx::{self, Array};
-use crate::model::{Config, GptOss, LayerType, Stage};
+use crate::model::{Config, GptOss, LayerType, LoadOptions, Stage};
 use crate::tokenizer::Tokenizer;
 
 /// Sizes read off the safetensors headers and config.json, no tensor data.
@@ -278,6 +279,8 @@ pub struct ModelResult {
     pub classify: Option<ClassifyResult>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile: Option<Profile>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fidelity: Option<Fidelity>,
 }
 
 /// Where a forward's time goes (`--profile`).
@@ -308,6 +311,8 @@ pub struct BenchOptions {
     pub classify_batch_size: usize,
     /// Time the stages of a prefill and of decode steps.
     pub profile: bool,
+    /// Positions over which to compare fast with exact CPU kernels.
+    pub fidelity: Option<usize>,
 }
 
 /// Deterministic pseudo-random prompt ids below `vocab` (xorshift).
@@ -527,6 +532,15 @@ pub fn bench_model(
     } else {
         None
     };
+    let fidelity = match options.fidelity {
+        Some(positions) => {
+            progress(&format!(
+                "{name}: fast vs exact kernels over {positions} positions"
+            ));
+            Some(kernel_fidelity(dir, options.load, positions)?)
+        }
+        None => None,
+    };
     Ok(ModelResult {
         model: name.to_string(),
         path: dir.display().to_string(),
@@ -536,6 +550,7 @@ pub fn bench_model(
         contexts,
         classify,
         profile,
+        fidelity,
     })
 }
 
@@ -703,4 +718,48 @@ fn xml_escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+/// How far the `fast` CPU kernels (int8 activations) move a model's
+/// next-token distributions from the `exact` ones, over the positions of one
+/// synthetic prompt: reported, not assumed (`--fidelity`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Fidelity {
+    pub positions: usize,
+    /// Share of positions whose most likely token is the same.
+    pub top1_agreement: f64,
+    /// KL(exact ‖ fast) in nats, mean and worst over the positions.
+    pub mean_kl: f64,
+    pub max_kl: f64,
+}
+
+pub fn kernel_fidelity(dir: &Path, load: LoadOptions, positions: usize) -> Result<Fidelity> {
+    let log_probs = |cpu_kernels| -> Result<Array> {
+        let model = GptOss::load(dir, LoadOptions { cpu_kernels, ..load })?;
+        let prompt = synthetic_prompt(positions.max(1), model.config.vocab_size as u32, 17);
+        let tokens = Array::from_slice(&prompt, &[1, prompt.len() as i32])?;
+        let logits = model.forward(&tokens, &mut make_caches(&model))?;
+        let out = logits.reshape(&[prompt.len() as i32, -1])?.log_softmax(-1)?;
+        mlx::eval(&[&out])?;
+        Ok(out)
+    };
+    let exact = log_probs(CpuKernels::Exact)?;
+    let fast = log_probs(CpuKernels::Fast)?;
+    let kl = exact
+        .exp()?
+        .multiply(&exact.subtract(&fast)?)?
+        .sum(&[-1], false)?;
+    let top1 = |a: &Array| -> Result<Vec<u32>> { Ok(a.argmax(-1, false)?.to_vec::<u32>()?) };
+    let agree = top1(&exact)?
+        .iter()
+        .zip(top1(&fast)?)
+        .filter(|(a, b)| **a == *b)
+        .count();
+    let kl = kl.to_vec::<f32>()?;
+    Ok(Fidelity {
+        positions: kl.len(),
+        top1_agreement: agree as f64 / kl.len() as f64,
+        mean_kl: kl.iter().map(|&v| f64::from(v)).sum::<f64>() / kl.len() as f64,
+        max_kl: kl.iter().fold(0.0f64, |m, &v| m.max(f64::from(v))),
+    })
 }

@@ -49,6 +49,10 @@ pub struct Args {
     /// experts, head) at the first context, and the host's share of a decode step.
     #[arg(long)]
     profile: bool,
+    /// Also compare the fast CPU kernels' next-token distributions with the
+    /// exact ones over this many prompt positions (top-1 agreement, KL).
+    #[arg(long, value_name = "POSITIONS")]
+    fidelity: Option<usize>,
     /// Skip the warm-up run.
     #[arg(long)]
     no_warmup: bool,
@@ -79,6 +83,7 @@ pub fn run(args: Args) -> Result<()> {
         classify_effort: args.effort,
         classify_batch_size: args.batch_size as usize,
         profile: args.profile,
+        fidelity: args.fidelity,
     };
     if let Some((_, policy)) = &options.classify {
         crate::classify::policy::Policy::find(policy).map_err(|e| UsageError(e.into()))?;
@@ -218,6 +223,16 @@ fn print_table(
         }
         if let Some(p) = &r.profile {
             write_profile(out, p)?;
+        }
+        if let Some(f) = &r.fidelity {
+            writeln!(
+                out,
+                "  fast vs exact CPU kernels over {} positions: top-1 agreement {:.1}%, KL mean {:.2e} max {:.2e} nats",
+                f.positions,
+                f.top1_agreement * 100.0,
+                f.mean_kl,
+                f.max_kl
+            )?;
         }
     }
     writeln!(

@@ -76,7 +76,9 @@ impl FromStr for CpuKernels {
             "exact" => Ok(CpuKernels::Exact),
             "fast" => Ok(CpuKernels::Fast),
             "mlx" => Ok(CpuKernels::Mlx),
-            other => Err(format!("unknown CPU kernels {other:?} (expected exact, fast or mlx)")),
+            other => Err(format!(
+                "unknown CPU kernels {other:?} (expected exact, fast or mlx)"
+            )),
         }
     }
 }
@@ -87,7 +89,11 @@ pub fn describe(choice: CpuKernels) -> String {
     if choice.precision().is_none() || crate::mlx::default_device().is_gpu() {
         "MLX's".to_string()
     } else {
-        format!("ours ({choice}, {}, {} threads)", default_instruction_set(), threads())
+        format!(
+            "ours ({choice}, {}, {} threads)",
+            default_instruction_set(),
+            threads()
+        )
     }
 }
 
