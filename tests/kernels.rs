@@ -318,7 +318,13 @@ fn unsupported_inputs_are_errors_naming_the_problem() {
 /// numpy: the exact product and the int8 rounding bound of the fast path,
 /// stacked. Each input block of 32 is coded with step d = max|x| / 127, so an
 /// input is off by at most d / 2, and the product by Σ_blocks d / 2 · Σ |w|.
-fn exact_and_fast_bound(spec: QuantSpec, q: &Quantized, xd: &[f32], rows: i32, k: i32) -> (Vec<f64>, Vec<f64>) {
+fn exact_and_fast_bound(
+    spec: QuantSpec,
+    q: &Quantized,
+    xd: &[f32],
+    rows: i32,
+    k: i32,
+) -> (Vec<f64>, Vec<f64>) {
     let mut inputs = numpy_inputs(q);
     inputs.push(f32_input("x", xd, &[rows, k]));
     let reference = numpy1(
@@ -342,7 +348,10 @@ fn fast_products_stay_within_the_int8_rounding_bound() {
         let q = quantized(&[n, k], spec, 800 + i as u64);
         for rows in [1, 3, 8, 64, 300] {
             let (x, xd) = rand_array(&[rows, k], 900 + rows as u64 + i as u64);
-            let label = format!("{:?} bits {} group {} rows {rows}", spec.mode, spec.bits, spec.group_size);
+            let label = format!(
+                "{:?} bits {} group {} rows {rows}",
+                spec.mode, spec.bits, spec.group_size
+            );
             let ours = values(&kernels::quantized_matmul(&x, &q, Precision::Fast, None).unwrap());
             let (exact, bound) = exact_and_fast_bound(spec, &q, &xd, rows, k);
             let scale = exact.iter().fold(0.0f64, |m, v| m.max(v.abs()));
@@ -354,7 +363,10 @@ fn fast_products_stay_within_the_int8_rounding_bound() {
                 );
                 differs |= (o - e).abs() > EXACT * scale;
             }
-            assert!(differs, "{label}: int8 inputs should not reproduce float32 results exactly");
+            assert!(
+                differs,
+                "{label}: int8 inputs should not reproduce float32 results exactly"
+            );
         }
     }
 }
@@ -371,20 +383,35 @@ fn fast_gathered_experts_match_fast_dense_per_expert() {
             .to_vec::<f32>()
             .unwrap();
         for (p, &e) in order.iter().enumerate() {
-            let take = |a: &Array| a.slice_axis(0, e as i32, e as i32 + 1).unwrap().squeeze(0).unwrap();
+            let take = |a: &Array| {
+                a.slice_axis(0, e as i32, e as i32 + 1)
+                    .unwrap()
+                    .squeeze(0)
+                    .unwrap()
+            };
             let expert = Quantized {
                 weight: take(&q.weight),
                 scales: take(&q.scales),
                 biases: q.biases.as_ref().map(take),
                 spec,
             };
-            let row = x.slice_axis(0, p as i32, p as i32 + 1).unwrap().reshape(&[1, k]).unwrap();
+            let row = x
+                .slice_axis(0, p as i32, p as i32 + 1)
+                .unwrap()
+                .reshape(&[1, k])
+                .unwrap();
             let dense = kernels::quantized_matmul(&row, &expert, Precision::Fast, None)
                 .unwrap()
                 .to_vec::<f32>()
                 .unwrap();
-            let same = dense.iter().zip(&gathered[p * n as usize..(p + 1) * n as usize]).all(|(a, b)| a.to_bits() == b.to_bits());
-            assert!(same, "{spec:?}: pair {p} (expert {e}) differs from the dense product");
+            let same = dense
+                .iter()
+                .zip(&gathered[p * n as usize..(p + 1) * n as usize])
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(
+                same,
+                "{spec:?}: pair {p} (expert {e}) differs from the dense product"
+            );
         }
     }
 }
@@ -420,4 +447,98 @@ fn fast_instruction_sets_agree_bit_for_bit() {
             }
         }
     }
+}
+
+/// `safeguard generate` greedy on a fixture: (tokens, logprobs) as JSON text.
+fn generate(model: &std::path::Path, kernels: &str, threads: &str) -> (Vec<u64>, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_safeguard"))
+        .args(["generate", "-m", model.to_str().unwrap(), "--prompt-tokens"])
+        .arg("200006,17360,200008,1000,2000,3000,4000,5000,6000,7000,8000,9000")
+        .args(["--temp", "0", "--max-tokens", "24", "--logprobs", "3", "--json"])
+        .args(["--cpu-kernels", kernels])
+        .env("SAFEGUARD_THREADS", threads)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert!(output.status.success(), "{stderr}");
+    let out: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let tokens = out["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap())
+        .collect();
+    (tokens, out["logprobs"].to_string(), stderr)
+}
+
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let model = fixture("b-mxfp4");
+    for kernels in ["exact", "fast"] {
+        let one = generate(&model, kernels, "1");
+        let three = generate(&model, kernels, "3");
+        assert_eq!(one.0, three.0, "{kernels}: tokens");
+        assert_eq!(one.1, three.1, "{kernels}: logprobs");
+    }
+}
+
+/// A copy of the bf16 fixture with every matrix quantized to affine 3-bit:
+/// MLX computes it, our kernels do not.
+fn three_bit_model() -> tempfile::TempDir {
+    use safeguard_mlx::mlx::safetensors;
+    use std::collections::HashMap;
+    let source = fixture("a-bf16");
+    let dir = tempfile::tempdir().unwrap();
+    let spec = QuantSpec {
+        group_size: 64,
+        bits: 3,
+        mode: QuantMode::Affine,
+    };
+    let mut tensors = HashMap::new();
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        if name.ends_with(".safetensors") {
+            for (tensor, array) in safetensors::load(&path).unwrap().tensors {
+                match tensor.strip_suffix(".weight") {
+                    Some(module) if array.shape().len() >= 2 => {
+                        let q = Quantized::quantize(&array.astype(Dtype::Float32).unwrap(), spec).unwrap();
+                        tensors.insert(tensor.clone(), q.weight);
+                        tensors.insert(
+                            format!("{module}.scales"),
+                            q.scales.astype(Dtype::Bfloat16).unwrap(),
+                        );
+                        tensors.insert(
+                            format!("{module}.biases"),
+                            q.biases.unwrap().astype(Dtype::Bfloat16).unwrap(),
+                        );
+                    }
+                    _ => {
+                        tensors.insert(tensor, array);
+                    }
+                }
+            }
+        } else if path.is_file() && name != "config.json" && name != "model.safetensors.index.json" {
+            std::os::unix::fs::symlink(&path, dir.path().join(&name)).unwrap();
+        }
+    }
+    safetensors::save(&dir.path().join("model.safetensors"), &tensors, &HashMap::new()).unwrap();
+    let mut config = common::config(&source);
+    config["quantization"] = serde_json::json!({"group_size": 64, "bits": 3, "mode": "affine"});
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    dir
+}
+
+#[test]
+fn a_quantization_without_a_kernel_falls_back_to_mlx_with_a_warning() {
+    let model = three_bit_model();
+    let (tokens, logprobs, stderr) = generate(model.path(), "exact", "2");
+    assert!(
+        stderr.contains("no exact CPU kernel") && stderr.contains("3 bits") && stderr.contains(".weight"),
+        "the fallback names the tensor and why: {stderr}"
+    );
+    let (mlx_tokens, mlx_logprobs, mlx_stderr) = generate(model.path(), "mlx", "2");
+    assert!(!mlx_stderr.contains("CPU kernel"), "{mlx_stderr}");
+    assert_eq!(tokens, mlx_tokens);
+    assert_eq!(logprobs, mlx_logprobs);
 }

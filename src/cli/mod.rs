@@ -95,6 +95,18 @@ fn version_line() -> String {
     )
 }
 
+/// Logs on stderr; `RUST_LOG` filters them (default: `level`).
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}
+
 pub fn main() -> ExitCode {
     let command = Cli::command().version(version_line());
     let matches = command.get_matches();
@@ -102,6 +114,12 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    // The server logs its requests; other commands only what needs a look.
+    init_logging(if matches!(cli.command, Command::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    });
     let result = match cli.command {
         Command::Bench(args) => bench::run(args),
         Command::Classify(args) => classify::run(args),

@@ -1,7 +1,6 @@
 //! `safeguard serve`: the HTTP API (OpenAI-compatible, LM Studio-style,
 //! classification) over one model.
 
-use std::io::IsTerminal;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -81,7 +80,6 @@ pub fn run(args: Args) -> Result<()> {
             dir.display()
         )));
     }
-    init_logging();
     let options = Options {
         host: args.host,
         port: args.port,
@@ -100,16 +98,4 @@ pub fn run(args: Args) -> Result<()> {
         shutdown_grace: Duration::from_secs(args.shutdown_timeout),
     };
     server::run(&args.model, &dir, options)
-}
-
-/// Request logs on stderr; `RUST_LOG` filters them (default: info).
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .try_init();
 }
