@@ -19,9 +19,13 @@ weights (benches/llama_cpp.py; its first run builds llama.cpp, ~10 minutes on
 2 cores): prefill of PROMPT_TOKENS, decode of GEN_TOKENS after them, means over
 RUNS runs, at the better of 1 and all threads (LLAMA_CPP_THREADS).
 
+On the CPU, safeguard runs once per SAFEGUARD_KERNELS entry (`--cpu-kernels`;
+default exact,fast), and reports how far fast moves next-token distributions
+from exact over FIDELITY positions (default 256; 0 skips).
+
 env: PROMPT_TOKENS GEN_TOKENS RUNS CLASSIFY_ITEMS CLASSIFY_MAX_TOKENS
      CLASSIFY_BATCH CLASSIFY_BASELINE_ITEMS POLICY MLX_LM_DEFAULTS
-     LLAMA_CPP LLAMA_CPP_THREADS
+     LLAMA_CPP LLAMA_CPP_THREADS SAFEGUARD_KERNELS FIDELITY
 usage: compare.py MODEL_DIR SAFEGUARD_BIN
 """
 
@@ -51,6 +55,10 @@ POLICY = os.environ.get("POLICY", "spam")
 # there (on a GPU the defaults are the same-dtype baseline and always run).
 DEFAULTS = os.environ.get("MLX_LM_DEFAULTS", "1") != "0"
 LLAMA_CPP = os.environ.get("LLAMA_CPP", "0") not in ("", "0")
+# Our CPU kernels to measure (`--cpu-kernels`); the first also gets the profile
+# and the classification run. Ignored on a GPU, where MLX's kernels run.
+KERNELS = [k for k in os.environ.get("SAFEGUARD_KERNELS", "exact,fast").split(",") if k]
+FIDELITY = int(os.environ.get("FIDELITY", 256))  # positions for fast vs exact; 0 skips
 
 
 def synthetic_items(n):  # the same texts as safeguard's bench::synthetic_items
@@ -157,26 +165,34 @@ def main(model_dir, safeguard):
     del model
     mx.clear_cache()
 
-    print("[safeguard bench]", file=sys.stderr, flush=True)
-    ours = json.loads(subprocess.run(
-        [safeguard, "bench", "-m", model_dir, "--prompt-tokens", str(P), "--gen-tokens", str(G),
-         "--runs", str(RUNS), "--json", "--profile"]
-        + (["--classify", str(ITEMS), "--batch-size", str(BATCH), "--policy", POLICY, "--effort", "low", "--classify-max-tokens", str(CMAX)] if ITEMS else []),
-        check=True, capture_output=True, text=True,
-    ).stdout)
-    m = ours["models"][0]
-    c = m["contexts"][0]
-    ours_row = {
-        "prefill_tps": c["prefill_tokens_per_sec"]["median"],
-        "decode_tps": c["decode_tokens_per_sec"]["median"],
-        "ttft_ms": c["time_to_first_token_ms"]["median"],
-        "peak_memory": c["peak_memory_bytes"]["median"],
-    }
+    ours = []  # (runner, row); the first run's JSON has the profile and classification
+    for i, kernels in enumerate(KERNELS[:1] if gpu else KERNELS):
+        print(f"[safeguard bench{'' if gpu else f', {kernels} CPU kernels'}]", file=sys.stderr, flush=True)
+        first = i == 0
+        out = json.loads(subprocess.run(
+            [safeguard, "bench", "-m", model_dir, "--prompt-tokens", str(P), "--gen-tokens", str(G),
+             "--runs", str(RUNS), "--json"]
+            + ([] if gpu else ["--cpu-kernels", kernels])
+            + (["--profile"] if first else [])
+            + (["--fidelity", str(FIDELITY)] if first and FIDELITY and not gpu else [])
+            + (["--classify", str(ITEMS), "--batch-size", str(BATCH), "--policy", POLICY, "--effort", "low", "--classify-max-tokens", str(CMAX)] if ITEMS and first else []),
+            check=True, capture_output=True, text=True,
+        ).stdout)
+        if first:
+            m, machine = out["models"][0], out["machine"]
+        c = out["models"][0]["contexts"][0]
+        ours.append((f"safeguard ({m['dtype']}{'' if gpu else f', {kernels} kernels'})", {
+            "prefill_tps": c["prefill_tokens_per_sec"]["median"],
+            "decode_tps": c["decode_tokens_per_sec"]["median"],
+            "ttft_ms": c["time_to_first_token_ms"]["median"],
+            "peak_memory": c["peak_memory_bytes"]["median"],
+        }))
 
     rows = [(name, r) for name, _, r in theirs]
     if llama:
         rows.append(("llama.cpp (GGUF: experts MXFP4, rest Q8_0/F32)", {**llama, "ttft_ms": None, "peak_memory": None}))
-    rows.append((f"safeguard ({m['dtype']})", ours_row))
+    peers = len(rows)
+    rows += ours
     print(f"model {model_dir}: {m['parameters'] / 1e6:.0f} M parameters, {m['active_parameters'] / 1e6:.0f} M active, "
           f"{m['bits_per_weight']:.2f} bits/weight; {P} prompt tokens, {G} generated, median of {RUNS} runs")
     print(f"| runner | prefill tok/s | decode tok/s | TTFT ms | peak memory MB |")
@@ -187,11 +203,17 @@ def main(model_dir, safeguard):
     print()
     print("| ours ÷ theirs | prefill | decode | TTFT | peak memory |")
     print("|---|---:|---:|---:|---:|")
-    for name, r in rows[:-1]:
-        ttft = None if r["ttft_ms"] is None else ours_row["ttft_ms"] / r["ttft_ms"]
-        memory = None if r["peak_memory"] is None else ours_row["peak_memory"] / r["peak_memory"]
-        print(f"| vs {name} | {ours_row['prefill_tps'] / r['prefill_tps']:.2f}× | {ours_row['decode_tps'] / r['decode_tps']:.2f}× "
-              f"| {cell(ttft, '.2f', '×')} | {cell(memory, '.2f', '×')} |")
+    for our_name, ours_row in ours:
+        for name, r in rows[:peers]:
+            ttft = None if r["ttft_ms"] is None else ours_row["ttft_ms"] / r["ttft_ms"]
+            memory = None if r["peak_memory"] is None else ours_row["peak_memory"] / r["peak_memory"]
+            print(f"| {our_name} vs {name} | {ours_row['prefill_tps'] / r['prefill_tps']:.2f}× "
+                  f"| {ours_row['decode_tps'] / r['decode_tps']:.2f}× | {cell(ttft, '.2f', '×')} | {cell(memory, '.2f', '×')} |")
+    print(f"\nquantized matmuls: {machine['quantized_matmuls']}; 1-minute load average at the end {os.getloadavg()[0]:.2f}")
+    if "fidelity" in m:
+        f = m["fidelity"]
+        print(f"fast vs exact kernels, next-token distributions over {f['positions']} positions: top-1 agreement "
+              f"{100 * f['top1_agreement']:.1f}%, KL mean {f['mean_kl']:.2e}, max {f['max_kl']:.2e} nats")
     if llama:
         threads = ", ".join(f"{t}: {v['prefill_tps']:.2f} / {v['decode_tps']:.2f}" for t, v in llama["by_threads"].items())
         print(f"\nllama.cpp: llama-bench from {llama['source']} on {llama['cpu_info']}, GGUF of {llama['model_bytes'] / 1e9:.2f} GB "
