@@ -87,7 +87,7 @@ pub fn read_file(path: &Path) -> Result<Vec<Item>, Error> {
     Ok(items)
 }
 
-fn parse_json_item(line: &str, number: usize) -> Result<Item, String> {
+pub(crate) fn parse_json_item(line: &str, number: usize) -> Result<Item, String> {
     let value: Value = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
     let object = value
         .as_object()

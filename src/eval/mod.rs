@@ -1,0 +1,7 @@
+//! Measuring a policy on labelled examples: reading the labelled set,
+//! scoring classifier results against it (metrics with intervals,
+//! thresholds, calibration), the CI gate and the reports. The model is
+//! reached only through `classify`.
+
+pub mod golden;
+pub mod metrics;
