@@ -487,20 +487,22 @@ fn bootstrap(items: &[Scored], order: &[usize], options: &Options) -> Vec<Point>
         .collect()
 }
 
-/// The 2.5th and 97.5th percentiles, interpolated linearly between order
-/// statistics (numpy's default). Resamples where a metric is undefined
+/// The 2.5th and 97.5th percentiles. Resamples where a metric is undefined
 /// (one class drawn, say) are left out.
 fn percentile_interval(mut values: Vec<f64>) -> (Option<f64>, Option<f64>) {
-    if values.is_empty() {
-        return (None, None);
-    }
     values.sort_by(f64::total_cmp);
-    let at = |q: f64| {
-        let position = q * (values.len() - 1) as f64;
-        let below = position.floor() as usize;
-        let above = (below + 1).min(values.len() - 1);
-        let t = position - below as f64;
-        values[below] + (values[above] - values[below]) * t
-    };
-    (Some(at(0.025)), Some(at(0.975)))
+    (percentile(&values, 0.025), percentile(&values, 0.975))
+}
+
+/// The `q` quantile of sorted values, interpolated linearly between order
+/// statistics (numpy's default).
+pub fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let position = q * (sorted.len() - 1) as f64;
+    let below = position.floor() as usize;
+    let above = (below + 1).min(sorted.len() - 1);
+    let t = position - below as f64;
+    Some(sorted[below] + (sorted[above] - sorted[below]) * t)
 }

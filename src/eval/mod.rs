@@ -3,5 +3,9 @@
 //! thresholds, calibration), the CI gate and the reports. The model is
 //! reached only through `classify`.
 
+pub mod cache;
 pub mod golden;
+pub mod manifest;
 pub mod metrics;
+pub mod report;
+pub mod results;
