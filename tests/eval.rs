@@ -1,0 +1,420 @@
+//! `safeguard eval` end to end on the scripted fixture, which answers 1 to
+//! everything with a probability known from its weights
+//! (tests/fixtures/scripted.py): the exact confusion matrix, re-scoring a
+//! `classify --output` file, the result cache (rerun, resume, key change),
+//! the CI gate and bad input.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::{json, Value};
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Runs `safeguard` with the result cache inside this test's folder.
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_safeguard"))
+            .env("HF_HUB_OFFLINE", "1")
+            .env("XDG_CACHE_HOME", self.path("cache"))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn eval_json(&self, extra: &[&str]) -> Value {
+        let model = scripted();
+        let set = self.path("set.jsonl");
+        let mut args = vec![
+            "eval",
+            "-m",
+            &model,
+            "--policy",
+            "spam",
+            "--input",
+            set.to_str().unwrap(),
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let output = self.run(&args);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+}
+
+fn scripted() -> String {
+    common::fixture("scripted").to_str().unwrap().to_string()
+}
+
+fn expected_confidence() -> f64 {
+    let expected: Value = serde_json::from_str(
+        &std::fs::read_to_string(common::fixture("scripted").join("expected.json")).unwrap(),
+    )
+    .unwrap();
+    expected["confidence"].as_f64().unwrap()
+}
+
+/// Four violating examples (labels written three ways) and three safe ones,
+/// one of them a quoted scam: a hard negative the scripted model gets wrong.
+fn write_set(path: &Path) {
+    let rows = [
+        json!({"id": "v1", "text": "WIN a free phone now at example.com", "label": 1}),
+        json!({"id": "v2", "text": "Buy 1000 followers cheap, DM me", "label": "SP4"}),
+        json!({"id": "v3", "text": "URGENT your account is locked, pay at example.net", "label": "violating"}),
+        json!({"id": "v4", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "use my code BONUS5 at example.org"}], "label": true}),
+        json!({"id": "s1", "text": "See you at lunch tomorrow", "label": 0}),
+        json!({"id": "s2", "text": "Got this: 'You won a prize, click here'. Is it a scam?", "label": "SP0.b"}),
+        json!({"id": "s3", "text": "thanks!", "label": "safe"}),
+    ];
+    let mut file = std::fs::File::create(path).unwrap();
+    for row in rows {
+        writeln!(file, "{row}").unwrap();
+    }
+}
+
+fn confusion(report: &Value) -> [u64; 6] {
+    let c = &report["metrics"]["confusion"];
+    ["tp", "fn", "violating_unread", "fp", "tn", "safe_unread"].map(|k| c[k].as_u64().unwrap())
+}
+
+#[test]
+fn the_scripted_model_gives_the_known_confusion_matrix_and_probabilities() {
+    let env = Env::new();
+    write_set(&env.path("set.jsonl"));
+    let report = env.eval_json(&["--target-recall", "0.75"]);
+    // It flags everything: every violating example caught, every safe one a false positive.
+    assert_eq!(confusion(&report), [4, 0, 0, 3, 0, 0]);
+    let m = &report["metrics"];
+    assert_eq!(m["n"], 7);
+    assert_eq!(m["precision"]["value"].as_f64().unwrap(), 4.0 / 7.0);
+    assert_eq!(m["recall"]["value"].as_f64().unwrap(), 1.0);
+    assert_eq!(m["specificity"]["value"].as_f64().unwrap(), 0.0);
+    // One probability for every example: a single point on the curves, AUC one half.
+    let p = expected_confidence();
+    let curve = m["curve"].as_array().unwrap();
+    assert_eq!(curve.len(), 1);
+    assert!((curve[0]["threshold"].as_f64().unwrap() - p).abs() < 1e-6);
+    assert_eq!(m["roc_auc"]["value"].as_f64().unwrap(), 0.5);
+    let brier = (4.0 * (1.0 - p).powi(2) + 3.0 * p.powi(2)) / 7.0;
+    assert!((m["brier"]["value"].as_f64().unwrap() - brier).abs() < 1e-6);
+    assert_eq!(m["at_target_recall"]["recall"].as_f64().unwrap(), 1.0);
+
+    let mistakes = report["mistakes"].as_array().unwrap();
+    let ids: Vec<&str> = mistakes.iter().map(|x| x["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["s1", "s2", "s3"]);
+    for x in mistakes {
+        assert_eq!(x["kind"], "false_positive");
+        assert_eq!((x["gold"].as_u64(), x["predicted"].as_u64()), (Some(0), Some(1)));
+        assert!((x["p_violation"].as_f64().unwrap() - p).abs() < 1e-6);
+    }
+    assert_eq!(mistakes[1]["gold_category"], "SP0.b");
+
+    let manifest = &report["manifest"];
+    assert_eq!(manifest["policy"]["name"], "spam");
+    assert_eq!(manifest["effort"], "low");
+    assert_eq!(manifest["max_tokens"], 4096);
+    let set_bytes = std::fs::read(env.path("set.jsonl")).unwrap();
+    assert_eq!(manifest["dataset"]["sha256"], sha256_by_python(&set_bytes));
+    assert_eq!(report["cost"]["classified"], 7);
+    assert_eq!(report["cost"]["completion_tokens"], 7 * 5);
+}
+
+fn sha256_by_python(bytes: &[u8]) -> String {
+    let output = Command::new(common::python())
+        .args([
+            "-c",
+            "import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child.stdin.take().unwrap().write_all(bytes)?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn rescoring_a_classify_output_equals_the_full_run() {
+    let env = Env::new();
+    let set = env.path("set.jsonl");
+    write_set(&set);
+    let full = env.eval_json(&[]);
+    let out = env.path("out.jsonl");
+    let model = scripted();
+    let output = env.run(&[
+        "classify",
+        "-m",
+        &model,
+        "--policy",
+        "spam",
+        "--input",
+        set.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // No model: a -m that does not exist is never looked at.
+    let output = env.run(&[
+        "eval",
+        "-m",
+        "/no/such/model",
+        "--policy",
+        "spam",
+        "--input",
+        set.to_str().unwrap(),
+        "--results",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rescored: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(rescored["metrics"], full["metrics"]);
+    let strip = |v: &Value| v["mistakes"].clone();
+    assert_eq!(strip(&rescored), strip(&full));
+    assert_eq!(rescored["manifest"]["model"], Value::Null);
+    assert_eq!(rescored["manifest"]["results_file"]["name"], "out.jsonl");
+
+    // A results file that misses examples is refused, naming them.
+    let lines: Vec<String> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let partial = env.path("partial.jsonl");
+    std::fs::write(&partial, lines[..5].join("\n") + "\n").unwrap();
+    let output = env.run(&[
+        "eval",
+        "--policy",
+        "spam",
+        "--input",
+        set.to_str().unwrap(),
+        "--results",
+        partial.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("no result for 2 of 7 examples (s2, s3)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_cache_makes_a_rerun_free_and_an_interrupted_run_resume() {
+    let env = Env::new();
+    write_set(&env.path("set.jsonl"));
+    let first = env.eval_json(&[]);
+    assert_eq!(
+        (
+            first["cost"]["classified"].as_u64(),
+            first["cost"]["from_cache"].as_u64()
+        ),
+        (Some(7), Some(0))
+    );
+    let cache = PathBuf::from(first["manifest"]["cache"].as_str().unwrap());
+    assert!(cache.starts_with(env.path("cache")), "{}", cache.display());
+
+    let again = env.eval_json(&[]);
+    assert_eq!(
+        (
+            again["cost"]["classified"].as_u64(),
+            again["cost"]["from_cache"].as_u64()
+        ),
+        (Some(0), Some(7))
+    );
+    assert_eq!(again["metrics"], first["metrics"]);
+    assert_eq!(again["mistakes"], first["mistakes"]);
+
+    // An eval killed mid-write: three results kept, a fourth cut off mid-line.
+    let lines: Vec<String> = std::fs::read_to_string(&cache)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(lines.len(), 7);
+    std::fs::write(&cache, format!("{}\n{}", lines[..3].join("\n"), &lines[3][..20])).unwrap();
+    let resumed = env.eval_json(&[]);
+    assert_eq!(
+        (
+            resumed["cost"]["classified"].as_u64(),
+            resumed["cost"]["from_cache"].as_u64()
+        ),
+        (Some(4), Some(3))
+    );
+    assert_eq!(resumed["metrics"], first["metrics"]);
+    assert_eq!(std::fs::read_to_string(&cache).unwrap().lines().count(), 7);
+
+    // Another key (here the token budget) is another run: nothing reused.
+    let other = env.eval_json(&["--max-tokens", "64"]);
+    assert_eq!(other["cost"]["classified"], 7);
+    assert_ne!(other["manifest"]["cache"], first["manifest"]["cache"]);
+}
+
+#[test]
+fn cut_off_answers_are_their_own_row_and_fail_the_gate() {
+    let env = Env::new();
+    let set = env.path("set.jsonl");
+    write_set(&set);
+    let model = scripted();
+    // Two tokens stop the scripted answer before its verdict.
+    let args = [
+        "eval",
+        "-m",
+        &model,
+        "--policy",
+        "spam",
+        "--input",
+        set.to_str().unwrap(),
+        "--max-tokens",
+        "2",
+        "--json",
+        "--max-parse-failures",
+        "1",
+    ];
+    let output = env.run(&args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        "gate failed: 7 answers could not be read (0 parse failures, 7 cut off), over --max-parse-failures 1 by 6"
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(confusion(&report), [0, 0, 4, 0, 0, 3]);
+    let m = &report["metrics"];
+    assert_eq!(
+        (m["cut_off"].as_u64(), m["parse_failures"].as_u64()),
+        (Some(7), Some(0))
+    );
+    // Never counted as safe: recall and specificity are both zero, not undefined.
+    assert_eq!(m["recall"]["value"].as_f64(), Some(0.0));
+    assert_eq!(m["specificity"]["value"].as_f64(), Some(0.0));
+    assert_eq!(m["precision"]["value"], Value::Null);
+    assert!(report["mistakes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|x| x["kind"] == "cut_off"));
+}
+
+#[test]
+fn the_gate_names_each_metric_that_failed_and_by_how_much() {
+    let env = Env::new();
+    let set = env.path("set.jsonl");
+    write_set(&set);
+    let model = scripted();
+    let output = env.run(&[
+        "eval",
+        "-m",
+        &model,
+        "--policy",
+        "spam",
+        "--input",
+        set.to_str().unwrap(),
+        "--min-precision",
+        "0.9",
+        "--min-recall",
+        "1",
+        "--min-f1",
+        "0.8",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    // precision 4/7, F1 8/11; recall 1 passes.
+    assert_eq!(
+        stderr.trim().lines().collect::<Vec<_>>(),
+        [
+            "gate failed: precision 0.571 is below --min-precision 0.9 by 0.329",
+            "gate failed: f1 0.727 is below --min-f1 0.8 by 0.073",
+        ]
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("[s2] false positive: gold 0 said 1"), "{stdout}");
+
+    let output = env.run(&[
+        "eval",
+        "-m",
+        &model,
+        "--policy",
+        "spam",
+        "--input",
+        set.to_str().unwrap(),
+        "--min-recall",
+        "1",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn a_bad_set_stops_before_the_model_loads() {
+    let env = Env::new();
+    let set = env.path("set.csv");
+    std::fs::write(&set, "id,text,label\na,fine,1\nb,bad label,SP9\nc,,0\n").unwrap();
+    // The model does not exist: the set's errors must come first.
+    let output = env.run(&[
+        "eval",
+        "-m",
+        "/no/such/model",
+        "--policy",
+        "spam",
+        "--input",
+        set.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let file = set.display().to_string();
+    assert!(stderr.contains(&format!("{file}:3: label \"SP9\"")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{file}:4: the text is empty")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("no/such/model"), "{stderr}");
+
+    for (flag, value) in [("--min-recall", "1.5"), ("--target-recall", "x")] {
+        let output = env.run(&[
+            "eval",
+            "--policy",
+            "spam",
+            "--input",
+            set.to_str().unwrap(),
+            flag,
+            value,
+        ]);
+        assert_eq!(output.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&output.stderr).contains("is not a number from 0 to 1"));
+    }
+}
