@@ -418,3 +418,136 @@ fn a_bad_set_stops_before_the_model_loads() {
         assert!(String::from_utf8_lossy(&output.stderr).contains("is not a number from 0 to 1"));
     }
 }
+
+/// What Python's own HTML parser finds in a report: the text of every
+/// element with an id, the ids of `svg` elements, and any `script` or
+/// element loading something (src, href) from elsewhere.
+const REPORT_PARSER: &str = r#"
+import json, sys
+from html.parser import HTMLParser
+
+class Report(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.stack, self.text, self.svgs, self.loads, self.scripts = [], {}, [], [], 0
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag in ("meta", "br", "hr", "img", "link", "input"):
+            return
+        if tag == "svg":
+            self.svgs.append(attrs.get("id"))
+        if tag == "script":
+            self.scripts += 1
+        for key in ("src", "href"):
+            if key in attrs:
+                self.loads.append(attrs[key])
+        self.stack.append(attrs.get("id"))
+    def handle_endtag(self, tag):
+        self.stack.pop()
+    def handle_data(self, data):
+        for i in self.stack:
+            if i:
+                self.text[i] = self.text.get(i, "") + data
+
+r = Report()
+r.feed(open(sys.argv[1], encoding="utf-8").read())
+print(json.dumps({"text": r.text, "svgs": r.svgs, "loads": r.loads, "scripts": r.scripts, "open": r.stack}))
+"#;
+
+#[test]
+fn the_html_report_holds_the_runs_numbers_curves_and_escaped_text() {
+    let env = Env::new();
+    let set = env.path("set.jsonl");
+    write_set(&set);
+    let hostile = "<script>alert('owned')</script> & \"more\"";
+    let mut file = std::fs::OpenOptions::new().append(true).open(&set).unwrap();
+    writeln!(
+        file,
+        "{}",
+        json!({"id": "<img src=x>", "text": hostile, "label": 0})
+    )
+    .unwrap();
+    drop(file);
+    let html = env.path("report.html");
+    let report = env.eval_json(&["--report", html.to_str().unwrap()]);
+
+    let output = Command::new(common::python())
+        .args(["-c", REPORT_PARSER, html.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let parsed: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(parsed["open"], json!([]), "every element is closed");
+    assert_eq!(parsed["scripts"], 0);
+    assert_eq!(parsed["loads"], json!([]), "the report loads nothing");
+    assert_eq!(parsed["svgs"], json!(["pr-curve", "roc-curve", "reliability"]));
+    let c = &report["metrics"]["confusion"];
+    for cell in ["tp", "fn", "violating_unread", "fp", "tn", "safe_unread"] {
+        assert_eq!(
+            parsed["text"][cell].as_str().unwrap(),
+            c[cell].to_string(),
+            "{cell}"
+        );
+    }
+    // The hostile text and id come back as text, not markup.
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(
+        !page.contains("<script>") && !page.contains("<img"),
+        "unescaped markup in the report"
+    );
+    assert!(page.contains("&lt;script&gt;alert(&#39;owned&#39;)&lt;/script&gt; &amp; &quot;more&quot;"));
+    let mistakes = report["mistakes"].as_array().unwrap().len();
+    assert!(page.contains(&format!("<h2>Mistakes ({mistakes})</h2>")));
+}
+
+#[test]
+fn a_mistakes_reasoning_folds_out_in_the_report() {
+    // Results written by hand in classify's format: no model needed.
+    let env = Env::new();
+    let set = env.path("set.csv");
+    std::fs::write(&set, "id,text,label\na,send me your password,1\nb,hello,0\n").unwrap();
+    let results = env.path("results.jsonl");
+    let lines = [
+        json!({"id": "a", "label": 0, "confidence": 0.8, "rationale": "No rule <SP1> applies",
+               "reasoning": "The user asks for <b>credentials</b> & more", "finish_reason": "stop",
+               "usage": {"prompt_tokens": 10, "cached_tokens": 4, "completion_tokens": 3}, "latency_ms": 12.0}),
+        json!({"id": "b", "label": 0, "confidence": 0.9, "finish_reason": "stop"}),
+    ];
+    std::fs::write(
+        &results,
+        lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
+    )
+    .unwrap();
+    let html = env.path("r.html");
+    let output = env.run(&[
+        "eval",
+        "--policy",
+        "spam",
+        "--input",
+        set.to_str().unwrap(),
+        "--results",
+        results.to_str().unwrap(),
+        "--report",
+        html.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(
+        page.contains("<details><summary>reasoning</summary><pre>The user asks for &lt;b&gt;credentials&lt;/b&gt; &amp; more</pre></details>"),
+        "{page}"
+    );
+    assert!(page.contains("No rule &lt;SP1&gt; applies"));
+    // P(violation) of a 0 said with 0.8 is 0.2.
+    assert!(
+        page.contains("false negative</span>: gold 1, said 0, P(violation) 0.200"),
+        "{page}"
+    );
+}

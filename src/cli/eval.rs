@@ -15,6 +15,7 @@ use crate::classify::policy::Policy;
 use crate::classify::run::{effort, Classifier};
 use crate::eval::cache::{sha256_hex, ResultCache, RunKey};
 use crate::eval::golden::{self, Columns, Example, RuleIds};
+use crate::eval::html;
 use crate::eval::manifest::{self, FileInfo, Manifest, ModelInfo};
 use crate::eval::metrics;
 use crate::eval::report::{self, Cost, Gate};
@@ -48,6 +49,9 @@ pub struct Args {
     /// Print the whole evaluation as one JSON object (schema in the README).
     #[arg(long)]
     json: bool,
+    /// Also write a self-contained HTML report (curves, mistakes, manifest).
+    #[arg(long)]
+    report: Option<PathBuf>,
     /// Also report the threshold on P(violation) that reaches this recall.
     #[arg(long, value_parser = unit_interval)]
     target_recall: Option<f64>,
@@ -138,6 +142,10 @@ pub fn run(args: Args) -> Result<()> {
         ..Default::default()
     };
     let evaluation = report::evaluate(&examples, &outcomes, &metric_options, manifest, &gate, cost);
+    if let Some(path) = &args.report {
+        std::fs::write(path, html::render(&evaluation))
+            .map_err(|e| anyhow!("cannot write the report to {}: {e}", path.display()))?;
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&evaluation)?);
     } else {

@@ -5,6 +5,7 @@
 
 pub mod cache;
 pub mod golden;
+pub mod html;
 pub mod manifest;
 pub mod metrics;
 pub mod report;
