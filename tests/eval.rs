@@ -551,3 +551,29 @@ fn a_mistakes_reasoning_folds_out_in_the_report() {
         "{page}"
     );
 }
+
+#[test]
+fn a_shipped_policy_is_evaluated_on_its_own_set_by_default() {
+    let env = Env::new();
+    let model = scripted();
+    let output = env.run(&["eval", "-m", &model, "--policy", "spam", "--json"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(confusion(&report), [20, 0, 0, 20, 0, 0]);
+    assert_eq!(report["manifest"]["dataset"]["name"], "spam.eval.jsonl");
+    let shipped = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/spam.eval.jsonl")).unwrap();
+    assert_eq!(
+        report["manifest"]["dataset"]["sha256"],
+        sha256_by_python(&shipped)
+    );
+
+    // A policy file has no built-in set.
+    let policy = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/spam.md");
+    let output = env.run(&["eval", "-m", &model, "--policy", policy]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no labelled set: give --input FILE"));
+}

@@ -243,3 +243,36 @@ fn whole_file_problems_say_how_to_fix_them() {
         .to_string();
     assert!(error.contains("missing.jsonl"), "{error}");
 }
+
+#[test]
+fn every_shipped_policy_has_a_balanced_set_covering_each_of_its_rules() {
+    for policy in safeguard_mlx::classify::policy::shipped() {
+        let (name, text) = safeguard_mlx::eval::golden::shipped(&policy.name)
+            .unwrap_or_else(|| panic!("{} has no labelled set", policy.name));
+        assert_eq!(name, format!("{}.eval.jsonl", policy.name));
+        let rules = RuleIds::of(&policy);
+        let set =
+            safeguard_mlx::eval::golden::parse(Path::new(&name), text, &Columns::default(), &rules).unwrap();
+        assert!(set.len() >= 40, "{name}: {} examples", set.len());
+        let violating = set.iter().filter(|e| e.gold.violates).count();
+        assert_eq!(
+            violating * 2,
+            set.len(),
+            "{name}: {violating} of {} violate",
+            set.len()
+        );
+        let mut texts: Vec<&str> = set.iter().map(|e| e.item.content.as_str()).collect();
+        texts.sort();
+        texts.dedup();
+        assert_eq!(texts.len(), set.len(), "{name}: a text appears twice");
+        // Each rule, violating or safe (quoted and reported violations among
+        // them), labels at least one example.
+        for id in rules.violating.iter().chain(&rules.safe) {
+            assert!(
+                set.iter()
+                    .any(|e| e.gold.category.as_deref() == Some(id.as_str())),
+                "{name}: no example of {id}"
+            );
+        }
+    }
+}

@@ -31,9 +31,10 @@ pub struct Args {
     /// A shipped policy (`safeguard policies`) or a policy file.
     #[arg(short, long)]
     policy: String,
-    /// The labelled set: `.jsonl` ({"id", "text" | "messages", "label"}), `.csv` or `.tsv` with a header.
+    /// The labelled set: `.jsonl` ({"id", "text" | "messages", "label"}), `.csv` or `.tsv` with a
+    /// header; default for a shipped policy: the set shipped beside it.
     #[arg(short, long)]
-    input: PathBuf,
+    input: Option<PathBuf>,
     /// Score this `classify --output` file instead of running the model.
     #[arg(long)]
     results: Option<PathBuf>,
@@ -96,8 +97,7 @@ pub fn run(args: Args) -> Result<()> {
         label: args.label_col.clone(),
         id: args.id_col.clone(),
     };
-    let examples = golden::read(&args.input, &columns, &RuleIds::of(&policy)).map_err(|e| usage(e.into()))?;
-    let dataset_bytes = std::fs::read(&args.input).map_err(|e| usage(e.into()))?;
+    let (examples, dataset) = read_set(&args, &policy, &columns).map_err(usage)?;
     let options = args.run.options();
     let mut manifest = Manifest {
         safeguard_version: env!("CARGO_PKG_VERSION").into(),
@@ -109,7 +109,7 @@ pub fn run(args: Args) -> Result<()> {
             path: policy.path.as_ref().map(|p| p.display().to_string()),
             sha256: sha256_hex(policy.text.as_bytes()),
         },
-        dataset: FileInfo::of_file(&args.input, &dataset_bytes),
+        dataset,
         results_file: None,
         effort: effort(&policy, &options).to_string(),
         temperature: args.run.temperature,
@@ -158,6 +158,33 @@ pub fn run(args: Args) -> Result<()> {
         return Err(GateFailed(evaluation.gate.iter().map(|g| g.message.clone()).collect()).into());
     }
     Ok(())
+}
+
+/// The labelled set: `--input`, else the set shipped with a shipped policy.
+fn read_set(args: &Args, policy: &Policy, columns: &Columns) -> Result<(Vec<Example>, FileInfo)> {
+    let rules = RuleIds::of(policy);
+    if let Some(path) = &args.input {
+        let examples = golden::read(path, columns, &rules)?;
+        let bytes = std::fs::read(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        return Ok((examples, FileInfo::of_file(path, &bytes)));
+    }
+    let shipped = policy
+        .path
+        .is_none()
+        .then(|| golden::shipped(&policy.name))
+        .flatten();
+    let Some((name, text)) = shipped else {
+        return Err(anyhow!(
+            "no labelled set: give --input FILE (.jsonl, .csv or .tsv); only shipped policies have one built in"
+        ));
+    };
+    let examples = golden::parse(Path::new(&name), text, columns, &rules)?;
+    let info = FileInfo {
+        name,
+        path: None,
+        sha256: sha256_hex(text.as_bytes()),
+    };
+    Ok((examples, info))
 }
 
 /// Results matched to examples by id; every example needs one.

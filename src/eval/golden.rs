@@ -125,6 +125,33 @@ impl RuleIds {
     }
 }
 
+/// The labelled sets that ship beside the shipped policies, by policy name.
+const SHIPPED: &[(&str, &str)] = &[
+    ("spam", include_str!("../../policies/spam.eval.jsonl")),
+    (
+        "hate-harassment",
+        include_str!("../../policies/hate-harassment.eval.jsonl"),
+    ),
+    ("self-harm", include_str!("../../policies/self-harm.eval.jsonl")),
+    (
+        "violent-threats",
+        include_str!("../../policies/violent-threats.eval.jsonl"),
+    ),
+    ("pii", include_str!("../../policies/pii.eval.jsonl")),
+    (
+        "prompt-injection",
+        include_str!("../../policies/prompt-injection.eval.jsonl"),
+    ),
+];
+
+/// The labelled set shipped for a shipped policy: its file name and text.
+pub fn shipped(policy: &str) -> Option<(String, &'static str)> {
+    SHIPPED
+        .iter()
+        .find(|(name, _)| *name == policy)
+        .map(|(name, text)| (format!("{name}.eval.jsonl"), *text))
+}
+
 /// Reads a labelled set: `.jsonl`/`.ndjson`, `.csv` or `.tsv`.
 pub fn read(path: &Path, columns: &Columns, rules: &RuleIds) -> Result<Vec<Example>, Error> {
     let file_error = |message: String| Error::File {
@@ -138,7 +165,17 @@ pub fn read(path: &Path, columns: &Columns, rules: &RuleIds) -> Result<Vec<Examp
             e.utf8_error().valid_up_to()
         ))
     })?;
-    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    parse(path, &text, columns, rules)
+}
+
+/// A labelled set's text; `path` names its kind (by extension) and is
+/// used in messages.
+pub fn parse(path: &Path, text: &str, columns: &Columns, rules: &RuleIds) -> Result<Vec<Example>, Error> {
+    let file_error = |message: String| Error::File {
+        path: path.to_path_buf(),
+        message,
+    };
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let extension = path
         .extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase())
