@@ -310,7 +310,7 @@ fn classify(
     for example in examples {
         let text = &example.item.content;
         let hash = sha256_hex(text.as_bytes());
-        let cached = fresh.get(&hash).is_none();
+        let cached = !fresh.contains_key(&hash);
         let mut value = fresh
             .get(&hash)
             .or_else(|| cache.as_ref().and_then(|c| c.get(text)))
