@@ -577,3 +577,148 @@ fn a_shipped_policy_is_evaluated_on_its_own_set_by_default() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("no labelled set: give --input FILE"));
 }
+
+#[test]
+fn a_baseline_run_is_compared_example_by_example() {
+    // Two hand-written result files for one set, so the flips are known.
+    let env = Env::new();
+    let set = env.path("set.csv");
+    std::fs::write(
+        &set,
+        "id,text,label\na,one,1\nb,two,1\nc,three,0\nd,four,0\ne,five,1\nf,six,0\n",
+    )
+    .unwrap();
+    let write = |name: &str, answers: [(Option<u8>, &str); 6]| {
+        let path = env.path(name);
+        let lines: String = ["a", "b", "c", "d", "e", "f"]
+            .iter()
+            .zip(answers)
+            .map(|(id, (label, finish))| {
+                format!("{}\n", json!({"id": id, "label": label, "confidence": label.map(|_| 0.9), "finish_reason": finish}))
+            })
+            .collect();
+        std::fs::write(&path, lines).unwrap();
+        path
+    };
+    // Baseline: a missed, c a false alarm, f cut off. Now: a and f right, b missed, c still wrong.
+    let base = write(
+        "base.jsonl",
+        [
+            (Some(0), "stop"),
+            (Some(1), "stop"),
+            (Some(1), "stop"),
+            (Some(0), "stop"),
+            (Some(1), "stop"),
+            (None, "length"),
+        ],
+    );
+    let now = write(
+        "now.jsonl",
+        [
+            (Some(1), "stop"),
+            (Some(0), "stop"),
+            (Some(1), "stop"),
+            (Some(0), "stop"),
+            (Some(1), "stop"),
+            (Some(0), "stop"),
+        ],
+    );
+    let set_arg = set.to_str().unwrap();
+    let output = env.run(&[
+        "eval",
+        "--policy",
+        "spam",
+        "--input",
+        set_arg,
+        "--results",
+        base.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let baseline = env.path("baseline.json");
+    std::fs::write(&baseline, &output.stdout).unwrap();
+
+    let html = env.path("cmp.html");
+    let output = env.run(&[
+        "eval",
+        "--policy",
+        "spam",
+        "--input",
+        set_arg,
+        "--results",
+        now.to_str().unwrap(),
+        "--baseline",
+        baseline.to_str().unwrap(),
+        "--json",
+        "--report",
+        html.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let c = &report["comparison"];
+    let ids = |key: &str| {
+        c[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["id"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids("fixed"), ["a", "f"]);
+    assert_eq!(ids("broken"), ["b"]);
+    assert_eq!(
+        c["fixed"][1]["baseline"],
+        Value::Null,
+        "the cut-off answer had no verdict"
+    );
+    assert_eq!(
+        (
+            c["broken"][0]["baseline"].as_u64(),
+            c["broken"][0]["current"].as_u64()
+        ),
+        (Some(1), Some(0))
+    );
+    // Two fixed against one broken: binomtest(1, 3) gives p = 1.
+    assert_eq!(c["mcnemar_p"].as_f64(), Some(1.0));
+    let accuracy = c["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["metric"] == "accuracy")
+        .unwrap();
+    assert_eq!(
+        (accuracy["baseline"].as_f64(), accuracy["current"].as_f64()),
+        (Some(3.0 / 6.0), Some(4.0 / 6.0))
+    );
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("2 fixed, 1 broken; McNemar"), "{page}");
+
+    // Another set cannot be compared: flips are counted per example.
+    let other = env.path("other.csv");
+    std::fs::write(&other, "id,text,label\na,one,1\n").unwrap();
+    let output = env.run(&[
+        "eval",
+        "--policy",
+        "spam",
+        "--input",
+        other.to_str().unwrap(),
+        "--results",
+        now.to_str().unwrap(),
+        "--baseline",
+        baseline.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("the baseline ran on another labelled set (set.csv"),
+        "{stderr}"
+    );
+}

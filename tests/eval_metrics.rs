@@ -224,3 +224,41 @@ fn unreadable_answers_are_misses_not_safe_verdicts() {
     assert_eq!(m.precision.value, Some(1.0));
     assert_eq!((m.parse_failures, m.cut_off, m.unscored), (1, 1, 2));
 }
+
+#[test]
+fn mcnemars_exact_test_equals_scipys_binomial_test() {
+    use safeguard_mlx::eval::compare::mcnemar_exact;
+    let pairs: [(u64, u64); 9] = [
+        (0, 1),
+        (0, 5),
+        (3, 3),
+        (10, 2),
+        (2, 10),
+        (7, 8),
+        (40, 25),
+        (200, 160),
+        (1500, 1380),
+    ];
+    let script = format!(
+        "import json\nfrom scipy.stats import binomtest\nprint(json.dumps([binomtest(min(b, c), b + c, 0.5).pvalue for b, c in {pairs:?}]))"
+    );
+    let output = Command::new(common::python())
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let reference: Vec<f64> = serde_json::from_slice(&output.stdout).unwrap();
+    for ((b, c), want) in pairs.iter().zip(reference) {
+        let ours = mcnemar_exact(*b, *c);
+        assert!(
+            (ours - want).abs() <= 1e-9 * want.max(1e-300),
+            "b={b} c={c}: ours {ours}, scipy {want}"
+        );
+    }
+    // No discordant pairs: no evidence either way.
+    assert_eq!(mcnemar_exact(0, 0), 1.0);
+}

@@ -14,6 +14,7 @@ use crate::classify::input::Item;
 use crate::classify::policy::Policy;
 use crate::classify::run::{effort, Classifier};
 use crate::eval::cache::{sha256_hex, ResultCache, RunKey};
+use crate::eval::compare::{self, Baseline};
 use crate::eval::golden::{self, Columns, Example, RuleIds};
 use crate::eval::html;
 use crate::eval::manifest::{self, FileInfo, Manifest, ModelInfo};
@@ -35,6 +36,9 @@ pub struct Args {
     /// header; default for a shipped policy: the set shipped beside it.
     #[arg(short, long)]
     input: Option<PathBuf>,
+    /// Compare with an earlier run: the `--json` output of `safeguard eval` on the same set.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
     /// Score this `classify --output` file instead of running the model.
     #[arg(long)]
     results: Option<PathBuf>,
@@ -98,6 +102,16 @@ pub fn run(args: Args) -> Result<()> {
         id: args.id_col.clone(),
     };
     let (examples, dataset) = read_set(&args, &policy, &columns).map_err(usage)?;
+    let baseline = args
+        .baseline
+        .as_deref()
+        .map(|path| {
+            let baseline = Baseline::read(path)?;
+            baseline.check_same_set(&dataset.sha256)?;
+            Ok::<_, String>(baseline)
+        })
+        .transpose()
+        .map_err(|e| usage(anyhow!(e)))?;
     let options = args.run.options();
     let mut manifest = Manifest {
         safeguard_version: env!("CARGO_PKG_VERSION").into(),
@@ -141,7 +155,10 @@ pub fn run(args: Args) -> Result<()> {
         target_recall: args.target_recall,
         ..Default::default()
     };
-    let evaluation = report::evaluate(&examples, &outcomes, &metric_options, manifest, &gate, cost);
+    let mut evaluation = report::evaluate(&examples, &outcomes, &metric_options, manifest, &gate, cost);
+    if let Some(baseline) = &baseline {
+        evaluation.comparison = Some(compare::compare(baseline, &evaluation, &examples));
+    }
     if let Some(path) = &args.report {
         std::fs::write(path, html::render(&evaluation))
             .map_err(|e| anyhow!("cannot write the report to {}: {e}", path.display()))?;

@@ -5,6 +5,7 @@
 
 use std::fmt::Write as _;
 
+use super::compare::Comparison;
 use super::metrics::{Estimate, Metrics};
 use super::report::{Evaluation, MistakeKind};
 
@@ -55,6 +56,9 @@ pub fn render(e: &Evaluation) -> String {
     metric_table(&mut out, m);
     confusion_table(&mut out, m);
     plots(&mut out, m);
+    if let Some(c) = &e.comparison {
+        comparison(&mut out, c);
+    }
     mistakes(&mut out, e);
     cost_and_manifest(&mut out, e);
     out.push_str("</body></html>\n");
@@ -228,6 +232,55 @@ fn plots(out: &mut String, m: &Metrics) {
         plot("roc-curve", "ROC", "false positive rate", "true positive rate", &roc, true),
         plot("reliability", "Reliability", "mean P(violation) in bin", "share violating", &reliability, true),
     );
+}
+
+fn comparison(out: &mut String, c: &Comparison) {
+    let _ = writeln!(
+        out,
+        "<h2>Against the baseline</h2>\n<p>Baseline: policy {} (sha256 <code>{}</code>), run {}.</p>\n<table id=\"comparison\"><tr><th class=\"l\">metric</th><th>baseline</th><th>now</th><th>change</th></tr>",
+        escape(&c.baseline_policy),
+        escape(&c.baseline_policy_sha256),
+        escape(&c.baseline_date)
+    );
+    for d in &c.metrics {
+        let change = d.delta.map_or_else(|| "—".to_string(), |v| format!("{v:+.3}"));
+        let _ = writeln!(
+            out,
+            "<tr><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{change}</td></tr>",
+            d.metric,
+            cell(d.baseline),
+            cell(d.current)
+        );
+    }
+    out.push_str("</table>\n");
+    if let Some(r) = &c.at_equal_recall {
+        let _ = writeln!(
+            out,
+            "<p>Precision at recall {:.3}: baseline {:.3}, now {:.3}.</p>",
+            r.recall, r.baseline_precision, r.current_precision
+        );
+    }
+    let _ = writeln!(
+        out,
+        "<p id=\"flips\">{} fixed, {} broken; McNemar's exact test p = {:.4}.</p>",
+        c.fixed.len(),
+        c.broken.len(),
+        c.mcnemar_p
+    );
+    let said = |l: Option<u8>| l.map_or_else(|| "no verdict".to_string(), |l| l.to_string());
+    for (name, class, flips) in [("fixed", "", &c.fixed), ("broken", "bad", &c.broken)] {
+        for f in flips {
+            let _ = writeln!(
+                out,
+                "<div class=\"mistake\"><code>{}</code> <span class=\"{class}\">{name}</span>: gold {}, baseline said {}, now {}<div>{}</div></div>",
+                escape(&f.id),
+                f.gold,
+                said(f.baseline),
+                said(f.current),
+                escape(&f.text)
+            );
+        }
+    }
 }
 
 fn mistakes(out: &mut String, e: &Evaluation) {

@@ -10,10 +10,10 @@
 //! predicted class that is never right. Ranking and calibration metrics
 //! use the examples with a probability of a violation.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What the classifier said about one example.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Answer {
     Safe,
@@ -65,7 +65,7 @@ impl Default for Options {
 
 /// A value and its 95% interval; None where the data do not define it
 /// (precision with nothing flagged, AUC with one class, …).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Estimate {
     pub value: Option<f64>,
     pub low: Option<f64>,
@@ -74,7 +74,7 @@ pub struct Estimate {
 
 /// Gold labels against answers, in examples. `*_unread` are answers that
 /// could not be read, split by the gold label.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Confusion {
     pub tp: u64,
     pub fp: u64,
@@ -111,7 +111,7 @@ impl Confusion {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct CurvePoint {
     /// Examples with P(violation) ≥ this are flagged.
     pub threshold: f64,
@@ -120,7 +120,7 @@ pub struct CurvePoint {
     pub fpr: Option<f64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Operating {
     pub threshold: f64,
     pub precision: f64,
@@ -128,7 +128,7 @@ pub struct Operating {
     pub f1: f64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Bin {
     /// P(violation) in (low, high]; the first bin includes 0.
     pub low: f64,
@@ -139,7 +139,7 @@ pub struct Bin {
     pub violating: Option<f64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
     pub n: u64,
     pub parse_failures: u64,

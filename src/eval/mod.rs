@@ -4,6 +4,7 @@
 //! reached only through `classify`.
 
 pub mod cache;
+pub mod compare;
 pub mod golden;
 pub mod html;
 pub mod manifest;

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use super::compare::Comparison;
 use super::golden::Example;
 use super::manifest::Manifest;
 use super::metrics::{self, Answer, Estimate, Metrics, Scored};
@@ -24,6 +25,8 @@ pub struct Evaluation {
     pub unscored: Vec<String>,
     pub cost: Cost,
     pub gate: Vec<GateFailure>,
+    /// Against `--baseline`, when given.
+    pub comparison: Option<Comparison>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -223,6 +226,7 @@ pub fn evaluate(
         mistakes,
         unscored,
         cost,
+        comparison: None,
     }
 }
 
@@ -380,6 +384,9 @@ pub fn summary(e: &Evaluation, colour: bool) -> String {
             }
         }
     }
+    if let Some(cmp) = &e.comparison {
+        comparison_summary(&mut out, cmp, &paint);
+    }
     let cost = &e.cost;
     let _ = writeln!(
         out,
@@ -403,4 +410,58 @@ pub fn summary(e: &Evaluation, colour: bool) -> String {
         cost.from_cache
     );
     out
+}
+
+fn comparison_summary(out: &mut String, c: &Comparison, paint: &dyn Fn(&str, &str) -> String) {
+    let _ = writeln!(
+        out,
+        "\nagainst the baseline (policy {}, run {})",
+        c.baseline_policy, c.baseline_date
+    );
+    let _ = writeln!(
+        out,
+        "{:<20} {:>9} {:>9} {:>9}",
+        "metric", "baseline", "now", "change"
+    );
+    let show = |v: Option<f64>| v.map_or_else(|| "—".to_string(), |v| format!("{v:.3}"));
+    for d in &c.metrics {
+        let change = d.delta.map_or_else(|| "—".to_string(), |v| format!("{v:+.3}"));
+        let _ = writeln!(
+            out,
+            "{:<20} {:>9} {:>9} {:>9}",
+            d.metric,
+            show(d.baseline),
+            show(d.current),
+            change
+        );
+    }
+    if let Some(r) = &c.at_equal_recall {
+        let _ = writeln!(
+            out,
+            "precision at recall {:.3}: baseline {:.3}, now {:.3}",
+            r.recall, r.baseline_precision, r.current_precision
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{} fixed, {} broken; McNemar's exact p = {:.4}",
+        c.fixed.len(),
+        c.broken.len(),
+        c.mcnemar_p
+    );
+    let said = |l: Option<u8>| l.map_or_else(|| "no verdict".to_string(), |l| l.to_string());
+    for (name, code, flips) in [("fixed", "32", &c.fixed), ("broken", "31", &c.broken)] {
+        for f in flips {
+            let _ = writeln!(
+                out,
+                "  [{}] {}: gold {}, baseline said {}, now {}",
+                f.id,
+                paint(code, name),
+                f.gold,
+                said(f.baseline),
+                said(f.current)
+            );
+            let _ = writeln!(out, "      {}", f.text);
+        }
+    }
 }
