@@ -134,7 +134,7 @@ pub fn compare(baseline: &Baseline, current: &Evaluation, examples: &[Example]) 
         }
     }
     let (b, c) = (&baseline.metrics, &current.metrics);
-    let pick: [(&'static str, fn(&Metrics) -> Estimate); 12] = [
+    let pick: [(&'static str, Read); 12] = [
         ("accuracy", |m| m.accuracy),
         ("precision", |m| m.precision),
         ("recall", |m| m.recall),
@@ -179,6 +179,9 @@ pub fn compare(baseline: &Baseline, current: &Evaluation, examples: &[Example]) 
         at_equal_recall,
     }
 }
+
+/// Reads one metric of a run.
+type Read = fn(&Metrics) -> Estimate;
 
 /// Precision at the highest threshold whose recall reaches `recall`.
 fn precision_at(curve: &[CurvePoint], recall: f64) -> Option<f64> {
