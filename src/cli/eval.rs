@@ -130,6 +130,7 @@ pub fn run(args: Args) -> Result<()> {
         seed: args.run.seed,
         max_tokens: args.run.max_tokens,
         dtype: format!("{:?}", args.run.engine.dtype).to_lowercase(),
+        cpu_kernels: args.run.engine.cpu_kernels.to_string(),
         cache: None,
         date: manifest::utc_now(),
     };
@@ -263,6 +264,7 @@ fn classify(
         max_tokens: args.run.max_tokens,
         date: args.run.date.clone(),
         dtype: manifest.dtype.clone(),
+        cpu_kernels: manifest.cpu_kernels.clone(),
         device: manifest.device.clone(),
     };
     let cache_dir = if args.no_cache {

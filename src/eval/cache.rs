@@ -25,6 +25,9 @@ pub struct RunKey {
     pub max_tokens: usize,
     pub date: Option<String>,
     pub dtype: String,
+    /// Our quantized CPU kernels or MLX's: equal only to rounding, which
+    /// can flip a greedy token.
+    pub cpu_kernels: String,
     pub device: String,
 }
 

@@ -24,6 +24,8 @@ pub struct Manifest {
     pub max_tokens: usize,
     /// The `--dtype` asked for (auto: float32 on CPU, the checkpoint's on GPU).
     pub dtype: String,
+    /// `--cpu-kernels`: exact (ours) or mlx.
+    pub cpu_kernels: String,
     /// The result cache this run read and wrote.
     pub cache: Option<String>,
     /// UTC, ISO 8601.
