@@ -185,7 +185,8 @@ fn plot(id: &str, caption: &str, x: &str, y: &str, line: &[(f64, f64)], diagonal
             "<polyline points=\"{}\" fill=\"none\" stroke=\"#1f5fbf\" stroke-width=\"2\"/>",
             points.join(" ")
         );
-        for &(a, b) in line {
+        // Dots mark the points of a short curve; on a long one they would hide it.
+        for &(a, b) in line.iter().filter(|_| line.len() <= 60) {
             let _ = write!(
                 svg,
                 "<circle cx=\"{:.2}\" cy=\"{:.2}\" r=\"3\" fill=\"#1f5fbf\"/>",
