@@ -722,3 +722,113 @@ fn a_baseline_run_is_compared_example_by_example() {
         "{stderr}"
     );
 }
+
+#[test]
+fn category_labels_are_scored_per_rule() {
+    // The pii policy answers with "policy_category"; results written by hand.
+    let env = Env::new();
+    let set = env.path("set.jsonl");
+    let rows = [
+        json!({"id": "a", "text": "t1", "label": "PI1"}),
+        json!({"id": "b", "text": "t2", "label": "PI1"}),
+        json!({"id": "c", "text": "t3", "label": "PI2"}),
+        json!({"id": "d", "text": "t4", "label": "PI0.c"}),
+        json!({"id": "e", "text": "t5", "label": 0}),
+        json!({"id": "f", "text": "t6", "label": 1}),
+    ];
+    std::fs::write(&set, rows.iter().map(|r| format!("{r}\n")).collect::<String>()).unwrap();
+    let results = env.path("results.jsonl");
+    let answers = [
+        json!({"id": "a", "label": 1, "policy_category": "PI1", "finish_reason": "stop"}),
+        json!({"id": "b", "label": 1, "policy_category": "PI2", "finish_reason": "stop"}),
+        json!({"id": "c", "label": 1, "policy_category": "pi2", "finish_reason": "stop"}),
+        json!({"id": "d", "label": 1, "policy_category": "PI9", "finish_reason": "stop"}),
+        json!({"id": "e", "label": 0, "policy_category": null, "finish_reason": "stop"}),
+        json!({"id": "f", "label": 1, "policy_category": "PI1", "finish_reason": "stop"}),
+    ];
+    std::fs::write(
+        &results,
+        answers.iter().map(|r| format!("{r}\n")).collect::<String>(),
+    )
+    .unwrap();
+    let output = env.run(&[
+        "eval",
+        "--policy",
+        "pii",
+        "--input",
+        set.to_str().unwrap(),
+        "--results",
+        results.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let c = &report["categories"];
+    // f (labelled 1, no rule) is left out; d's "PI9" is no rule of the policy.
+    assert_eq!(c["uncategorised"], 1);
+    assert_eq!(c["undeclared"], json!(["d"]));
+    assert_eq!(c["columns"], json!(["PI1", "PI2", "safe", "other"]));
+    assert_eq!(c["matrix"], json!([[1, 1, 0, 0], [0, 1, 0, 0], [0, 0, 1, 1]]));
+    let class = |name: &str| {
+        c["classes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["class"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        (
+            class("PI1")["precision"].as_f64(),
+            class("PI1")["recall"].as_f64()
+        ),
+        (Some(1.0), Some(0.5))
+    );
+    assert_eq!(
+        (
+            class("PI2")["precision"].as_f64(),
+            class("PI2")["recall"].as_f64()
+        ),
+        (Some(0.5), Some(1.0))
+    );
+    assert_eq!(
+        (
+            class("safe")["precision"].as_f64(),
+            class("safe")["recall"].as_f64()
+        ),
+        (Some(1.0), Some(0.5))
+    );
+    assert_eq!(c["micro_avg"]["recall"].as_f64(), Some(3.0 / 5.0));
+
+    // A policy answering 0/1 names no categories: no category table.
+    let plain = env.path("plain.jsonl");
+    std::fs::write(
+        &plain,
+        "{\"id\": \"a\", \"label\": 1, \"finish_reason\": \"stop\"}\n",
+    )
+    .unwrap();
+    let one = env.path("one.jsonl");
+    std::fs::write(&one, "{\"id\": \"a\", \"text\": \"t\", \"label\": \"SP1\"}\n").unwrap();
+    let output = env.run(&[
+        "eval",
+        "--policy",
+        "spam",
+        "--input",
+        one.to_str().unwrap(),
+        "--results",
+        plain.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["categories"], Value::Null);
+}

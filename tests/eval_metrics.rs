@@ -262,3 +262,76 @@ fn mcnemars_exact_test_equals_scipys_binomial_test() {
     // No discordant pairs: no evidence either way.
     assert_eq!(mcnemar_exact(0, 0), 1.0);
 }
+
+#[test]
+fn category_scores_equal_scikit_learn() {
+    use safeguard_mlx::eval::categories::score;
+    let classes: Vec<String> = ["PI1", "PI2", "PI3", "safe"].map(String::from).to_vec();
+    let answers = ["PI1", "PI2", "PI3", "safe", "other", "no verdict"];
+    let mut rng = Rng(99);
+    let mut cases: Vec<Vec<(String, String)>> = Vec::new();
+    for n in [1, 7, 60] {
+        cases.push(
+            (0..n)
+                .map(|_| {
+                    let gold = classes[(rng.unit() * 4.0) as usize].clone();
+                    // Right about half the time, so every cell fills.
+                    let answer = if rng.unit() < 0.5 {
+                        gold.clone()
+                    } else {
+                        answers[(rng.unit() * 6.0) as usize].to_string()
+                    };
+                    (gold, answer)
+                })
+                .collect(),
+        );
+    }
+    // PI3 never the gold class nor said: undefined everywhere, left out of the macro average.
+    cases.push(vec![
+        ("PI1".into(), "PI1".into()),
+        ("safe".into(), "PI1".into()),
+        ("PI2".into(), "no verdict".into()),
+    ]);
+    let script = r#"
+import json, sys, warnings
+import numpy as np
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support as prf
+warnings.filterwarnings("ignore")
+num = lambda x: None if np.isnan(x) else float(x)
+out = []
+for case in json.load(open(sys.argv[1])):
+    labels, gold, said = case["classes"], [g for g, _ in case["pairs"]], [a for _, a in case["pairs"]]
+    p, r, f, s = prf(gold, said, labels=labels, average=None, zero_division=np.nan)
+    avg = {k: dict(zip(("precision", "recall", "f1"), map(num, prf(gold, said, labels=labels, average=k, zero_division=np.nan)[:3]))) for k in ("macro", "micro")}
+    columns = labels + [x for x in ("other", "no verdict") if x in said]
+    matrix = confusion_matrix(gold, said, labels=columns)[: len(labels)]
+    out.append({
+        "classes": [{"class": c, "support": int(s[i]), "precision": num(p[i]), "recall": num(r[i]), "f1": num(f[i])} for i, c in enumerate(labels)],
+        "macro_avg": avg["macro"], "micro_avg": avg["micro"], "columns": columns, "matrix": matrix.tolist(),
+        "uncategorised": 0, "undeclared": [],
+    })
+print(json.dumps(out))
+"#;
+    let input: Vec<Value> = cases
+        .iter()
+        .map(|pairs| json!({"classes": classes, "pairs": pairs}))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cases.json");
+    std::fs::write(&path, serde_json::to_string(&input).unwrap()).unwrap();
+    let output = Command::new(common::python())
+        .args(["-c", script])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let references: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
+    for (i, (pairs, reference)) in cases.iter().zip(&references).enumerate() {
+        let ours = serde_json::to_value(score(pairs, &classes, 0)).unwrap();
+        assert_close(&ours, reference, &format!("case {i}"));
+    }
+}

@@ -156,7 +156,15 @@ pub fn run(args: Args) -> Result<()> {
         target_recall: args.target_recall,
         ..Default::default()
     };
-    let mut evaluation = report::evaluate(&examples, &outcomes, &metric_options, manifest, &gate, cost);
+    let mut evaluation = report::evaluate(
+        &examples,
+        &outcomes,
+        &RuleIds::of(&policy),
+        &metric_options,
+        manifest,
+        &gate,
+        cost,
+    );
     if let Some(baseline) = &baseline {
         evaluation.comparison = Some(compare::compare(baseline, &evaluation, &examples));
     }

@@ -5,6 +5,7 @@
 
 use std::fmt::Write as _;
 
+use super::categories::CategoryMetrics;
 use super::compare::Comparison;
 use super::metrics::{Estimate, Metrics};
 use super::report::{Evaluation, MistakeKind};
@@ -55,6 +56,9 @@ pub fn render(e: &Evaluation) -> String {
     }
     metric_table(&mut out, m);
     confusion_table(&mut out, m);
+    if let Some(c) = &e.categories {
+        category_tables(&mut out, c);
+    }
     plots(&mut out, m);
     if let Some(c) = &e.comparison {
         comparison(&mut out, c);
@@ -127,6 +131,58 @@ fn confusion_table(out: &mut String, m: &Metrics) {
          <tr><th class=\"l\">safe (0)</th><td id=\"fp\">{}</td><td id=\"tn\">{}</td><td id=\"safe_unread\">{}</td></tr>\n</table>",
         c.tp, c.fn_, c.violating_unread, c.fp, c.tn, c.safe_unread
     );
+}
+
+fn category_tables(out: &mut String, c: &CategoryMetrics) {
+    out.push_str("<h2>By category</h2>\n<table id=\"categories\"><tr><th class=\"l\">class</th><th>examples</th><th>precision</th><th>recall</th><th>F1</th></tr>\n");
+    for k in &c.classes {
+        let _ = writeln!(
+            out,
+            "<tr><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&k.class),
+            k.support,
+            cell(k.precision),
+            cell(k.recall),
+            cell(k.f1)
+        );
+    }
+    for (name, a) in [("macro average", &c.macro_avg), ("micro average", &c.micro_avg)] {
+        let _ = writeln!(
+            out,
+            "<tr><th class=\"l\">{name}</th><td></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            cell(a.precision),
+            cell(a.recall),
+            cell(a.f1)
+        );
+    }
+    out.push_str("</table>\n<p>Category confusion matrix (rows: gold, columns: answer):</p>\n<table id=\"category-confusion\"><tr><th></th>");
+    for column in &c.columns {
+        let _ = write!(out, "<th>{}</th>", escape(column));
+    }
+    out.push_str("</tr>\n");
+    for (k, row) in c.classes.iter().zip(&c.matrix) {
+        let _ = write!(out, "<tr><th class=\"l\">{}</th>", escape(&k.class));
+        for count in row {
+            let _ = write!(out, "<td>{count}</td>");
+        }
+        out.push_str("</tr>\n");
+    }
+    out.push_str("</table>\n");
+    if c.uncategorised > 0 {
+        let _ = writeln!(
+            out,
+            "<p>{} violating examples labelled without a rule id are left out here.</p>",
+            c.uncategorised
+        );
+    }
+    if !c.undeclared.is_empty() {
+        let ids: Vec<String> = c.undeclared.iter().map(|i| escape(i)).collect();
+        let _ = writeln!(
+            out,
+            "<p class=\"warn\">Answers citing a rule the policy does not declare: {}.</p>",
+            ids.join(", ")
+        );
+    }
 }
 
 /// A 0–1 by 0–1 plot: `line` joined in order, `dots` marked; the diagonal

@@ -4,6 +4,7 @@
 //! reached only through `classify`.
 
 pub mod cache;
+pub mod categories;
 pub mod compare;
 pub mod golden;
 pub mod html;

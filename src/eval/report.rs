@@ -6,8 +6,9 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use super::categories::{self, CategoryMetrics};
 use super::compare::Comparison;
-use super::golden::Example;
+use super::golden::{Example, RuleIds};
 use super::manifest::Manifest;
 use super::metrics::{self, Answer, Estimate, Metrics, Scored};
 use super::results::Outcome;
@@ -19,6 +20,8 @@ const SHOWN_CHARS: usize = 240;
 pub struct Evaluation {
     pub manifest: Manifest,
     pub metrics: Metrics,
+    /// By rule id, when the set's labels and the answers name them.
+    pub categories: Option<CategoryMetrics>,
     /// False positives, false negatives and unreadable answers, in set order.
     pub mistakes: Vec<Mistake>,
     /// Ids of the examples with a verdict but no probability of a violation.
@@ -162,6 +165,7 @@ fn undefined_because(metric: &str) -> &'static str {
 pub fn evaluate(
     examples: &[Example],
     outcomes: &HashMap<String, Outcome>,
+    rules: &RuleIds,
     options: &metrics::Options,
     manifest: Manifest,
     gate: &Gate,
@@ -220,6 +224,7 @@ pub fn evaluate(
         p95: metrics::percentile(&latencies, 0.95),
     };
     Evaluation {
+        categories: category_metrics(&pairs, rules),
         gate: gate.check(&metrics),
         manifest,
         metrics,
@@ -228,6 +233,41 @@ pub fn evaluate(
         cost,
         comparison: None,
     }
+}
+
+/// Category scores, when some violating example is labelled with a rule id
+/// and some answer names a category.
+fn category_metrics(pairs: &[(&Example, &Outcome)], rules: &RuleIds) -> Option<CategoryMetrics> {
+    let labelled = pairs
+        .iter()
+        .any(|(e, _)| e.gold.violates && e.gold.category.is_some());
+    let named = pairs.iter().any(|(_, o)| o.policy_category.is_some());
+    if !(labelled && named) {
+        return None;
+    }
+    let mut uncategorised = 0;
+    let mut classes = Vec::new();
+    let mut undeclared = Vec::new();
+    for (e, o) in pairs {
+        let answer = categories::answer_class(o.label, o.policy_category.as_deref(), rules);
+        if answer == categories::OTHER && o.policy_category.is_some() {
+            undeclared.push(e.item.id.clone());
+        }
+        match categories::gold_class(e.gold.violates, e.gold.category.as_deref(), rules) {
+            Some(gold) => classes.push((gold, answer)),
+            None => uncategorised += 1,
+        }
+    }
+    let rows: Vec<String> = rules
+        .violating
+        .iter()
+        .filter(|id| classes.iter().any(|(g, a)| g == *id || a == *id))
+        .cloned()
+        .chain([categories::SAFE.to_string()])
+        .collect();
+    let mut scores = categories::score(&classes, &rows, uncategorised);
+    scores.undeclared = undeclared;
+    Some(scores)
 }
 
 fn trim(text: &str) -> String {
@@ -384,6 +424,9 @@ pub fn summary(e: &Evaluation, colour: bool) -> String {
             }
         }
     }
+    if let Some(cat) = &e.categories {
+        category_summary(&mut out, cat);
+    }
     if let Some(cmp) = &e.comparison {
         comparison_summary(&mut out, cmp, &paint);
     }
@@ -463,5 +506,55 @@ fn comparison_summary(out: &mut String, c: &Comparison, paint: &dyn Fn(&str, &st
             );
             let _ = writeln!(out, "      {}", f.text);
         }
+    }
+}
+
+fn category_summary(out: &mut String, c: &CategoryMetrics) {
+    let show = |v: Option<f64>| v.map_or_else(|| "—".to_string(), |v| format!("{v:.3}"));
+    let _ = writeln!(
+        out,
+        "\nby category{}",
+        if c.uncategorised > 0 {
+            format!(
+                " ({} violating examples without a rule id left out)",
+                c.uncategorised
+            )
+        } else {
+            String::new()
+        }
+    );
+    let _ = writeln!(
+        out,
+        "{:<14} {:>8} {:>9} {:>7} {:>7}",
+        "class", "examples", "precision", "recall", "F1"
+    );
+    for k in &c.classes {
+        let _ = writeln!(
+            out,
+            "{:<14} {:>8} {:>9} {:>7} {:>7}",
+            k.class,
+            k.support,
+            show(k.precision),
+            show(k.recall),
+            show(k.f1)
+        );
+    }
+    for (name, a) in [("macro average", &c.macro_avg), ("micro average", &c.micro_avg)] {
+        let _ = writeln!(
+            out,
+            "{:<14} {:>8} {:>9} {:>7} {:>7}",
+            name,
+            "",
+            show(a.precision),
+            show(a.recall),
+            show(a.f1)
+        );
+    }
+    if !c.undeclared.is_empty() {
+        let _ = writeln!(
+            out,
+            "answers citing a rule the policy does not declare: {}",
+            c.undeclared.join(", ")
+        );
     }
 }
