@@ -275,6 +275,28 @@ fn the_cache_makes_a_rerun_free_and_an_interrupted_run_resume() {
     assert_eq!(resumed["metrics"], first["metrics"]);
     assert_eq!(std::fs::read_to_string(&cache).unwrap().lines().count(), 7);
 
+    // A damaged cache is named, with the way out, instead of being trusted.
+    let text = std::fs::read_to_string(&cache).unwrap();
+    std::fs::write(&cache, format!("not json\n{text}")).unwrap();
+    let model = scripted();
+    let set = env.path("set.jsonl");
+    let output = env.run(&[
+        "eval",
+        "-m",
+        &model,
+        "--policy",
+        "spam",
+        "--input",
+        set.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("the eval cache is damaged") && stderr.contains("--no-cache"),
+        "{stderr}"
+    );
+    std::fs::write(&cache, text).unwrap();
+
     // Another key (here the token budget) is another run: nothing reused.
     let other = env.eval_json(&["--max-tokens", "64"]);
     assert_eq!(other["cost"]["classified"], 7);

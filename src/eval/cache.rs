@@ -53,7 +53,10 @@ impl ResultCache {
         let key = serde_json::to_vec(key).expect("a run key serializes");
         let path = dir.join(format!("{}.jsonl", &sha256_hex(&key)[..32]));
         // Opening drops a last line cut off by a crash.
-        let log = ResultLog::open(&path)?;
+        let log = ResultLog::open(&path).map_err(|e| input::Error::File {
+            path: path.clone(),
+            message: format!("the eval cache is damaged ({e}); delete the file or run with --no-cache"),
+        })?;
         let text = std::fs::read_to_string(&path).map_err(|e| file_error(e.to_string()))?;
         let results = text
             .lines()

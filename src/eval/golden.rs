@@ -233,8 +233,8 @@ fn jsonl_rows(text: &str, rules: &RuleIds) -> Vec<Row> {
 }
 
 fn json_example(line: &str, number: usize, rules: &RuleIds) -> Result<Example, String> {
-    let item = input::parse_json_item(line, number)?;
     let value: Value = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
+    let item = input::json_item(&value, number)?;
     let gold = match value.get("label") {
         None | Some(Value::Null) => {
             return Err("no \"label\": give 0/1, true/false, safe/violating or a rule id".into())
