@@ -854,3 +854,84 @@ fn category_labels_are_scored_per_rule() {
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["categories"], Value::Null);
 }
+
+#[test]
+fn an_effort_sweep_runs_and_reports_each_effort() {
+    let env = Env::new();
+    let set = env.path("set.jsonl");
+    write_set(&set);
+    let model = scripted();
+    let html = env.path("sweep.html");
+    let output = env.run(&[
+        "eval",
+        "-m",
+        &model,
+        "--policy",
+        "spam",
+        "--input",
+        set.to_str().unwrap(),
+        "--effort",
+        "low,high",
+        "--json",
+        "--report",
+        html.to_str().unwrap(),
+        "--min-precision",
+        "0.6",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr.trim().lines().collect::<Vec<_>>(),
+        [
+            "gate failed: effort low: precision 0.571 is below --min-precision 0.6 by 0.029",
+            "gate failed: effort high: precision 0.571 is below --min-precision 0.6 by 0.029",
+        ]
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let runs = report["sweep"].as_array().unwrap();
+    let efforts: Vec<&str> = runs
+        .iter()
+        .map(|r| r["manifest"]["effort"].as_str().unwrap())
+        .collect();
+    assert_eq!(efforts, ["low", "high"]);
+    // Each effort is its own run: its own cache file, every item classified.
+    assert_ne!(runs[0]["manifest"]["cache"], runs[1]["manifest"]["cache"]);
+    for run in runs {
+        assert_eq!(confusion(run), [4, 0, 0, 3, 0, 0]);
+        assert_eq!(run["cost"]["classified"], 7);
+    }
+
+    let output = Command::new(common::python())
+        .args(["-c", REPORT_PARSER, html.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let parsed: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(parsed["open"], json!([]));
+    assert_eq!(parsed["svgs"].as_array().unwrap().len(), 6);
+    for effort in ["low", "high"] {
+        assert_eq!(parsed["text"][format!("effort-{effort}-tp")], "4");
+        assert_eq!(parsed["text"][format!("effort-{effort}-fp")], "3");
+    }
+
+    // A results file is one run.
+    let output = env.run(&[
+        "eval",
+        "--policy",
+        "spam",
+        "--input",
+        set.to_str().unwrap(),
+        "--effort",
+        "low,high",
+        "--results",
+        set.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("an --effort sweep runs the model once per effort")
+    );
+}

@@ -26,6 +26,9 @@ pub struct Args {
     /// Items from a file: `.jsonl` ({"id", "text"} or {"id", "messages"}) or one per line.
     #[arg(short, long, conflicts_with = "texts")]
     input: Option<PathBuf>,
+    /// Reasoning effort; default: the policy's `Reasoning:` line, else medium.
+    #[arg(long, value_parser = clap::builder::ValueParser::new(str::parse::<Effort>))]
+    effort: Option<Effort>,
     #[command(flatten)]
     run: RunArgs,
     /// One JSON object per item, one per line.
@@ -46,15 +49,13 @@ pub struct Args {
 }
 
 /// How items are classified: the model and its options, the same for every
-/// command that classifies (`classify`, `eval`).
+/// command that classifies (`classify`, `eval`); each takes its own
+/// `--effort` (`eval` may sweep several).
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// Model: a local folder, a catalog alias (`safeguard ls`) or a hub repo id.
     #[arg(short, long, default_value = "safeguard-20b")]
     pub model: String,
-    /// Reasoning effort; default: the policy's `Reasoning:` line, else medium.
-    #[arg(long, value_parser = clap::builder::ValueParser::new(str::parse::<Effort>))]
-    pub effort: Option<Effort>,
     /// Token budget for reasoning and answer; an answer cut off is reported, not guessed.
     #[arg(long, default_value_t = 4096)]
     pub max_tokens: usize,
@@ -75,9 +76,9 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    pub fn options(&self) -> ClassifyOptions {
+    pub fn options(&self, effort: Option<Effort>) -> ClassifyOptions {
         ClassifyOptions {
-            effort: self.effort,
+            effort,
             date: self.date.clone(),
             max_tokens: self.max_tokens,
             sampler: SamplerOptions {
@@ -112,7 +113,7 @@ pub fn run(args: Args) -> Result<()> {
     .map_err(|e| usage(e.into()))?;
     let model_dir = super::resolve_model(&args.run.model)?;
     let tokenizer = Tokenizer::load(&model_dir).map_err(|e| usage(e.into()))?;
-    let options = args.run.options();
+    let options = args.run.options(args.effort);
 
     if args.dry_run {
         // Rendering needs the tokenizer only; the weights are not read.

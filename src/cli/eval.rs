@@ -12,15 +12,16 @@ use super::classify::{progress_bar, RunArgs};
 use super::UsageError;
 use crate::classify::input::Item;
 use crate::classify::policy::Policy;
-use crate::classify::run::{effort, Classifier};
+use crate::classify::run::{self, Classifier, ClassifyOptions};
 use crate::eval::cache::{sha256_hex, ResultCache, RunKey};
 use crate::eval::compare::{self, Baseline};
 use crate::eval::golden::{self, Columns, Example, RuleIds};
 use crate::eval::html;
 use crate::eval::manifest::{self, FileInfo, Manifest, ModelInfo};
 use crate::eval::metrics;
-use crate::eval::report::{self, Cost, Gate};
+use crate::eval::report::{self, Cost, Evaluation, Gate};
 use crate::eval::results::{self, Outcome};
+use crate::harmony::Effort;
 use crate::mlx;
 use crate::model::GptOss;
 use crate::tokenizer::Tokenizer;
@@ -49,6 +50,10 @@ pub struct Args {
     label_col: String,
     #[arg(long, default_value = "id")]
     id_col: String,
+    /// Reasoning effort; default: the policy's `Reasoning:` line, else medium. Several
+    /// (`low,medium,high`) sweep them: one run each, compared in a table.
+    #[arg(long, value_delimiter = ',', value_parser = clap::builder::ValueParser::new(str::parse::<Effort>))]
+    effort: Vec<Effort>,
     #[command(flatten)]
     run: RunArgs,
     /// Print the whole evaluation as one JSON object (schema in the README).
@@ -112,7 +117,77 @@ pub fn run(args: Args) -> Result<()> {
         })
         .transpose()
         .map_err(|e| usage(anyhow!(e)))?;
-    let options = args.run.options();
+    let efforts: Vec<Option<Effort>> = match args.effort.as_slice() {
+        [] => vec![None],
+        list => list.iter().copied().map(Some).collect(),
+    };
+    let sweep = efforts.len() > 1;
+    if sweep && (args.results.is_some() || baseline.is_some()) {
+        return Err(usage(anyhow!(
+            "an --effort sweep runs the model once per effort; --results and --baseline take one run"
+        ))
+        .into());
+    }
+    let mut evaluations = Vec::new();
+    for effort in efforts {
+        let mut evaluation = evaluate(&args, &policy, &examples, &dataset, effort)?;
+        if let Some(baseline) = &baseline {
+            evaluation.comparison = Some(compare::compare(baseline, &evaluation, &examples));
+        }
+        evaluations.push(evaluation);
+    }
+    let colour = std::io::stdout().is_terminal();
+    let failures: Vec<String> = evaluations
+        .iter()
+        .flat_map(|e| {
+            let prefix = if sweep {
+                format!("effort {}: ", e.manifest.effort)
+            } else {
+                String::new()
+            };
+            e.gate.iter().map(move |g| format!("{prefix}{}", g.message))
+        })
+        .collect();
+    let (report_page, json, text) = match evaluations.as_slice() {
+        [one] => (
+            html::render(one),
+            serde_json::to_string_pretty(one)?,
+            report::summary(one, colour),
+        ),
+        all => (
+            html::render_sweep(all),
+            serde_json::to_string_pretty(&serde_json::json!({ "sweep": all }))?,
+            all.iter()
+                .map(|e| report::summary(e, colour) + "\n")
+                .collect::<String>()
+                + &report::sweep_summary(all),
+        ),
+    };
+    if let Some(path) = &args.report {
+        std::fs::write(path, report_page)
+            .map_err(|e| anyhow!("cannot write the report to {}: {e}", path.display()))?;
+    }
+    if args.json {
+        println!("{json}");
+    } else {
+        print!("{text}");
+    }
+    if !failures.is_empty() {
+        return Err(GateFailed(failures).into());
+    }
+    Ok(())
+}
+
+/// One run at one effort: results from `--results`, the cache or the model, scored.
+fn evaluate(
+    args: &Args,
+    policy: &Policy,
+    examples: &[Example],
+    dataset: &FileInfo,
+    effort: Option<Effort>,
+) -> Result<Evaluation> {
+    let usage = |e: anyhow::Error| UsageError(e);
+    let options = args.run.options(effort);
     let mut manifest = Manifest {
         safeguard_version: env!("CARGO_PKG_VERSION").into(),
         mlx_version: mlx::version(),
@@ -123,9 +198,9 @@ pub fn run(args: Args) -> Result<()> {
             path: policy.path.as_ref().map(|p| p.display().to_string()),
             sha256: sha256_hex(policy.text.as_bytes()),
         },
-        dataset,
+        dataset: dataset.clone(),
         results_file: None,
-        effort: effort(&policy, &options).to_string(),
+        effort: run::effort(policy, &options).to_string(),
         temperature: args.run.temperature,
         seed: args.run.seed,
         max_tokens: args.run.max_tokens,
@@ -140,11 +215,11 @@ pub fn run(args: Args) -> Result<()> {
             manifest.results_file = Some(FileInfo::of_file(path, &bytes));
             let outcomes = results::read(path).map_err(|e| usage(e.into()))?;
             (
-                by_example(&examples, outcomes, path).map_err(usage)?,
+                by_example(examples, outcomes, path).map_err(usage)?,
                 Cost::default(),
             )
         }
-        None => classify(&args, &policy, &examples, &mut manifest)?,
+        None => classify(args, policy, examples, options, &mut manifest)?,
     };
     let gate = Gate {
         min_precision: args.min_precision,
@@ -156,34 +231,15 @@ pub fn run(args: Args) -> Result<()> {
         target_recall: args.target_recall,
         ..Default::default()
     };
-    let mut evaluation = report::evaluate(
-        &examples,
+    Ok(report::evaluate(
+        examples,
         &outcomes,
-        &RuleIds::of(&policy),
+        &RuleIds::of(policy),
         &metric_options,
         manifest,
         &gate,
         cost,
-    );
-    if let Some(baseline) = &baseline {
-        evaluation.comparison = Some(compare::compare(baseline, &evaluation, &examples));
-    }
-    if let Some(path) = &args.report {
-        std::fs::write(path, html::render(&evaluation))
-            .map_err(|e| anyhow!("cannot write the report to {}: {e}", path.display()))?;
-    }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&evaluation)?);
-    } else {
-        print!(
-            "{}",
-            report::summary(&evaluation, std::io::stdout().is_terminal())
-        );
-    }
-    if !evaluation.gate.is_empty() {
-        return Err(GateFailed(evaluation.gate.iter().map(|g| g.message.clone()).collect()).into());
-    }
-    Ok(())
+    ))
 }
 
 /// The labelled set: `--input`, else the set shipped with a shipped policy.
@@ -252,6 +308,7 @@ fn classify(
     args: &Args,
     policy: &Policy,
     examples: &[Example],
+    options: ClassifyOptions,
     manifest: &mut Manifest,
 ) -> Result<(HashMap<String, Outcome>, Cost)> {
     let usage = |e: anyhow::Error| UsageError(e);
@@ -313,7 +370,7 @@ fn classify(
         }
         let tokenizer = Tokenizer::load(&model_dir).map_err(|e| usage(e.into()))?;
         let model = GptOss::load(&model_dir, args.run.engine.load_options()).map_err(|e| usage(e.into()))?;
-        let mut classifier = Classifier::new(&model, &tokenizer, policy, args.run.options())?;
+        let mut classifier = Classifier::new(&model, &tokenizer, policy, options)?;
         let progress = progress_bar(todo.len());
         let refs: Vec<&Item> = todo.iter().collect();
         let start = Instant::now();

@@ -35,18 +35,67 @@ details{margin:.2em 0 .8em}pre{white-space:pre-wrap;background:#f7f7f7;padding:.
 .mistake{border-left:3px solid #ccc;padding-left:.8em;margin:1em 0}code{font-size:.9em}";
 
 pub fn render(e: &Evaluation) -> String {
-    let m = &e.metrics;
-    let mut out = String::new();
     let title = format!(
         "safeguard eval: {} on {}",
         e.manifest.policy.name, e.manifest.dataset.name
     );
-    let _ = write!(
-        out,
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title><style>{STYLE}</style></head><body>\n<h1>{}</h1>\n",
-        escape(&title),
-        escape(&title)
+    document(&title, &body(e))
+}
+
+/// An `--effort` sweep: a table of the runs side by side, then each run.
+pub fn render_sweep(all: &[Evaluation]) -> String {
+    let Some(first) = all.first() else {
+        return document("safeguard eval", "");
+    };
+    let title = format!(
+        "safeguard eval: {} on {}, effort sweep",
+        first.manifest.policy.name, first.manifest.dataset.name
     );
+    let mut out = String::from(
+        "<h2>Effort sweep</h2>\n<table id=\"sweep\"><tr><th class=\"l\">effort</th><th>accuracy</th><th>precision</th><th>recall</th><th>F1</th><th>ROC AUC</th><th>no verdict</th><th>completion tokens per item</th><th>latency p50 (ms)</th><th>items/s</th></tr>\n",
+    );
+    for e in all {
+        let m = &e.metrics;
+        let _ = writeln!(
+            out,
+            "<tr><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&e.manifest.effort),
+            cell(m.accuracy.value),
+            cell(m.precision.value),
+            cell(m.recall.value),
+            cell(m.f1.value),
+            cell(m.roc_auc.value),
+            m.parse_failures + m.cut_off,
+            e.cost.mean_completion_tokens.map_or_else(|| "—".into(), |t| format!("{t:.1}")),
+            e.cost.latency_ms.p50.map_or_else(|| "—".into(), |t| format!("{t:.0}")),
+            e.cost.items_per_second.map_or_else(|| "—".into(), |t| format!("{t:.2}")),
+        );
+    }
+    out.push_str("</table>\n");
+    for e in all {
+        let prefix = format!("effort-{}-", escape(&e.manifest.effort));
+        let _ = writeln!(
+            out,
+            "<h1 id=\"{prefix}run\">Effort {}</h1>",
+            escape(&e.manifest.effort)
+        );
+        // Each run's element ids get the run's prefix so they stay unique.
+        // Data text is escaped (a quote is &quot;), so ` id="` is only ever ours.
+        out.push_str(&body(e).replace(" id=\"", &format!(" id=\"{prefix}")));
+    }
+    document(&title, &out)
+}
+
+fn document(title: &str, body: &str) -> String {
+    format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title><style>{STYLE}</style></head><body>\n<h1>{t}</h1>\n{body}</body></html>\n",
+        t = escape(title)
+    )
+}
+
+fn body(e: &Evaluation) -> String {
+    let m = &e.metrics;
+    let mut out = String::new();
     if !e.gate.is_empty() {
         out.push_str("<ul class=\"bad\" id=\"gate\">");
         for g in &e.gate {
@@ -65,7 +114,6 @@ pub fn render(e: &Evaluation) -> String {
     }
     mistakes(&mut out, e);
     cost_and_manifest(&mut out, e);
-    out.push_str("</body></html>\n");
     out
 }
 

@@ -558,3 +558,41 @@ fn category_summary(out: &mut String, c: &CategoryMetrics) {
         );
     }
 }
+
+/// An `--effort` sweep side by side: quality against tokens and time.
+pub fn sweep_summary(all: &[Evaluation]) -> String {
+    let show = |v: Option<f64>, digits: usize| v.map_or_else(|| "—".to_string(), |v| format!("{v:.digits$}"));
+    let mut out = String::from("effort sweep\n");
+    let _ = writeln!(
+        out,
+        "{:<8} {:>8} {:>9} {:>7} {:>7} {:>7} {:>10} {:>11} {:>9} {:>7}",
+        "effort",
+        "accuracy",
+        "precision",
+        "recall",
+        "F1",
+        "AUC",
+        "no verdict",
+        "tokens/item",
+        "p50 (ms)",
+        "items/s"
+    );
+    for e in all {
+        let m = &e.metrics;
+        let _ = writeln!(
+            out,
+            "{:<8} {:>8} {:>9} {:>7} {:>7} {:>7} {:>10} {:>11} {:>9} {:>7}",
+            e.manifest.effort,
+            show(m.accuracy.value, 3),
+            show(m.precision.value, 3),
+            show(m.recall.value, 3),
+            show(m.f1.value, 3),
+            show(m.roc_auc.value, 3),
+            m.parse_failures + m.cut_off,
+            show(e.cost.mean_completion_tokens, 1),
+            show(e.cost.latency_ms.p50, 0),
+            show(e.cost.items_per_second, 2),
+        );
+    }
+    out
+}
