@@ -31,7 +31,7 @@ pub struct Cli {
 enum Command {
     Bench(bench::Args),
     Classify(classify::Args),
-    Eval(eval::Args),
+    Eval(Box<eval::Args>),
     Generate(generate::Args),
     Policies(policies::Args),
     Pull(pull::Args),
@@ -125,7 +125,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Bench(args) => bench::run(args),
         Command::Classify(args) => classify::run(args),
-        Command::Eval(args) => eval::run(args),
+        Command::Eval(args) => eval::run(*args),
         Command::Generate(args) => generate::run(args),
         Command::Policies(args) => policies::run(args),
         Command::Pull(args) => pull::run(args),
