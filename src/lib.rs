@@ -13,6 +13,7 @@ pub mod bench;
 pub mod classify;
 pub mod cli;
 pub mod engine;
+pub mod eval;
 pub mod harmony;
 pub mod hub;
 pub mod kernels;

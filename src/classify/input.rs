@@ -89,6 +89,11 @@ pub fn read_file(path: &Path) -> Result<Vec<Item>, Error> {
 
 fn parse_json_item(line: &str, number: usize) -> Result<Item, String> {
     let value: Value = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
+    json_item(&value, number)
+}
+
+/// The item of a JSON line already parsed; `number` is its default id.
+pub(crate) fn json_item(value: &Value, number: usize) -> Result<Item, String> {
     let object = value
         .as_object()
         .ok_or("expected a JSON object with \"text\" or \"messages\"")?;

@@ -94,15 +94,19 @@ impl Classification {
 /// the effort (the option, else the policy's `Reasoning:` line, else medium)
 /// and the policy as the developer's instructions.
 pub fn conversation(policy: &Policy, options: &ClassifyOptions) -> Conversation {
-    let effort = options
-        .effort
-        .or_else(|| policy.effort.as_deref().and_then(|e| e.parse().ok()))
-        .unwrap_or_default();
-    let mut system = SystemContent::default().with_effort(effort);
+    let mut system = SystemContent::default().with_effort(effort(policy, options));
     if let Some(date) = &options.date {
         system = system.with_date(date.clone());
     }
     Conversation::new(system).with_instructions(policy.text.clone())
+}
+
+/// The reasoning effort: the option, else the policy's `Reasoning:` line, else medium.
+pub fn effort(policy: &Policy, options: &ClassifyOptions) -> Effort {
+    options
+        .effort
+        .or_else(|| policy.effort.as_deref().and_then(|e| e.parse().ok()))
+        .unwrap_or_default()
 }
 
 /// The prompt tokens that ask the model to judge `content`.

@@ -20,9 +20,6 @@ use crate::tokenizer::Tokenizer;
 pub struct Args {
     /// Texts to classify; `-` reads one from stdin.
     texts: Vec<String>,
-    /// Model: a local folder, a catalog alias (`safeguard ls`) or a hub repo id.
-    #[arg(short, long, default_value = "safeguard-20b")]
-    model: String,
     /// A shipped policy (`safeguard policies`) or a policy file.
     #[arg(short, long)]
     policy: String,
@@ -32,17 +29,8 @@ pub struct Args {
     /// Reasoning effort; default: the policy's `Reasoning:` line, else medium.
     #[arg(long, value_parser = clap::builder::ValueParser::new(str::parse::<Effort>))]
     effort: Option<Effort>,
-    /// Token budget for reasoning and answer; an answer cut off is reported, not guessed.
-    #[arg(long, default_value_t = 4096)]
-    max_tokens: usize,
-    /// Sampling temperature; 0 (the default) is greedy and repeatable.
-    #[arg(long = "temp", default_value_t = 0.0)]
-    temperature: f32,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// `Current date:` for the system message (YYYY-MM-DD); none by default.
-    #[arg(long)]
-    date: Option<String>,
+    #[command(flatten)]
+    run: RunArgs,
     /// One JSON object per item, one per line.
     #[arg(long, alias = "jsonl")]
     json: bool,
@@ -58,12 +46,50 @@ pub struct Args {
     /// Exit with 1 when any item violates the policy.
     #[arg(long)]
     fail_on_violation: bool,
+}
+
+/// How items are classified: the model and its options, the same for every
+/// command that classifies (`classify`, `eval`); each takes its own
+/// `--effort` (`eval` may sweep several).
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Model: a local folder, a catalog alias (`safeguard ls`) or a hub repo id.
+    #[arg(short, long, default_value = "safeguard-20b")]
+    pub model: String,
+    /// Token budget for reasoning and answer; an answer cut off is reported, not guessed.
+    #[arg(long, default_value_t = 4096)]
+    pub max_tokens: usize,
+    /// Sampling temperature; 0 (the default) is greedy and repeatable.
+    #[arg(long = "temp", default_value_t = 0.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// `Current date:` for the system message (YYYY-MM-DD); none by default.
+    #[arg(long)]
+    pub date: Option<String>,
     #[command(flatten)]
-    engine: super::EngineArgs,
+    pub engine: super::EngineArgs,
     /// Items decoded together (continuous batching; results identical to
     /// one at a time). 1 decodes one item at a time.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
-    batch_size: u32,
+    pub batch_size: u32,
+}
+
+impl RunArgs {
+    pub fn options(&self, effort: Option<Effort>) -> ClassifyOptions {
+        ClassifyOptions {
+            effort,
+            date: self.date.clone(),
+            max_tokens: self.max_tokens,
+            sampler: SamplerOptions {
+                temperature: self.temperature,
+                seed: self.seed,
+                ..Default::default()
+            },
+            prefill_step: self.engine.prefill_step,
+            keywords: Keywords::default(),
+        }
+    }
 }
 
 /// Exit status 1 with `--fail-on-violation`: not an error, a finding.
@@ -85,27 +111,16 @@ pub fn run(args: Args) -> Result<()> {
         None => input::from_args(&args.texts),
     }
     .map_err(|e| usage(e.into()))?;
-    let model_dir = super::resolve_model(&args.model)?;
+    let model_dir = super::resolve_model(&args.run.model)?;
     let tokenizer = Tokenizer::load(&model_dir).map_err(|e| usage(e.into()))?;
-    let options = ClassifyOptions {
-        effort: args.effort,
-        date: args.date.clone(),
-        max_tokens: args.max_tokens,
-        sampler: SamplerOptions {
-            temperature: args.temperature,
-            seed: args.seed,
-            ..Default::default()
-        },
-        prefill_step: args.engine.prefill_step,
-        keywords: Keywords::default(),
-    };
+    let options = args.run.options(args.effort);
 
     if args.dry_run {
         // Rendering needs the tokenizer only; the weights are not read.
         return print_prompts(&tokenizer, &policy, &options, &items);
     }
 
-    let model = GptOss::load(&model_dir, args.engine.load_options()).map_err(|e| usage(e.into()))?;
+    let model = GptOss::load(&model_dir, args.run.engine.load_options()).map_err(|e| usage(e.into()))?;
     let mut classifier = Classifier::new(&model, &tokenizer, &policy, options)?;
     let mut log = args
         .output
@@ -135,7 +150,7 @@ pub fn run(args: Args) -> Result<()> {
     // Results are logged as items finish and printed in input order.
     let mut finished: Vec<Option<Classification>> = vec![None; todo.len()];
     let mut printed = 0;
-    classifier.classify_batched(&todo, args.batch_size as usize, |i, result| {
+    classifier.classify_batched(&todo, args.run.batch_size as usize, |i, result| {
         violations += usize::from(result.violates());
         if let Some(log) = &mut log {
             log.append(&result.id, &result.to_json())?;
@@ -162,7 +177,7 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-fn progress_bar(len: usize) -> indicatif::ProgressBar {
+pub(super) fn progress_bar(len: usize) -> indicatif::ProgressBar {
     if len < 2 || !std::io::stderr().is_terminal() {
         return indicatif::ProgressBar::hidden();
     }

@@ -2,6 +2,7 @@
 
 mod bench;
 mod classify;
+mod eval;
 mod generate;
 mod ls;
 mod policies;
@@ -30,6 +31,7 @@ pub struct Cli {
 enum Command {
     Bench(bench::Args),
     Classify(classify::Args),
+    Eval(Box<eval::Args>),
     Generate(generate::Args),
     Policies(policies::Args),
     Pull(pull::Args),
@@ -123,6 +125,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Bench(args) => bench::run(args),
         Command::Classify(args) => classify::run(args),
+        Command::Eval(args) => eval::run(*args),
         Command::Generate(args) => generate::run(args),
         Command::Policies(args) => policies::run(args),
         Command::Pull(args) => pull::run(args),
@@ -131,7 +134,10 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.downcast_ref::<classify::ViolationFound>().is_some() => {
+        Err(e)
+            if e.downcast_ref::<classify::ViolationFound>().is_some()
+                || e.downcast_ref::<eval::GateFailed>().is_some() =>
+        {
             eprintln!("{e}");
             ExitCode::FAILURE
         }

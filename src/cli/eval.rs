@@ -1,0 +1,415 @@
+//! `safeguard eval`: a policy measured on labelled examples.
+
+use std::collections::{HashMap, HashSet};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{anyhow, Result};
+use serde_json::Value;
+
+use super::classify::{progress_bar, RunArgs};
+use super::UsageError;
+use crate::classify::input::Item;
+use crate::classify::policy::Policy;
+use crate::classify::run::{self, Classifier, ClassifyOptions};
+use crate::eval::cache::{sha256_hex, ResultCache, RunKey};
+use crate::eval::compare::{self, Baseline};
+use crate::eval::golden::{self, Columns, Example, RuleIds};
+use crate::eval::html;
+use crate::eval::manifest::{self, FileInfo, Manifest, ModelInfo};
+use crate::eval::metrics;
+use crate::eval::report::{self, Cost, Evaluation, Gate};
+use crate::eval::results::{self, Outcome};
+use crate::harmony::Effort;
+use crate::mlx;
+use crate::model::GptOss;
+use crate::tokenizer::Tokenizer;
+
+/// Measure a policy on labelled examples: metrics with intervals, every
+/// mistake, cost; with gate flags, fail a CI run that falls short.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A shipped policy (`safeguard policies`) or a policy file.
+    #[arg(short, long)]
+    policy: String,
+    /// The labelled set: `.jsonl` ({"id", "text" | "messages", "label"}), `.csv` or `.tsv` with a
+    /// header; default for a shipped policy: the set shipped beside it.
+    #[arg(short, long)]
+    input: Option<PathBuf>,
+    /// Compare with an earlier run: the `--json` output of `safeguard eval` on the same set.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
+    /// Score this `classify --output` file instead of running the model.
+    #[arg(long)]
+    results: Option<PathBuf>,
+    /// CSV/TSV column holding the text; default `text`, else `content`.
+    #[arg(long)]
+    text_col: Option<String>,
+    #[arg(long, default_value = "label")]
+    label_col: String,
+    #[arg(long, default_value = "id")]
+    id_col: String,
+    /// Reasoning effort; default: the policy's `Reasoning:` line, else medium. Several
+    /// (`low,medium,high`) sweep them: one run each, compared in a table.
+    #[arg(long, value_delimiter = ',', value_parser = clap::builder::ValueParser::new(str::parse::<Effort>))]
+    effort: Vec<Effort>,
+    #[command(flatten)]
+    run: RunArgs,
+    /// Print the whole evaluation as one JSON object (schema in the README).
+    #[arg(long)]
+    json: bool,
+    /// Also write a self-contained HTML report (curves, mistakes, manifest).
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Also report the threshold on P(violation) that reaches this recall.
+    #[arg(long, value_parser = unit_interval)]
+    target_recall: Option<f64>,
+    /// Exit 1 when precision is below this.
+    #[arg(long, value_parser = unit_interval)]
+    min_precision: Option<f64>,
+    /// Exit 1 when recall is below this.
+    #[arg(long, value_parser = unit_interval)]
+    min_recall: Option<f64>,
+    /// Exit 1 when F1 is below this.
+    #[arg(long, value_parser = unit_interval)]
+    min_f1: Option<f64>,
+    /// Exit 1 when more answers than this could not be read (parse failures and cut-offs).
+    #[arg(long)]
+    max_parse_failures: Option<u64>,
+    /// Where results are kept between runs; default $XDG_CACHE_HOME/safeguard/eval
+    /// (~/.cache/safeguard/eval).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Classify every item again and keep nothing.
+    #[arg(long, conflicts_with = "cache_dir")]
+    no_cache: bool,
+}
+
+fn unit_interval(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("{text:?} is not a number from 0 to 1")),
+    }
+}
+
+/// Exit status 1: the gate's limits were not met. Not an error, a finding.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.iter().map(|m| format!("gate failed: {m}")).collect::<Vec<_>>().join("\n"))]
+pub struct GateFailed(pub Vec<String>);
+
+pub fn run(args: Args) -> Result<()> {
+    let usage = |e: anyhow::Error| UsageError(e);
+    let policy = Policy::find(&args.policy).map_err(|e| usage(e.into()))?;
+    let columns = Columns {
+        text: args.text_col.clone(),
+        label: args.label_col.clone(),
+        id: args.id_col.clone(),
+    };
+    let (examples, dataset) = read_set(&args, &policy, &columns).map_err(usage)?;
+    let baseline = args
+        .baseline
+        .as_deref()
+        .map(|path| {
+            let baseline = Baseline::read(path)?;
+            baseline.check_same_set(&dataset.sha256)?;
+            Ok::<_, String>(baseline)
+        })
+        .transpose()
+        .map_err(|e| usage(anyhow!(e)))?;
+    let efforts: Vec<Option<Effort>> = match args.effort.as_slice() {
+        [] => vec![None],
+        list => list.iter().copied().map(Some).collect(),
+    };
+    let sweep = efforts.len() > 1;
+    if sweep && (args.results.is_some() || baseline.is_some()) {
+        return Err(usage(anyhow!(
+            "an --effort sweep runs the model once per effort; --results and --baseline take one run"
+        ))
+        .into());
+    }
+    let mut evaluations = Vec::new();
+    for effort in efforts {
+        let mut evaluation = evaluate(&args, &policy, &examples, &dataset, effort)?;
+        if let Some(baseline) = &baseline {
+            evaluation.comparison = Some(compare::compare(baseline, &evaluation, &examples));
+        }
+        evaluations.push(evaluation);
+    }
+    let colour = std::io::stdout().is_terminal();
+    let failures: Vec<String> = evaluations
+        .iter()
+        .flat_map(|e| {
+            let prefix = if sweep {
+                format!("effort {}: ", e.manifest.effort)
+            } else {
+                String::new()
+            };
+            e.gate.iter().map(move |g| format!("{prefix}{}", g.message))
+        })
+        .collect();
+    let (report_page, json, text) = match evaluations.as_slice() {
+        [one] => (
+            html::render(one),
+            serde_json::to_string_pretty(one)?,
+            report::summary(one, colour),
+        ),
+        all => (
+            html::render_sweep(all),
+            serde_json::to_string_pretty(&serde_json::json!({ "sweep": all }))?,
+            all.iter()
+                .map(|e| report::summary(e, colour) + "\n")
+                .collect::<String>()
+                + &report::sweep_summary(all),
+        ),
+    };
+    if let Some(path) = &args.report {
+        std::fs::write(path, report_page)
+            .map_err(|e| anyhow!("cannot write the report to {}: {e}", path.display()))?;
+    }
+    if args.json {
+        println!("{json}");
+    } else {
+        print!("{text}");
+    }
+    if !failures.is_empty() {
+        return Err(GateFailed(failures).into());
+    }
+    Ok(())
+}
+
+/// One run at one effort: results from `--results`, the cache or the model, scored.
+fn evaluate(
+    args: &Args,
+    policy: &Policy,
+    examples: &[Example],
+    dataset: &FileInfo,
+    effort: Option<Effort>,
+) -> Result<Evaluation> {
+    let usage = |e: anyhow::Error| UsageError(e);
+    let options = args.run.options(effort);
+    let mut manifest = Manifest {
+        safeguard_version: env!("CARGO_PKG_VERSION").into(),
+        mlx_version: mlx::version(),
+        device: mlx::default_device().to_string(),
+        model: None,
+        policy: FileInfo {
+            name: policy.name.clone(),
+            path: policy.path.as_ref().map(|p| p.display().to_string()),
+            sha256: sha256_hex(policy.text.as_bytes()),
+        },
+        dataset: dataset.clone(),
+        results_file: None,
+        effort: run::effort(policy, &options).to_string(),
+        temperature: args.run.temperature,
+        seed: args.run.seed,
+        max_tokens: args.run.max_tokens,
+        dtype: format!("{:?}", args.run.engine.dtype).to_lowercase(),
+        cpu_kernels: args.run.engine.cpu_kernels.to_string(),
+        cache: None,
+        date: manifest::utc_now(),
+    };
+    let (outcomes, cost) = match &args.results {
+        Some(path) => {
+            let bytes = std::fs::read(path).map_err(|e| usage(anyhow!("{}: {e}", path.display())))?;
+            manifest.results_file = Some(FileInfo::of_file(path, &bytes));
+            let outcomes = results::read(path).map_err(|e| usage(e.into()))?;
+            (
+                by_example(examples, outcomes, path).map_err(usage)?,
+                Cost::default(),
+            )
+        }
+        None => classify(args, policy, examples, options, &mut manifest)?,
+    };
+    let gate = Gate {
+        min_precision: args.min_precision,
+        min_recall: args.min_recall,
+        min_f1: args.min_f1,
+        max_parse_failures: args.max_parse_failures,
+    };
+    let metric_options = metrics::Options {
+        target_recall: args.target_recall,
+        ..Default::default()
+    };
+    Ok(report::evaluate(
+        examples,
+        &outcomes,
+        &RuleIds::of(policy),
+        &metric_options,
+        manifest,
+        &gate,
+        cost,
+    ))
+}
+
+/// The labelled set: `--input`, else the set shipped with a shipped policy.
+fn read_set(args: &Args, policy: &Policy, columns: &Columns) -> Result<(Vec<Example>, FileInfo)> {
+    let rules = RuleIds::of(policy);
+    if let Some(path) = &args.input {
+        let examples = golden::read(path, columns, &rules)?;
+        let bytes = std::fs::read(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        return Ok((examples, FileInfo::of_file(path, &bytes)));
+    }
+    let shipped = policy
+        .path
+        .is_none()
+        .then(|| golden::shipped(&policy.name))
+        .flatten();
+    let Some((name, text)) = shipped else {
+        return Err(anyhow!(
+            "no labelled set: give --input FILE (.jsonl, .csv or .tsv); only shipped policies have one built in"
+        ));
+    };
+    let examples = golden::parse(Path::new(&name), text, columns, &rules)?;
+    let info = FileInfo {
+        name,
+        path: None,
+        sha256: sha256_hex(text.as_bytes()),
+    };
+    Ok((examples, info))
+}
+
+/// Results matched to examples by id; every example needs one.
+fn by_example(examples: &[Example], outcomes: Vec<Outcome>, path: &Path) -> Result<HashMap<String, Outcome>> {
+    let mut by_id: HashMap<String, Outcome> = outcomes.into_iter().map(|o| (o.id.clone(), o)).collect();
+    let missing: Vec<&str> = examples
+        .iter()
+        .map(|e| e.item.id.as_str())
+        .filter(|id| !by_id.contains_key(*id))
+        .collect();
+    if !missing.is_empty() {
+        let shown: Vec<&str> = missing.iter().take(10).copied().collect();
+        return Err(anyhow!(
+            "{}: no result for {} of {} examples ({}{}); write it with `safeguard classify --input SET --output FILE` on the same set",
+            path.display(),
+            missing.len(),
+            examples.len(),
+            shown.join(", "),
+            if missing.len() > shown.len() { ", …" } else { "" }
+        ));
+    }
+    let ids: HashSet<&str> = examples.iter().map(|e| e.item.id.as_str()).collect();
+    by_id.retain(|id, _| ids.contains(id.as_str()));
+    Ok(by_id)
+}
+
+fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("safeguard").join("eval"))
+}
+
+/// Results for every example: from the cache where the same text was
+/// judged under the same run key, else from the model (through the same
+/// classifier as `safeguard classify`), cached as each finishes.
+fn classify(
+    args: &Args,
+    policy: &Policy,
+    examples: &[Example],
+    options: ClassifyOptions,
+    manifest: &mut Manifest,
+) -> Result<(HashMap<String, Outcome>, Cost)> {
+    let usage = |e: anyhow::Error| UsageError(e);
+    let model_dir = super::resolve_model(&args.run.model)?;
+    let fingerprint = manifest::model_fingerprint(&model_dir)
+        .map_err(|e| usage(anyhow!("{}: {e}", model_dir.display())))?;
+    manifest.model = Some(ModelInfo {
+        name: args.run.model.clone(),
+        path: model_dir.display().to_string(),
+        fingerprint: fingerprint.clone(),
+    });
+    let key = RunKey {
+        model: fingerprint,
+        policy_sha256: manifest.policy.sha256.clone(),
+        effort: manifest.effort.clone(),
+        temperature: args.run.temperature,
+        seed: args.run.seed,
+        max_tokens: args.run.max_tokens,
+        date: args.run.date.clone(),
+        dtype: manifest.dtype.clone(),
+        cpu_kernels: manifest.cpu_kernels.clone(),
+        device: manifest.device.clone(),
+    };
+    let cache_dir = if args.no_cache {
+        None
+    } else {
+        args.cache_dir.clone().or_else(default_cache_dir)
+    };
+    let mut cache = cache_dir
+        .map(|dir| ResultCache::open(&dir, &key))
+        .transpose()
+        .map_err(|e| usage(e.into()))?;
+    manifest.cache = cache.as_ref().map(|c| c.path().display().to_string());
+
+    // Each distinct text is judged once, whatever ids it has.
+    let mut todo: Vec<Item> = Vec::new();
+    let mut queued = HashSet::new();
+    for example in examples {
+        let text = &example.item.content;
+        let hash = sha256_hex(text.as_bytes());
+        if cache.as_ref().is_none_or(|c| c.get(text).is_none()) && queued.insert(hash.clone()) {
+            todo.push(Item {
+                id: hash,
+                content: text.clone(),
+            });
+        }
+    }
+    let mut fresh: HashMap<String, Value> = HashMap::new();
+    let mut cost = Cost::default();
+    if !todo.is_empty() {
+        let done = examples.len() - todo.len();
+        if done > 0 {
+            eprintln!(
+                "{} of {} examples cached, {} to classify",
+                done,
+                examples.len(),
+                todo.len()
+            );
+        }
+        let tokenizer = Tokenizer::load(&model_dir).map_err(|e| usage(e.into()))?;
+        let model = GptOss::load(&model_dir, args.run.engine.load_options()).map_err(|e| usage(e.into()))?;
+        let mut classifier = Classifier::new(&model, &tokenizer, policy, options)?;
+        let progress = progress_bar(todo.len());
+        let refs: Vec<&Item> = todo.iter().collect();
+        let start = Instant::now();
+        classifier.classify_batched(&refs, args.run.batch_size as usize, |_, result| {
+            let json = result.to_json();
+            if let Some(cache) = &mut cache {
+                cache.put(json.clone())?;
+            }
+            fresh.insert(result.id, json);
+            progress.inc(1);
+            Ok(())
+        })?;
+        progress.finish_and_clear();
+        let seconds = start.elapsed().as_secs_f64();
+        cost.wall_seconds = Some(seconds);
+        cost.items_per_second = (seconds > 0.0).then(|| todo.len() as f64 / seconds);
+    }
+    cost.classified = todo.len() as u64;
+
+    let mut outcomes = HashMap::new();
+    for example in examples {
+        let text = &example.item.content;
+        let hash = sha256_hex(text.as_bytes());
+        let cached = !fresh.contains_key(&hash);
+        let mut value = fresh
+            .get(&hash)
+            .or_else(|| cache.as_ref().and_then(|c| c.get(text)))
+            .cloned()
+            .expect("every text was classified or cached");
+        cost.from_cache += u64::from(cached);
+        value["id"] = Value::String(example.item.id.clone());
+        let outcome = Outcome::from_json(value).map_err(|message| {
+            anyhow!(
+                "the cached result for {:?} is unreadable ({message}); run again with --no-cache or delete {}",
+                example.item.id,
+                manifest.cache.as_deref().unwrap_or("the cache")
+            )
+        })?;
+        outcomes.insert(example.item.id.clone(), outcome);
+    }
+    Ok((outcomes, cost))
+}
