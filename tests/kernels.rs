@@ -15,26 +15,6 @@ use safeguard_mlx::mlx::{Array, Dtype, QuantMode, QuantSpec, Quantized};
 
 const EXACT: f64 = 1e-5;
 
-/// numpy decoders of MLX's packing, written from the formats' definitions.
-const DEQUANT: &str = r#"
-def unpack(w, bits):
-    w = w.astype(np.uint64)
-    per_word = 32 // bits
-    parts = [(w >> (bits * i)) & ((1 << bits) - 1) for i in range(per_word)]
-    return np.stack(parts, axis=-1).reshape(*w.shape[:-1], w.shape[-1] * per_word)
-
-E2M1 = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6])
-
-def dequant(w, scales, biases, bits, group, mode):
-    q = unpack(w, bits)
-    if mode == "mxfp4":
-        vals = E2M1[q]
-        s = np.exp2(scales.astype(np.float64) - 127.0)
-        return (vals.reshape(*q.shape[:-1], -1, group) * s[..., None]).reshape(q.shape)
-    g = q.astype(np.float64).reshape(*q.shape[:-1], -1, group) * scales[..., None] + biases[..., None]
-    return g.reshape(q.shape)
-"#;
-
 fn specs() -> Vec<QuantSpec> {
     let mut specs = vec![QuantSpec {
         group_size: 32,
@@ -78,45 +58,6 @@ fn assert_scaled_close(label: &str, ours: &Array, reference: &Array) {
     assert!(err <= EXACT, "{label}: scaled error {err:e} > {EXACT:e}");
 }
 
-fn numpy_inputs(q: &Quantized) -> Vec<Input<'static>> {
-    let mut inputs = vec![
-        input(
-            "w",
-            &q.weight.to_vec::<u32>().unwrap(),
-            &q.weight.shape(),
-            "uint32",
-        ),
-        Input {
-            name: "scales",
-            data: values(&q.scales),
-            shape: q.scales.shape(),
-            dtype: if q.spec.mode == QuantMode::Mxfp4 {
-                "uint8"
-            } else {
-                "float64"
-            },
-        },
-    ];
-    let biases = q.biases.as_ref().map(values).unwrap_or_else(|| vec![0.0]);
-    let shape = q.biases.as_ref().map(|b| b.shape()).unwrap_or_else(|| vec![1]);
-    inputs.push(Input {
-        name: "biases",
-        data: biases,
-        shape,
-        dtype: "float64",
-    });
-    inputs
-}
-
-fn dequant_call(spec: QuantSpec) -> String {
-    format!(
-        "dequant(w, scales, biases, {}, {}, {:?})",
-        spec.bits,
-        spec.group_size,
-        spec.mode.as_str()
-    )
-}
-
 #[test]
 fn dense_matmul_equals_mlx_and_numpy_for_every_format_and_row_count() {
     // 37 outputs: not a multiple of any tile width, SIMD width or thread count.
@@ -132,10 +73,10 @@ fn dense_matmul_equals_mlx_and_numpy_for_every_format_and_row_count() {
             let ours = kernels::quantized_matmul(&x, &q, Precision::Exact, None).unwrap();
             assert_scaled_close(&label, &ours, &q.matmul(&x, true).unwrap());
             if rows == 3 || rows == 64 {
-                let mut inputs = numpy_inputs(&q);
+                let mut inputs = quant_inputs(&q);
                 inputs.push(f32_input("x", &xd, &[rows, k]));
                 let reference = numpy1(
-                    &format!("{DEQUANT}\nout = x.astype(np.float64) @ {}.T", dequant_call(spec)),
+                    &format!("{DECODERS}\nout = x.astype(np.float64) @ {}.T", decode_expr(spec)),
                     &inputs,
                 );
                 assert_eq!(ours.shape(), reference.shape, "{label}");
@@ -204,13 +145,13 @@ fn gathered_experts_equal_numpy() {
     let (x, xd) = rand_array(&[5, 1, k], 12);
     let order = [3u32, 1, 3, 0, 2];
     let ours = kernels::gather_matmul(&x, &q, &indices(&order, &[5]), Precision::Exact, None).unwrap();
-    let mut inputs = numpy_inputs(&q);
+    let mut inputs = quant_inputs(&q);
     inputs.push(f32_input("x", &xd, &[5, 1, k]));
     inputs.push(input("idx", &order, &[5], "int64"));
     let reference = numpy1(
         &format!(
-            "{DEQUANT}\nW = {}\nout = np.stack([x[i].astype(np.float64) @ W[e].T for i, e in enumerate(idx)])",
-            dequant_call(spec)
+            "{DECODERS}\nW = {}\nout = np.stack([x[i].astype(np.float64) @ W[e].T for i, e in enumerate(idx)])",
+            decode_expr(spec)
         ),
         &inputs,
     );
@@ -325,15 +266,15 @@ fn exact_and_fast_bound(
     rows: i32,
     k: i32,
 ) -> (Vec<f64>, Vec<f64>) {
-    let mut inputs = numpy_inputs(q);
+    let mut inputs = quant_inputs(q);
     inputs.push(f32_input("x", xd, &[rows, k]));
     let reference = numpy1(
         &format!(
-            "{DEQUANT}\nW = {}\nx = x.astype(np.float64)\n\
+            "{DECODERS}\nW = {}\nx = x.astype(np.float64)\n\
              d = np.abs(x.reshape(x.shape[0], -1, 32)).max(-1) / 127\n\
              wabs = np.abs(W).reshape(W.shape[0], -1, 32).sum(-1)\n\
              out = np.stack([x @ W.T, (d / 2) @ wabs.T])",
-            dequant_call(spec)
+            decode_expr(spec)
         ),
         &inputs,
     );

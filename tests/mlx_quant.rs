@@ -7,71 +7,11 @@ mod common;
 use common::*;
 use safeguard_mlx::mlx::{Array, Dtype, Error, QuantMode, QuantSpec, Quantized};
 
-/// numpy decoders of MLX's packing: uint32 words, lowest bits first.
-const DECODERS: &str = r#"
-def unpack(w, bits):
-    w = w.astype(np.uint64)
-    per_word = 32 // bits
-    parts = [(w >> (bits * i)) & ((1 << bits) - 1) for i in range(per_word)]
-    return np.stack(parts, axis=-1).reshape(*w.shape[:-1], w.shape[-1] * per_word)
-
-E2M1 = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6])
-
-def deq_mxfp4(w, scales, group=32):
-    codes = E2M1[unpack(w, 4)]
-    scale = np.exp2(scales.astype(np.float64) - 127.0)
-    grouped = codes.reshape(*codes.shape[:-1], -1, group) * scale[..., None]
-    return grouped.reshape(codes.shape)
-
-def deq_affine(w, scales, biases, bits, group):
-    q = unpack(w, bits).astype(np.float64)
-    grouped = q.reshape(*q.shape[:-1], -1, group) * scales[..., None] + biases[..., None]
-    return grouped.reshape(q.shape)
-"#;
-
 fn spec(mode: QuantMode, group_size: i32, bits: i32) -> QuantSpec {
     QuantSpec {
         group_size,
         bits,
         mode,
-    }
-}
-
-/// The quantized parts as numpy inputs named w, scales (and biases).
-fn quant_inputs(q: &Quantized) -> Vec<Input<'static>> {
-    let mut inputs = vec![
-        input(
-            "w",
-            &q.weight.to_vec::<u32>().unwrap(),
-            &q.weight.shape(),
-            "uint32",
-        ),
-        Input {
-            name: "scales",
-            data: values(&q.scales),
-            shape: q.scales.shape(),
-            dtype: if q.spec.mode == QuantMode::Mxfp4 {
-                "uint8"
-            } else {
-                "float64"
-            },
-        },
-    ];
-    if let Some(b) = &q.biases {
-        inputs.push(Input {
-            name: "biases",
-            data: values(b),
-            shape: b.shape(),
-            dtype: "float64",
-        });
-    }
-    inputs
-}
-
-fn decode_expr(s: QuantSpec) -> String {
-    match s.mode {
-        QuantMode::Mxfp4 => "deq_mxfp4(w, scales)".into(),
-        QuantMode::Affine => format!("deq_affine(w, scales, biases, {}, {})", s.bits, s.group_size),
     }
 }
 

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use safeguard_mlx::mlx::{Array, Element};
+use safeguard_mlx::mlx::{Array, Element, QuantMode, QuantSpec, Quantized};
 use serde_json::{json, Value};
 
 /// The Python of `make setup`, which holds numpy and the other references.
@@ -231,4 +231,64 @@ pub fn assert_exact(ours: &Array, reference: &Reference) {
 
 pub fn to_f64<T: Element + Into<f64>>(v: &[T]) -> Vec<f64> {
     v.iter().map(|&x| x.into()).collect()
+}
+
+/// numpy decoders of MLX's packing: uint32 words, lowest bits first.
+pub const DECODERS: &str = r#"
+def unpack(w, bits):
+    w = w.astype(np.uint64)
+    per_word = 32 // bits
+    parts = [(w >> (bits * i)) & ((1 << bits) - 1) for i in range(per_word)]
+    return np.stack(parts, axis=-1).reshape(*w.shape[:-1], w.shape[-1] * per_word)
+
+E2M1 = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6])
+
+def deq_mxfp4(w, scales, group=32):
+    codes = E2M1[unpack(w, 4)]
+    scale = np.exp2(scales.astype(np.float64) - 127.0)
+    grouped = codes.reshape(*codes.shape[:-1], -1, group) * scale[..., None]
+    return grouped.reshape(codes.shape)
+
+def deq_affine(w, scales, biases, bits, group):
+    q = unpack(w, bits).astype(np.float64)
+    grouped = q.reshape(*q.shape[:-1], -1, group) * scales[..., None] + biases[..., None]
+    return grouped.reshape(q.shape)
+"#;
+
+/// The quantized parts as numpy inputs named w, scales (and biases).
+pub fn quant_inputs(q: &Quantized) -> Vec<Input<'static>> {
+    let mut inputs = vec![
+        input(
+            "w",
+            &q.weight.to_vec::<u32>().unwrap(),
+            &q.weight.shape(),
+            "uint32",
+        ),
+        Input {
+            name: "scales",
+            data: values(&q.scales),
+            shape: q.scales.shape(),
+            dtype: if q.spec.mode == QuantMode::Mxfp4 {
+                "uint8"
+            } else {
+                "float64"
+            },
+        },
+    ];
+    if let Some(b) = &q.biases {
+        inputs.push(Input {
+            name: "biases",
+            data: values(b),
+            shape: b.shape(),
+            dtype: "float64",
+        });
+    }
+    inputs
+}
+
+pub fn decode_expr(s: QuantSpec) -> String {
+    match s.mode {
+        QuantMode::Mxfp4 => "deq_mxfp4(w, scales)".into(),
+        QuantMode::Affine => format!("deq_affine(w, scales, biases, {}, {})", s.bits, s.group_size),
+    }
 }
