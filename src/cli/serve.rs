@@ -10,7 +10,7 @@ use anyhow::Result;
 use super::UsageError;
 use crate::classify::policy::Policy;
 use crate::harmony::Effort;
-use crate::server::{self, Options};
+use crate::server::{self, Cors, Options};
 
 /// Serve a model over HTTP to OpenAI clients, LM Studio-style tools and classification calls.
 #[derive(Debug, clap::Args)]
@@ -27,9 +27,10 @@ pub struct Args {
     /// Require `Authorization: Bearer KEY` on every request (also read from SAFEGUARD_API_KEY).
     #[arg(long, env = "SAFEGUARD_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
-    /// Answer browsers' cross-origin requests (CORS), from any origin.
-    #[arg(long)]
-    cors: bool,
+    /// Let web pages of other origins use the server from a browser (CORS): the
+    /// origins, comma-separated (`http://localhost:3000`), or none for any origin.
+    #[arg(long, value_name = "ORIGINS", num_args = 0..=1, default_missing_value = "*")]
+    cors: Option<String>,
     /// Requests decoded together.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     max_batch: u32,
@@ -73,6 +74,10 @@ pub fn run(args: Args) -> Result<()> {
     if args.context_length == Some(0) {
         return Err(usage(anyhow::anyhow!("--context-length must be at least 1")));
     }
+    let cors = match &args.cors {
+        Some(spec) => Cors::parse(spec).map_err(|e| usage(anyhow::anyhow!(e)))?,
+        None => Cors::Off,
+    };
     let dir: PathBuf = super::resolve_model(&args.model)?;
     if !dir.join("config.json").is_file() {
         return Err(usage(anyhow::anyhow!(
@@ -84,7 +89,7 @@ pub fn run(args: Args) -> Result<()> {
         host: args.host,
         port: args.port,
         api_key: args.api_key.filter(|k| !k.is_empty()),
-        cors: args.cors,
+        cors,
         max_batch: args.max_batch as usize,
         queue: args.queue as usize,
         context_length: args.context_length,

@@ -4,7 +4,7 @@
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::de::DeserializeOwned;
@@ -17,7 +17,8 @@ pub struct ApiError {
     kind: &'static str,
     param: Option<String>,
     code: Option<&'static str>,
-    retry_after: Option<u64>,
+    /// A header the status calls for (`Retry-After`, `WWW-Authenticate`).
+    header: Option<(HeaderName, HeaderValue)>,
 }
 
 impl ApiError {
@@ -28,7 +29,7 @@ impl ApiError {
             kind,
             param: None,
             code: None,
-            retry_after: None,
+            header: None,
         }
     }
 
@@ -74,9 +75,11 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", message)
     }
 
+    /// 401, with the `WWW-Authenticate` challenge RFC 7235 asks of it.
     pub fn unauthorized() -> ApiError {
         ApiError {
             code: Some("invalid_api_key"),
+            header: Some((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))),
             ..ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "invalid_request_error",
@@ -89,13 +92,36 @@ impl ApiError {
     pub fn overloaded(retry_after: u64) -> ApiError {
         ApiError {
             code: Some("server_overloaded"),
-            retry_after: Some(retry_after),
+            header: Some((header::RETRY_AFTER, HeaderValue::from(retry_after))),
             ..ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "server_error",
                 "the server is busy: every generation slot and queue place is taken; retry shortly",
             )
         }
+    }
+
+    /// 403: the request comes from somewhere this server does not serve
+    /// (a `Host` or an `Origin` it does not accept).
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            code: Some(code),
+            ..ApiError::new(StatusCode::FORBIDDEN, "invalid_request_error", message)
+        }
+    }
+
+    /// 415: a POST body that does not say it is JSON.
+    pub fn unsupported_media_type(message: impl Into<String>) -> ApiError {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request_error",
+            message,
+        )
+    }
+
+    /// 413: a body over `--max-body-mib`.
+    pub fn too_large(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", message)
     }
 
     pub fn internal(message: impl Into<String>) -> ApiError {
@@ -116,10 +142,8 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, Json(self.body())).into_response();
-        if let Some(seconds) = self.retry_after {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        if let Some((name, value)) = self.header {
+            response.headers_mut().insert(name, value);
         }
         response
     }
@@ -138,11 +162,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
         let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
             let status = rejection.status();
             if status == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    status,
-                    "invalid_request_error",
-                    "the request body is over the size limit (--max-body)",
-                )
+                ApiError::too_large("the request body is over the size limit (--max-body-mib)")
             } else {
                 ApiError::new(status, "invalid_request_error", rejection.body_text())
             }

@@ -13,6 +13,7 @@
 
 mod classify;
 mod error;
+mod guard;
 mod lmstudio;
 mod openai;
 mod responses;
@@ -27,14 +28,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderValue, Method};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
-use tower_http::cors::{Any, CorsLayer};
 
 pub use self::error::ApiError;
+pub use self::guard::Cors;
 use self::turn::Turn;
 use crate::classify::policy::Policy;
 use crate::engine::generate::GenerateOptions;
@@ -49,7 +50,8 @@ pub struct Options {
     pub host: IpAddr,
     pub port: u16,
     pub api_key: Option<String>,
-    pub cors: bool,
+    /// Web pages (origins) allowed to use the server from a browser.
+    pub cors: Cors,
     /// Sequences decoded together.
     pub max_batch: usize,
     /// Requests waiting for a slot, beyond those decoding.
@@ -372,7 +374,6 @@ fn describe(model_arg: &str, dir: &Path, config: Config, stop_tokens: Vec<u32>, 
 }
 
 fn router(state: Shared) -> Router {
-    let cors = state.options.cors;
     let max_body = state.options.max_body_bytes;
     let mut app = Router::new()
         .route("/health", get(health))
@@ -389,19 +390,15 @@ fn router(state: Shared) -> Router {
         .route("/api/v0/completions", post(lmstudio::completions))
         .fallback(unknown_endpoint)
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(middleware::from_fn_with_state(state.clone(), authorize))
-        .layer(middleware::from_fn(log_request))
-        .with_state(state);
-    if cors {
-        app = app.layer(
-            CorsLayer::new()
-                .allow_origin(Any)
-                .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-                .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
-                .max_age(Duration::from_secs(600)),
-        );
+        .layer(middleware::from_fn_with_state(state.clone(), guard::authorize));
+    if let Some(cors) = state.options.cors.layer() {
+        app = app.layer(cors);
     }
-    app
+    // The guard comes before CORS, so a preflight from a refused origin is
+    // refused too; the log sees every request, refused or not.
+    app.layer(middleware::from_fn_with_state(state.clone(), guard::guard))
+        .layer(middleware::from_fn(log_request))
+        .with_state(state)
 }
 
 async fn health(State(state): State<Shared>) -> Json<serde_json::Value> {
@@ -417,23 +414,6 @@ async fn health(State(state): State<Shared>) -> Json<serde_json::Value> {
 
 async fn unknown_endpoint(method: Method, uri: axum::http::Uri) -> ApiError {
     ApiError::not_found(format!("no endpoint {method} {}", uri.path()))
-}
-
-/// With --api-key, every request but the health check and CORS preflights
-/// must carry `Authorization: Bearer <key>`.
-async fn authorize(State(state): State<Shared>, request: Request, next: Next) -> Response {
-    if let Some(key) = &state.options.api_key {
-        let open = request.method() == Method::OPTIONS || request.uri().path() == "/health";
-        let given = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if !open && given.map(str::trim) != Some(key.as_str()) {
-            return ApiError::unauthorized().into_response();
-        }
-    }
-    next.run(request).await
 }
 
 /// Tokens and speed of a finished generation, for the request log.
