@@ -753,3 +753,62 @@ fn sigterm_lets_a_stream_in_flight_finish() {
     };
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn streamed_requests_are_checked_before_the_stream_starts() {
+    let server = Server::start("scripted", &["--context-length", "80"]);
+    let long = "word ".repeat(200);
+    let cases = [
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0, "stream": true}),
+            "at least 1",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": long}], "stream": true}),
+            "80 tokens",
+        ),
+        (
+            "/api/v0/chat/completions",
+            json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 79, "stream": true}),
+            "at most",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": [999999999], "stream": true}),
+            "vocabulary",
+        ),
+        ("/v1/completions", json!({"prompt": "", "stream": true}), "empty"),
+        ("/v1/completions", json!({"prompt": [], "stream": true}), "empty"),
+        (
+            "/v1/responses",
+            json!({"input": long, "stream": true}),
+            "80 tokens",
+        ),
+        (
+            "/v1/responses",
+            json!({"input": "hi", "max_output_tokens": 0, "stream": true}),
+            "at least 1",
+        ),
+    ];
+    for (path, body, says) in cases {
+        let reply = server.post(path, &body);
+        // A 400 with the error as JSON, as without `stream`: no 200 and event stream.
+        assert_eq!(
+            reply.header("content-type"),
+            Some("application/json"),
+            "{path} {body}"
+        );
+        let message = reply.error(400);
+        assert!(message.contains(says), "{path} {body}: {message}");
+    }
+    server.wait_idle(Duration::from_secs(10));
+    // A good streamed request still streams.
+    let reply = server.post(
+        "/v1/completions",
+        &json!({"prompt": "hello", "max_tokens": 2, "stream": true}),
+    );
+    assert_eq!(reply.status, 200);
+    assert!(reply.body.contains("data: [DONE]"), "{}", reply.body);
+}

@@ -234,12 +234,33 @@ impl AppState {
         }
     }
 
-    /// Starts `request` and reads its output as harmony (`chat`) or text.
-    pub fn turn(&self, request: Generate, chat: bool, stops: Vec<String>) -> Result<Turn<'_>, ApiError> {
+    /// Checks `request` and starts it: everything that can be wrong with a
+    /// request is found here, before a streamed answer's 200 is sent.
+    pub fn start(&self, request: Generate) -> Result<Started, ApiError> {
         let prompt_tokens = request.prompt.len();
         let events = self.generate(request)?;
-        Turn::new(&self.tokenizer, events, prompt_tokens, chat, stops)
+        Ok(Started {
+            events,
+            prompt_tokens,
+        })
     }
+
+    /// Reads a started generation's output as harmony (`chat`) or text.
+    pub fn turn(&self, started: Started, chat: bool, stops: Vec<String>) -> Result<Turn<'_>, ApiError> {
+        Turn::new(
+            &self.tokenizer,
+            started.events,
+            started.prompt_tokens,
+            chat,
+            stops,
+        )
+    }
+}
+
+/// A generation the engine has accepted; dropping it cancels it.
+pub struct Started {
+    events: UnboundedReceiver<Event>,
+    prompt_tokens: usize,
 }
 
 /// Loads the model at `dir` and serves it until SIGINT or SIGTERM.
