@@ -812,3 +812,35 @@ fn streamed_requests_are_checked_before_the_stream_starts() {
     assert_eq!(reply.status, 200);
     assert!(reply.body.contains("data: [DONE]"), "{}", reply.body);
 }
+
+#[test]
+fn moderations_never_report_safe_without_a_verdict() {
+    let server = Server::start("scripted", &[]);
+    let moderate = |extra: Value| {
+        let mut body = json!({"input": ["Buy now!", "hello"], "policy": "spam"});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        server.post("/v1/moderations", &body)
+    };
+    // Cut off before the answer: an error naming the item and the way out,
+    // never `flagged: false`.
+    let cut = moderate(json!({"max_tokens": 1}));
+    assert!(!cut.body.contains("flagged"), "{}", cut.body);
+    let message = cut.error(422);
+    assert!(
+        message.contains("input[0]")
+            && message.contains("cut off after 1 tokens")
+            && message.contains("max_tokens"),
+        "{message}"
+    );
+    assert_eq!(cut.json()["error"]["code"], "no_verdict");
+    assert!(moderate(json!({"max_tokens": "many"}))
+        .error(400)
+        .contains("max_tokens"));
+    // With room to answer, the same request is judged.
+    let judged = moderate(json!({"max_tokens": 4096})).json();
+    for result in judged["results"].as_array().unwrap() {
+        assert_eq!(result["flagged"], true, "{result}");
+    }
+}

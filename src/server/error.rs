@@ -124,6 +124,16 @@ impl ApiError {
         ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", message)
     }
 
+    /// 422: the model gave no verdict (cut off, or an answer with no
+    /// label). Not a 5xx: OpenAI's SDKs retry those, and a greedy run would
+    /// only answer the same again.
+    pub fn no_verdict(message: impl Into<String>) -> ApiError {
+        ApiError {
+            code: Some("no_verdict"),
+            ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "server_error", message)
+        }
+    }
+
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
     }
