@@ -844,3 +844,21 @@ fn moderations_never_report_safe_without_a_verdict() {
         assert_eq!(result["flagged"], true, "{result}");
     }
 }
+
+#[test]
+fn max_tokens_cap_bounds_every_request() {
+    let server = Server::start("a-mxfp4", &["--max-tokens-cap", "3"]);
+    for body in [
+        json!({"prompt": "hello", "max_tokens": 50}),
+        json!({"prompt": "hello"}),
+    ] {
+        let reply = server.post("/v1/completions", &body).json();
+        assert_eq!(reply["usage"]["completion_tokens"], 3, "{body}: {reply}");
+        assert_eq!(reply["choices"][0]["finish_reason"], "length", "{body}: {reply}");
+    }
+    // Under the cap, a request gets what it asks for.
+    let reply = server
+        .post("/v1/completions", &json!({"prompt": "hello", "max_tokens": 2}))
+        .json();
+    assert_eq!(reply["usage"]["completion_tokens"], 2, "{reply}");
+}

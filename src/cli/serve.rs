@@ -43,6 +43,10 @@ pub struct Args {
     /// Output tokens when a request does not say.
     #[arg(long, default_value_t = 4096)]
     max_tokens: usize,
+    /// Output tokens of any request, at most: larger requests are cut there
+    /// (finish_reason `length`).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_tokens_cap: Option<u64>,
     /// Reasoning effort when a request (or its policy) does not say.
     #[arg(long, default_value_t = Effort::Medium)]
     effort: Effort,
@@ -94,6 +98,7 @@ pub fn run(args: Args) -> Result<()> {
         queue: args.queue as usize,
         context_length: args.context_length,
         max_tokens: args.max_tokens,
+        max_tokens_cap: args.max_tokens_cap.map(|n| n as usize),
         max_body_bytes: args.max_body_mib << 20,
         prefix_cache_bytes: args.prefix_cache_mib << 20,
         prefill_step: args.engine.prefill_step,

@@ -60,6 +60,8 @@ pub struct Options {
     pub context_length: Option<usize>,
     /// Output tokens when a request does not say.
     pub max_tokens: usize,
+    /// Output tokens of any request, at most, whatever it asks for.
+    pub max_tokens_cap: Option<usize>,
     pub max_body_bytes: usize,
     pub prefix_cache_bytes: usize,
     pub prefill_step: usize,
@@ -189,7 +191,8 @@ impl AppState {
             )));
         }
         let room = limit - prompt_len;
-        let max_tokens = match request.max_tokens {
+        let cap = self.options.max_tokens_cap.unwrap_or(usize::MAX);
+        let max_tokens = match request.max_tokens.map(|n| n.min(cap)) {
             Some(0) => {
                 return Err(ApiError::invalid_param(
                     request.max_tokens_param,
@@ -205,7 +208,7 @@ impl AppState {
                 )))
             }
             Some(n) => n,
-            None => self.options.max_tokens.min(room),
+            None => self.options.max_tokens.min(cap).min(room),
         };
         let (events, receiver) = unbounded_channel();
         self.engine
