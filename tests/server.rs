@@ -862,3 +862,96 @@ fn max_tokens_cap_bounds_every_request() {
         .json();
     assert_eq!(reply["usage"]["completion_tokens"], 2, "{reply}");
 }
+
+#[test]
+fn slow_clients_are_timed_out_and_connections_capped() {
+    let server = Server::start("scripted", &["--max-connections", "1", "--read-timeout", "1"]);
+    // A holds the only place with headers it never finishes...
+    let mut held = TcpStream::connect(&server.address).unwrap();
+    held.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // ...so B is answered only once the header timeout has closed A.
+    let reply = raw(
+        &server,
+        "GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    held.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut rest = Vec::new();
+    match held.read_to_end(&mut rest) {
+        Ok(_) => {}
+        Err(e) => assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset,
+            "A is still open: {e}"
+        ),
+    }
+    // A body shorter than its Content-Length gets 408, not a wait forever.
+    let reply = raw(
+        &server,
+        "POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: 100\r\nConnection: close\r\n\r\n{\"prompt\":",
+    );
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(reply.contains("--read-timeout"), "{reply}");
+    assert_eq!(server.get("/health").status, 200);
+}
+
+/// Waits (bounded) for the server to exit.
+fn exit_status(server: &mut Server, within: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(start.elapsed() < within, "the server did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn streams_cut_at_the_shutdown_deadline_end_with_an_error_and_done() {
+    let mut server = Server::start("a-mxfp4", &["--shutdown-timeout", "1"]);
+    let mut stream = open_stream(&server, 100_000);
+    unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) };
+    let mut rest = String::new();
+    stream.read_to_string(&mut rest).unwrap();
+    let events = sse_data(&rest);
+    let error = events
+        .iter()
+        .position(|e| e.contains("\"error\""))
+        .unwrap_or_else(|| panic!("no error event: {rest}"));
+    assert!(events[error].contains("--shutdown-timeout"), "{}", events[error]);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{rest}");
+    assert_eq!(
+        error + 2,
+        events.len(),
+        "the error is the last event before [DONE]"
+    );
+    let status = exit_status(&mut server, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "{status}");
+}
+
+#[test]
+fn a_second_signal_ends_the_server_at_once() {
+    // A grace far longer than the test waits: only the second signal can end it.
+    let mut server = Server::start("a-mxfp4", &["--shutdown-timeout", "3600"]);
+    let mut stream = open_stream(&server, 100_000);
+    unsafe { libc::kill(server.child.id() as i32, libc::SIGINT) };
+    // The first signal has been taken once new connections are refused.
+    let start = Instant::now();
+    while TcpStream::connect(&server.address).is_ok() {
+        assert!(start.elapsed() < Duration::from_secs(30), "still accepting");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    unsafe { libc::kill(server.child.id() as i32, libc::SIGINT) };
+    let status = exit_status(&mut server, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(130), "{status}");
+    let mut rest = String::new();
+    let _ = stream.read_to_string(&mut rest);
+    assert!(
+        !rest.contains("[DONE]"),
+        "the stream was not meant to finish: {rest}"
+    );
+}

@@ -63,6 +63,12 @@ pub struct Args {
     /// Seconds in-flight requests get to finish after SIGINT/SIGTERM.
     #[arg(long, default_value_t = 30)]
     shutdown_timeout: u64,
+    /// Connections served at once; more wait to be accepted.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// Seconds a client gets to send a request's headers, and then as many for its body.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    read_timeout: u64,
     #[command(flatten)]
     engine: super::EngineArgs,
 }
@@ -106,6 +112,8 @@ pub fn run(args: Args) -> Result<()> {
         policy,
         effort: args.effort,
         shutdown_grace: Duration::from_secs(args.shutdown_timeout),
+        max_connections: args.max_connections as usize,
+        read_timeout: Duration::from_secs(args.read_timeout),
     };
     server::run(&args.model, &dir, options)
 }

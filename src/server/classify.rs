@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 
 use super::error::{ApiError, Body};
 use super::openai::{new_id, parse_effort, token_limit, Content};
+use super::turn::past;
 use super::{Generate, Shared, Usage};
 use crate::classify::input::Item;
 use crate::classify::policy::{shipped_names, Policy};
@@ -150,9 +151,14 @@ async fn classify_items(
         started.push((events, run));
     }
     let mut results = Vec::with_capacity(items.len());
+    let mut deadline = state.deadline();
     for (mut events, mut run) in started {
         loop {
-            match events.recv().await {
+            let event = tokio::select! {
+                event = events.recv() => event,
+                () = past(&mut deadline) => return Err(ApiError::cut()),
+            };
+            match event {
                 Some(Event::Started { cached_tokens }) => run.set_cached_tokens(cached_tokens),
                 Some(Event::Token(token)) => {
                     let watched = &token.watched;

@@ -10,6 +10,8 @@ use axum::Json;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
+use super::Shared;
+
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -134,6 +136,19 @@ impl ApiError {
         }
     }
 
+    /// 503: the request was still running when the shutdown grace ran out.
+    pub fn cut() -> ApiError {
+        ApiError {
+            code: Some("server_shutting_down"),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "the server is shutting down: this request was still running when its \
+                 --shutdown-timeout ran out, and was cut",
+            )
+        }
+    }
+
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
     }
@@ -159,17 +174,29 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// A JSON request body. Unlike axum's `Json` it does not insist on a
-/// `Content-Type` (curl users forget it), and every rejection is an
-/// [`ApiError`]: 413 over the size limit, 400 for bad JSON or a field of the
-/// wrong type, naming the field.
+/// A JSON request body (its `Content-Type` is checked by the guard), and
+/// every rejection is an [`ApiError`]: 413 over the size limit, 408 when it
+/// does not arrive within `--read-timeout`, 400 for bad JSON or a field of
+/// the wrong type, naming the field.
 pub struct Body<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+impl<T: DeserializeOwned> FromRequest<Shared> for Body<T> {
     type Rejection = ApiError;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
+    async fn from_request(request: Request, state: &Shared) -> Result<Self, ApiError> {
+        let limit = state.options().read_timeout;
+        let read = tokio::time::timeout(limit, Bytes::from_request(request, state));
+        let bytes = read.await.map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request_error",
+                format!(
+                    "the request body did not arrive within {} s (--read-timeout)",
+                    limit.as_secs()
+                ),
+            )
+        })?;
+        let bytes = bytes.map_err(|rejection| {
             let status = rejection.status();
             if status == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::too_large("the request body is over the size limit (--max-body-mib)")

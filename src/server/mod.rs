@@ -12,6 +12,7 @@
 //! it reaches the engine; when none is left it gets 503 with `Retry-After`.
 
 mod classify;
+mod conn;
 mod error;
 mod guard;
 mod lmstudio;
@@ -33,6 +34,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use tokio::sync::watch;
 
 pub use self::error::ApiError;
 pub use self::guard::Cors;
@@ -72,6 +74,10 @@ pub struct Options {
     pub effort: Effort,
     /// How long in-flight requests may take to finish after SIGINT/SIGTERM.
     pub shutdown_grace: Duration,
+    /// Connections served at once; more wait to be accepted.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers, and then its body.
+    pub read_timeout: Duration,
 }
 
 /// The model being served, as the listing endpoints describe it.
@@ -117,6 +123,8 @@ pub struct AppState {
     model: Served,
     options: Options,
     admission: Arc<Admission>,
+    /// Set when the shutdown grace has run out: requests still running stop.
+    deadline: watch::Sender<bool>,
 }
 
 pub type Shared = Arc<AppState>;
@@ -229,6 +237,11 @@ impl AppState {
         Ok(receiver)
     }
 
+    /// Tells when the shutdown grace has run out (see [`turn::past`]).
+    pub fn deadline(&self) -> watch::Receiver<bool> {
+        self.deadline.subscribe()
+    }
+
     fn context_hint(&self) -> &'static str {
         if self.options.context_length.is_some() {
             " or raise --context-length"
@@ -253,6 +266,7 @@ impl AppState {
         Turn::new(
             &self.tokenizer,
             started.events,
+            self.deadline.subscribe(),
             started.prompt_tokens,
             chat,
             stops,
@@ -322,26 +336,40 @@ async fn serve(model_arg: &str, dir: &Path, options: Options) -> anyhow::Result<
         }),
         model: served,
         options,
+        deadline: watch::channel(false).0,
     });
     let grace = state.options.shutdown_grace;
-    let app = router(state);
+    let limits = conn::Limits {
+        max_connections: state.options.max_connections,
+        read_timeout: state.options.read_timeout,
+    };
+    let connections = conn::Connections::new(&limits);
     // Scripts (and the tests) read the address from this line.
     eprintln!("safeguard: serving on http://{address}/v1");
-    let shutdown = Arc::new(tokio::sync::Notify::new());
-    let server = axum::serve(listener, app).with_graceful_shutdown({
-        let shutdown = shutdown.clone();
-        async move {
-            signal().await;
-            tracing::info!("shutting down: finishing in-flight requests (at most {grace:?})");
-            shutdown.notify_one();
-        }
+    connections
+        .serve(listener, router(state.clone()), &limits, signal())
+        .await;
+    tracing::info!(
+        "shutting down: finishing in-flight requests (at most {grace:?}); a second signal ends them now"
+    );
+    tokio::spawn(async {
+        signal().await;
+        eprintln!("safeguard: second signal, exiting now");
+        // 128 + SIGINT, as a shell reports a process ended by Ctrl-C.
+        std::process::exit(130);
     });
-    tokio::select! {
-        result = server => result?,
-        () = async {
-            shutdown.notified().await;
-            tokio::time::sleep(grace).await;
-        } => tracing::warn!("shutdown: cancelled requests still in flight after {grace:?}"),
+    if tokio::time::timeout(grace, connections.closed()).await.is_ok() {
+        return Ok(());
+    }
+    let cut = state.admission.taken.load(Ordering::SeqCst);
+    state.deadline.send_replace(true);
+    // Cut requests send their error (and `[DONE]`) and close; a connection
+    // that still does not is dropped with the process.
+    let _ = tokio::time::timeout(Duration::from_secs(5), connections.closed()).await;
+    if cut > 0 {
+        anyhow::bail!(
+            "shutdown: {cut} request(s) still running after {grace:?} (--shutdown-timeout) were cut"
+        );
     }
     Ok(())
 }
