@@ -19,8 +19,9 @@ pub struct ApiError {
     kind: &'static str,
     param: Option<String>,
     code: Option<&'static str>,
-    /// A header the status calls for (`Retry-After`, `WWW-Authenticate`).
-    header: Option<(HeaderName, HeaderValue)>,
+    /// A header the status calls for (`Retry-After`, `WWW-Authenticate`);
+    /// boxed, as the rare case should not double every `Result`'s size.
+    header: Option<Box<(HeaderName, HeaderValue)>>,
 }
 
 impl ApiError {
@@ -81,7 +82,7 @@ impl ApiError {
     pub fn unauthorized() -> ApiError {
         ApiError {
             code: Some("invalid_api_key"),
-            header: Some((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))),
+            header: Some(Box::new((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")))),
             ..ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "invalid_request_error",
@@ -94,7 +95,7 @@ impl ApiError {
     pub fn overloaded(retry_after: u64) -> ApiError {
         ApiError {
             code: Some("server_overloaded"),
-            header: Some((header::RETRY_AFTER, HeaderValue::from(retry_after))),
+            header: Some(Box::new((header::RETRY_AFTER, HeaderValue::from(retry_after)))),
             ..ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "server_error",
@@ -167,7 +168,8 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, Json(self.body())).into_response();
-        if let Some((name, value)) = self.header {
+        if let Some(header) = self.header {
+            let (name, value) = *header;
             response.headers_mut().insert(name, value);
         }
         response
