@@ -130,6 +130,14 @@ fn http(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str>) -
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
+    // Every OpenAI client says its body is JSON; the server insists on it.
+    if body.is_some()
+        && !headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+    {
+        request = request.header("Content-Type", "application/json");
+    }
     let mut response = agent
         .run(request.body(body.unwrap_or("").as_bytes().to_vec()).unwrap())
         .unwrap();
@@ -370,13 +378,13 @@ fn bad_requests_get_openai_errors() {
             .extend(extra.as_object().unwrap().clone());
         server.post("/v1/chat/completions", &body)
     };
-    let raw = http(
+    let broken = http(
         "POST",
         &server.url("/v1/chat/completions"),
         &[],
         Some("{not json"),
     );
-    assert!(raw.error(400).contains("invalid request body"));
+    assert!(broken.error(400).contains("invalid request body"));
     let message = server
         .post("/v1/chat/completions", &json!({"messages": "hi"}))
         .error(400);
@@ -412,13 +420,26 @@ fn bad_requests_get_openai_errors() {
     let mut writer = over.try_clone().unwrap();
     let size = 2 << 20;
     std::thread::spawn(move || {
-        let head = format!("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n");
+        let head = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+             Content-Length: {size}\r\n\r\n"
+        );
         let _ = writer.write_all(head.as_bytes());
         let _ = writer.write_all(&vec![b' '; size]);
     });
     let mut head = [0u8; 12];
     over.read_exact(&mut head).unwrap();
     assert_eq!(&head, b"HTTP/1.1 413");
+    // A client that asks before sending is told at once, not invited to send.
+    let reply = raw(
+        &server,
+        &format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+             Expect: 100-continue\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    assert!(reply.contains("--max-body-mib"), "{reply}");
     server.get("/v1/nothing").error(404);
     assert!(server
         .post("/v1/completions", &json!({"prompt": [999999999]}))
@@ -426,6 +447,17 @@ fn bad_requests_get_openai_errors() {
         .contains("vocabulary"));
     // The server is still fine.
     assert_eq!(chat(json!({})).status, 200);
+}
+
+/// Sends `request` (head and body, `Connection: close`) as it is; the whole
+/// answer, once the server closes the connection.
+fn raw(server: &Server, request: &str) -> String {
+    let mut stream = TcpStream::connect(&server.address).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
 }
 
 /// Sends `body` to `path` by hand, on a connection the test can drop.
@@ -548,8 +580,21 @@ fn thirty_two_concurrent_requests_are_answered_as_if_alone() {
 fn api_key_and_cors() {
     let server = Server::start("scripted", &["--api-key", "sekret", "--cors"]);
     let url = server.url("/v1/models");
-    assert!(http("GET", &url, &[], None).error(401).contains("Bearer"));
-    http("GET", &url, &[("Authorization", "Bearer wrong")], None).error(401);
+    let missing = http("GET", &url, &[], None);
+    assert!(missing.error(401).contains("Bearer"));
+    assert_eq!(missing.header("www-authenticate"), Some("Bearer"));
+    let wrong = http("GET", &url, &[("Authorization", "Bearer wrong")], None);
+    wrong.error(401);
+    assert_eq!(wrong.header("www-authenticate"), Some("Bearer"));
+    // A key that only starts right is as wrong as any other.
+    http("GET", &url, &[("Authorization", "Bearer sekre")], None).error(401);
+    http("GET", &url, &[("Authorization", "Bearer sekrets")], None).error(401);
+    http("GET", &url, &[("Authorization", "Basic sekret")], None).error(401);
+    // RFC 7235: the scheme's case does not matter.
+    assert_eq!(
+        http("GET", &url, &[("Authorization", "bearer sekret")], None).status,
+        200
+    );
     let ok = http(
         "GET",
         &url,
@@ -579,16 +624,106 @@ fn api_key_and_cors() {
         .header("access-control-allow-headers")
         .unwrap()
         .contains("authorization"));
+    // With a key, any host name will do: a rebound page has no key.
+    let named = raw(
+        &server,
+        "GET /v1/models HTTP/1.1\r\nHost: my-box.lan:1234\r\nAuthorization: Bearer sekret\r\nConnection: close\r\n\r\n",
+    );
+    assert!(named.starts_with("HTTP/1.1 200"), "{named}");
 
-    let closed = Server::start("scripted", &[]);
+    // --cors with a list: those origins and no others.
+    let listed = Server::start("scripted", &["--cors", "http://app.local,https://tool.example"]);
     let reply = http(
         "GET",
-        &closed.url("/v1/models"),
+        &listed.url("/v1/models"),
         &[("Origin", "http://app.local")],
         None,
     );
     assert_eq!(reply.status, 200);
-    assert_eq!(reply.header("access-control-allow-origin"), None);
+    assert_eq!(
+        reply.header("access-control-allow-origin"),
+        Some("http://app.local")
+    );
+    let message = http(
+        "GET",
+        &listed.url("/v1/models"),
+        &[("Origin", "http://other.example")],
+        None,
+    )
+    .error(403);
+    assert!(message.contains("--cors http://other.example"), "{message}");
+}
+
+#[test]
+fn web_pages_cannot_drive_a_server_without_a_key() {
+    let server = Server::start("scripted", &[]);
+    let body = json!({"prompt": "hello", "max_tokens": 1}).to_string();
+    let post = |headers: &[(&str, &str)]| http("POST", &server.url("/v1/completions"), headers, Some(&body));
+    // A page's "simple" request (text/plain, no preflight) is refused...
+    let message = post(&[("Content-Type", "text/plain;charset=UTF-8")]).error(415);
+    assert!(
+        message.contains("application/json") && message.contains("text/plain"),
+        "{message}"
+    );
+    let form = post(&[("Content-Type", "application/x-www-form-urlencoded")]);
+    form.error(415);
+    let bare = raw(
+        &server,
+        &format!(
+            "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert!(
+        bare.starts_with("HTTP/1.1 415") && bare.contains("no Content-Type"),
+        "{bare}"
+    );
+    // ...and so is any request from another origin, JSON or not.
+    let message = post(&[("Origin", "http://evil.example")]).error(403);
+    assert!(message.contains("--cors http://evil.example"), "{message}");
+    let message = http(
+        "GET",
+        &server.url("/v1/models"),
+        &[("Origin", "http://evil.example")],
+        None,
+    )
+    .error(403);
+    assert!(message.contains("evil.example"), "{message}");
+    let preflight = http(
+        "OPTIONS",
+        &server.url("/v1/completions"),
+        &[
+            ("Origin", "http://evil.example"),
+            ("Access-Control-Request-Method", "POST"),
+        ],
+        None,
+    );
+    preflight.error(403);
+    assert_eq!(preflight.header("access-control-allow-origin"), None);
+    // DNS rebinding: the page's own name in Host.
+    let rebound = raw(
+        &server,
+        "GET /v1/models HTTP/1.1\r\nHost: attacker.example:1234\r\nConnection: close\r\n\r\n",
+    );
+    assert!(rebound.starts_with("HTTP/1.1 403"), "{rebound}");
+    assert!(
+        rebound.contains("attacker.example") && rebound.contains("--api-key"),
+        "{rebound}"
+    );
+    // The server's own pages, local names and JSON clients are served.
+    let own = format!("http://{}", server.address);
+    assert_eq!(post(&[("Origin", own.as_str())]).status, 200);
+    for host in ["localhost:1234", "127.0.0.1", "[::1]:80"] {
+        let reply = raw(
+            &server,
+            &format!("GET /health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        );
+        assert!(reply.starts_with("HTTP/1.1 200"), "{host}: {reply}");
+    }
+    assert_eq!(
+        post(&[("Content-Type", "application/json; charset=utf-8")]).status,
+        200
+    );
 }
 
 #[test]
@@ -617,4 +752,206 @@ fn sigterm_lets_a_stream_in_flight_finish() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "{status}");
+}
+
+#[test]
+fn streamed_requests_are_checked_before_the_stream_starts() {
+    let server = Server::start("scripted", &["--context-length", "80"]);
+    let long = "word ".repeat(200);
+    let cases = [
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0, "stream": true}),
+            "at least 1",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": long}], "stream": true}),
+            "80 tokens",
+        ),
+        (
+            "/api/v0/chat/completions",
+            json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 79, "stream": true}),
+            "at most",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": [999999999], "stream": true}),
+            "vocabulary",
+        ),
+        ("/v1/completions", json!({"prompt": "", "stream": true}), "empty"),
+        ("/v1/completions", json!({"prompt": [], "stream": true}), "empty"),
+        (
+            "/v1/responses",
+            json!({"input": long, "stream": true}),
+            "80 tokens",
+        ),
+        (
+            "/v1/responses",
+            json!({"input": "hi", "max_output_tokens": 0, "stream": true}),
+            "at least 1",
+        ),
+    ];
+    for (path, body, says) in cases {
+        let reply = server.post(path, &body);
+        // A 400 with the error as JSON, as without `stream`: no 200 and event stream.
+        assert_eq!(
+            reply.header("content-type"),
+            Some("application/json"),
+            "{path} {body}"
+        );
+        let message = reply.error(400);
+        assert!(message.contains(says), "{path} {body}: {message}");
+    }
+    server.wait_idle(Duration::from_secs(10));
+    // A good streamed request still streams.
+    let reply = server.post(
+        "/v1/completions",
+        &json!({"prompt": "hello", "max_tokens": 2, "stream": true}),
+    );
+    assert_eq!(reply.status, 200);
+    assert!(reply.body.contains("data: [DONE]"), "{}", reply.body);
+}
+
+#[test]
+fn moderations_never_report_safe_without_a_verdict() {
+    let server = Server::start("scripted", &[]);
+    let moderate = |extra: Value| {
+        let mut body = json!({"input": ["Buy now!", "hello"], "policy": "spam"});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        server.post("/v1/moderations", &body)
+    };
+    // Cut off before the answer: an error naming the item and the way out,
+    // never `flagged: false`.
+    let cut = moderate(json!({"max_tokens": 1}));
+    assert!(!cut.body.contains("flagged"), "{}", cut.body);
+    let message = cut.error(422);
+    assert!(
+        message.contains("input[0]")
+            && message.contains("cut off after 1 tokens")
+            && message.contains("max_tokens"),
+        "{message}"
+    );
+    assert_eq!(cut.json()["error"]["code"], "no_verdict");
+    assert!(moderate(json!({"max_tokens": "many"}))
+        .error(400)
+        .contains("max_tokens"));
+    // With room to answer, the same request is judged.
+    let judged = moderate(json!({"max_tokens": 4096})).json();
+    for result in judged["results"].as_array().unwrap() {
+        assert_eq!(result["flagged"], true, "{result}");
+    }
+}
+
+#[test]
+fn max_tokens_cap_bounds_every_request() {
+    let server = Server::start("a-mxfp4", &["--max-tokens-cap", "3"]);
+    for body in [
+        json!({"prompt": "hello", "max_tokens": 50}),
+        json!({"prompt": "hello"}),
+    ] {
+        let reply = server.post("/v1/completions", &body).json();
+        assert_eq!(reply["usage"]["completion_tokens"], 3, "{body}: {reply}");
+        assert_eq!(reply["choices"][0]["finish_reason"], "length", "{body}: {reply}");
+    }
+    // Under the cap, a request gets what it asks for.
+    let reply = server
+        .post("/v1/completions", &json!({"prompt": "hello", "max_tokens": 2}))
+        .json();
+    assert_eq!(reply["usage"]["completion_tokens"], 2, "{reply}");
+}
+
+#[test]
+fn slow_clients_are_timed_out_and_connections_capped() {
+    let server = Server::start("scripted", &["--max-connections", "1", "--read-timeout", "1"]);
+    // A holds the only place with headers it never finishes...
+    let mut held = TcpStream::connect(&server.address).unwrap();
+    held.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // ...so B is answered only once the header timeout has closed A.
+    let reply = raw(
+        &server,
+        "GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    held.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut rest = Vec::new();
+    match held.read_to_end(&mut rest) {
+        Ok(_) => {}
+        Err(e) => assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset,
+            "A is still open: {e}"
+        ),
+    }
+    // A body shorter than its Content-Length gets 408, not a wait forever.
+    let reply = raw(
+        &server,
+        "POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: 100\r\nConnection: close\r\n\r\n{\"prompt\":",
+    );
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(reply.contains("--read-timeout"), "{reply}");
+    assert_eq!(server.get("/health").status, 200);
+}
+
+/// Waits (bounded) for the server to exit.
+fn exit_status(server: &mut Server, within: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(start.elapsed() < within, "the server did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn streams_cut_at_the_shutdown_deadline_end_with_an_error_and_done() {
+    let mut server = Server::start("a-mxfp4", &["--shutdown-timeout", "1"]);
+    let mut stream = open_stream(&server, 100_000);
+    unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) };
+    let mut rest = String::new();
+    stream.read_to_string(&mut rest).unwrap();
+    let events = sse_data(&rest);
+    let error = events
+        .iter()
+        .position(|e| e.contains("\"error\""))
+        .unwrap_or_else(|| panic!("no error event: {rest}"));
+    assert!(events[error].contains("--shutdown-timeout"), "{}", events[error]);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{rest}");
+    assert_eq!(
+        error + 2,
+        events.len(),
+        "the error is the last event before [DONE]"
+    );
+    let status = exit_status(&mut server, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "{status}");
+}
+
+#[test]
+fn a_second_signal_ends_the_server_at_once() {
+    // A grace far longer than the test waits: only the second signal can end it.
+    let mut server = Server::start("a-mxfp4", &["--shutdown-timeout", "3600"]);
+    let mut stream = open_stream(&server, 100_000);
+    unsafe { libc::kill(server.child.id() as i32, libc::SIGINT) };
+    // The first signal has been taken once new connections are refused.
+    let start = Instant::now();
+    while TcpStream::connect(&server.address).is_ok() {
+        assert!(start.elapsed() < Duration::from_secs(30), "still accepting");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    unsafe { libc::kill(server.child.id() as i32, libc::SIGINT) };
+    let status = exit_status(&mut server, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(130), "{status}");
+    let mut rest = String::new();
+    let _ = stream.read_to_string(&mut rest);
+    assert!(
+        !rest.contains("[DONE]"),
+        "the stream was not meant to finish: {rest}"
+    );
 }

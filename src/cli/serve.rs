@@ -10,7 +10,7 @@ use anyhow::Result;
 use super::UsageError;
 use crate::classify::policy::Policy;
 use crate::harmony::Effort;
-use crate::server::{self, Options};
+use crate::server::{self, Cors, Options};
 
 /// Serve a model over HTTP to OpenAI clients, LM Studio-style tools and classification calls.
 #[derive(Debug, clap::Args)]
@@ -27,9 +27,10 @@ pub struct Args {
     /// Require `Authorization: Bearer KEY` on every request (also read from SAFEGUARD_API_KEY).
     #[arg(long, env = "SAFEGUARD_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
-    /// Answer browsers' cross-origin requests (CORS), from any origin.
-    #[arg(long)]
-    cors: bool,
+    /// Let web pages of other origins use the server from a browser (CORS): the
+    /// origins, comma-separated (`http://localhost:3000`), or none for any origin.
+    #[arg(long, value_name = "ORIGINS", num_args = 0..=1, default_missing_value = "*")]
+    cors: Option<String>,
     /// Requests decoded together.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     max_batch: u32,
@@ -42,6 +43,10 @@ pub struct Args {
     /// Output tokens when a request does not say.
     #[arg(long, default_value_t = 4096)]
     max_tokens: usize,
+    /// Output tokens of any request, at most: larger requests are cut there
+    /// (finish_reason `length`).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_tokens_cap: Option<u64>,
     /// Reasoning effort when a request (or its policy) does not say.
     #[arg(long, default_value_t = Effort::Medium)]
     effort: Effort,
@@ -58,6 +63,12 @@ pub struct Args {
     /// Seconds in-flight requests get to finish after SIGINT/SIGTERM.
     #[arg(long, default_value_t = 30)]
     shutdown_timeout: u64,
+    /// Connections served at once; more wait to be accepted.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// Seconds a client gets to send a request's headers, and then as many for its body.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    read_timeout: u64,
     #[command(flatten)]
     engine: super::EngineArgs,
 }
@@ -73,6 +84,10 @@ pub fn run(args: Args) -> Result<()> {
     if args.context_length == Some(0) {
         return Err(usage(anyhow::anyhow!("--context-length must be at least 1")));
     }
+    let cors = match &args.cors {
+        Some(spec) => Cors::parse(spec).map_err(|e| usage(anyhow::anyhow!(e)))?,
+        None => Cors::Off,
+    };
     let dir: PathBuf = super::resolve_model(&args.model)?;
     if !dir.join("config.json").is_file() {
         return Err(usage(anyhow::anyhow!(
@@ -84,11 +99,12 @@ pub fn run(args: Args) -> Result<()> {
         host: args.host,
         port: args.port,
         api_key: args.api_key.filter(|k| !k.is_empty()),
-        cors: args.cors,
+        cors,
         max_batch: args.max_batch as usize,
         queue: args.queue as usize,
         context_length: args.context_length,
         max_tokens: args.max_tokens,
+        max_tokens_cap: args.max_tokens_cap.map(|n| n as usize),
         max_body_bytes: args.max_body_mib << 20,
         prefix_cache_bytes: args.prefix_cache_mib << 20,
         prefill_step: args.engine.prefill_step,
@@ -96,6 +112,8 @@ pub fn run(args: Args) -> Result<()> {
         policy,
         effort: args.effort,
         shutdown_grace: Duration::from_secs(args.shutdown_timeout),
+        max_connections: args.max_connections as usize,
+        read_timeout: Duration::from_secs(args.read_timeout),
     };
     server::run(&args.model, &dir, options)
 }

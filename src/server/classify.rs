@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 
 use super::error::{ApiError, Body};
 use super::openai::{new_id, parse_effort, token_limit, Content};
+use super::turn::past;
 use super::{Generate, Shared, Usage};
 use crate::classify::input::Item;
 use crate::classify::policy::{shipped_names, Policy};
@@ -19,6 +20,7 @@ use crate::classify::run::{Classification, ClassifyOptions, Judge};
 use crate::classify::verdict::Keywords;
 use crate::engine::sampler::SamplerOptions;
 use crate::engine::scheduler::Event;
+use crate::harmony::Finish;
 
 /// Items per request, at most: larger jobs belong to `safeguard classify --input`.
 const MAX_ITEMS: usize = 256;
@@ -149,9 +151,14 @@ async fn classify_items(
         started.push((events, run));
     }
     let mut results = Vec::with_capacity(items.len());
+    let mut deadline = state.deadline();
     for (mut events, mut run) in started {
         loop {
-            match events.recv().await {
+            let event = tokio::select! {
+                event = events.recv() => event,
+                () = past(&mut deadline) => return Err(ApiError::cut()),
+            };
+            match event {
                 Some(Event::Started { cached_tokens }) => run.set_cached_tokens(cached_tokens),
                 Some(Event::Token(token)) => {
                     let watched = &token.watched;
@@ -175,6 +182,24 @@ async fn classify_items(
         );
     }
     Ok(results)
+}
+
+/// 422 for the `i`th item, which has no verdict: why, and what to change.
+fn no_verdict(i: usize, r: &Classification) -> ApiError {
+    let why = match r.finish {
+        Finish::Length => format!(
+            "the model was cut off after {} tokens, before its answer; raise max_tokens or lower the effort",
+            r.completion_tokens
+        ),
+        _ => r
+            .error
+            .clone()
+            .unwrap_or_else(|| "the answer has no label".into()),
+    };
+    ApiError::no_verdict(format!(
+        "no verdict for input[{i}] (id {}): {why}; /v1/classify shows each item's raw answer",
+        r.id
+    ))
 }
 
 /// The response, with the items' tokens for the request log.
@@ -234,6 +259,8 @@ pub struct ModerationRequest {
     /// Not in OpenAI's API: the policy to moderate against.
     policy: Option<String>,
     effort: Option<String>,
+    /// Not in OpenAI's API: the token budget of each item's reasoning and answer.
+    max_tokens: Option<i64>,
 }
 
 pub async fn moderations(State(state): State<Shared>, Body(request): Body<ModerationRequest>) -> Response {
@@ -248,20 +275,32 @@ pub async fn moderations(State(state): State<Shared>, Body(request): Body<Modera
         }
         let policy = policy(request.policy.as_deref(), state.options().policy.as_ref())?;
         let effort = parse_effort(request.effort.as_deref(), "effort")?;
+        let (max_tokens, _) = token_limit(&[("max_tokens", request.max_tokens)])?;
         let items = request.input.into_items()?;
         let _slot = state.admit()?;
-        let results = classify_items(&state, &policy, effort, None, &items).await?;
-        let category = policy.name.clone();
-        let verdicts: Vec<Value> = results
+        let results = classify_items(&state, &policy, effort, max_tokens, &items).await?;
+        // A moderation client reads `flagged: false` as "safe": an item
+        // without a verdict must not look like one, so the request fails.
+        let labelled = results
             .iter()
-            .map(|r| {
-                let violation = r.violates();
+            .enumerate()
+            .map(|(i, r)| {
+                r.verdict
+                    .label
+                    .map(|label| (label, r))
+                    .ok_or_else(|| no_verdict(i, r))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let category = policy.name.clone();
+        let verdicts: Vec<Value> = labelled
+            .iter()
+            .map(|&(label, r)| {
+                let violation = label == 1;
                 // P(violates): the model's probability for its label, turned around for 0.
-                let score = match (r.verdict.label, r.confidence) {
-                    (Some(1), Some(p)) => p,
-                    (Some(0), Some(p)) => 1.0 - p,
-                    (Some(label), None) => f64::from(label),
-                    _ => 0.0,
+                let score = match (label, r.confidence) {
+                    (1, Some(p)) => p,
+                    (0, Some(p)) => 1.0 - p,
+                    _ => f64::from(violation),
                 };
                 json!({
                     "flagged": violation,

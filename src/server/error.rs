@@ -4,11 +4,13 @@
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
+
+use super::Shared;
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -17,7 +19,9 @@ pub struct ApiError {
     kind: &'static str,
     param: Option<String>,
     code: Option<&'static str>,
-    retry_after: Option<u64>,
+    /// A header the status calls for (`Retry-After`, `WWW-Authenticate`);
+    /// boxed, as the rare case should not double every `Result`'s size.
+    header: Option<Box<(HeaderName, HeaderValue)>>,
 }
 
 impl ApiError {
@@ -28,7 +32,7 @@ impl ApiError {
             kind,
             param: None,
             code: None,
-            retry_after: None,
+            header: None,
         }
     }
 
@@ -74,9 +78,11 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", message)
     }
 
+    /// 401, with the `WWW-Authenticate` challenge RFC 7235 asks of it.
     pub fn unauthorized() -> ApiError {
         ApiError {
             code: Some("invalid_api_key"),
+            header: Some(Box::new((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")))),
             ..ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "invalid_request_error",
@@ -89,11 +95,57 @@ impl ApiError {
     pub fn overloaded(retry_after: u64) -> ApiError {
         ApiError {
             code: Some("server_overloaded"),
-            retry_after: Some(retry_after),
+            header: Some(Box::new((header::RETRY_AFTER, HeaderValue::from(retry_after)))),
             ..ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "server_error",
                 "the server is busy: every generation slot and queue place is taken; retry shortly",
+            )
+        }
+    }
+
+    /// 403: the request comes from somewhere this server does not serve
+    /// (a `Host` or an `Origin` it does not accept).
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            code: Some(code),
+            ..ApiError::new(StatusCode::FORBIDDEN, "invalid_request_error", message)
+        }
+    }
+
+    /// 415: a POST body that does not say it is JSON.
+    pub fn unsupported_media_type(message: impl Into<String>) -> ApiError {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request_error",
+            message,
+        )
+    }
+
+    /// 413: a body over `--max-body-mib`.
+    pub fn too_large(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", message)
+    }
+
+    /// 422: the model gave no verdict (cut off, or an answer with no
+    /// label). Not a 5xx: OpenAI's SDKs retry those, and a greedy run would
+    /// only answer the same again.
+    pub fn no_verdict(message: impl Into<String>) -> ApiError {
+        ApiError {
+            code: Some("no_verdict"),
+            ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "server_error", message)
+        }
+    }
+
+    /// 503: the request was still running when the shutdown grace ran out.
+    pub fn cut() -> ApiError {
+        ApiError {
+            code: Some("server_shutting_down"),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "the server is shutting down: this request was still running when its \
+                 --shutdown-timeout ran out, and was cut",
             )
         }
     }
@@ -116,33 +168,40 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, Json(self.body())).into_response();
-        if let Some(seconds) = self.retry_after {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        if let Some(header) = self.header {
+            let (name, value) = *header;
+            response.headers_mut().insert(name, value);
         }
         response
     }
 }
 
-/// A JSON request body. Unlike axum's `Json` it does not insist on a
-/// `Content-Type` (curl users forget it), and every rejection is an
-/// [`ApiError`]: 413 over the size limit, 400 for bad JSON or a field of the
-/// wrong type, naming the field.
+/// A JSON request body (its `Content-Type` is checked by the guard), and
+/// every rejection is an [`ApiError`]: 413 over the size limit, 408 when it
+/// does not arrive within `--read-timeout`, 400 for bad JSON or a field of
+/// the wrong type, naming the field.
 pub struct Body<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+impl<T: DeserializeOwned> FromRequest<Shared> for Body<T> {
     type Rejection = ApiError;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
+    async fn from_request(request: Request, state: &Shared) -> Result<Self, ApiError> {
+        let limit = state.options().read_timeout;
+        let read = tokio::time::timeout(limit, Bytes::from_request(request, state));
+        let bytes = read.await.map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request_error",
+                format!(
+                    "the request body did not arrive within {} s (--read-timeout)",
+                    limit.as_secs()
+                ),
+            )
+        })?;
+        let bytes = bytes.map_err(|rejection| {
             let status = rejection.status();
             if status == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    status,
-                    "invalid_request_error",
-                    "the request body is over the size limit (--max-body)",
-                )
+                ApiError::too_large("the request body is over the size limit (--max-body-mib)")
             } else {
                 ApiError::new(status, "invalid_request_error", rejection.body_text())
             }

@@ -12,7 +12,9 @@
 //! it reaches the engine; when none is left it gets 503 with `Retry-After`.
 
 mod classify;
+mod conn;
 mod error;
+mod guard;
 mod lmstudio;
 mod openai;
 mod responses;
@@ -27,14 +29,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderValue, Method};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
-use tower_http::cors::{Any, CorsLayer};
+use tokio::sync::watch;
 
 pub use self::error::ApiError;
+pub use self::guard::Cors;
 use self::turn::Turn;
 use crate::classify::policy::Policy;
 use crate::engine::generate::GenerateOptions;
@@ -49,7 +52,8 @@ pub struct Options {
     pub host: IpAddr,
     pub port: u16,
     pub api_key: Option<String>,
-    pub cors: bool,
+    /// Web pages (origins) allowed to use the server from a browser.
+    pub cors: Cors,
     /// Sequences decoded together.
     pub max_batch: usize,
     /// Requests waiting for a slot, beyond those decoding.
@@ -58,6 +62,8 @@ pub struct Options {
     pub context_length: Option<usize>,
     /// Output tokens when a request does not say.
     pub max_tokens: usize,
+    /// Output tokens of any request, at most, whatever it asks for.
+    pub max_tokens_cap: Option<usize>,
     pub max_body_bytes: usize,
     pub prefix_cache_bytes: usize,
     pub prefill_step: usize,
@@ -68,6 +74,10 @@ pub struct Options {
     pub effort: Effort,
     /// How long in-flight requests may take to finish after SIGINT/SIGTERM.
     pub shutdown_grace: Duration,
+    /// Connections served at once; more wait to be accepted.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers, and then its body.
+    pub read_timeout: Duration,
 }
 
 /// The model being served, as the listing endpoints describe it.
@@ -113,6 +123,8 @@ pub struct AppState {
     model: Served,
     options: Options,
     admission: Arc<Admission>,
+    /// Set when the shutdown grace has run out: requests still running stop.
+    deadline: watch::Sender<bool>,
 }
 
 pub type Shared = Arc<AppState>;
@@ -187,7 +199,8 @@ impl AppState {
             )));
         }
         let room = limit - prompt_len;
-        let max_tokens = match request.max_tokens {
+        let cap = self.options.max_tokens_cap.unwrap_or(usize::MAX);
+        let max_tokens = match request.max_tokens.map(|n| n.min(cap)) {
             Some(0) => {
                 return Err(ApiError::invalid_param(
                     request.max_tokens_param,
@@ -203,7 +216,7 @@ impl AppState {
                 )))
             }
             Some(n) => n,
-            None => self.options.max_tokens.min(room),
+            None => self.options.max_tokens.min(cap).min(room),
         };
         let (events, receiver) = unbounded_channel();
         self.engine
@@ -224,6 +237,11 @@ impl AppState {
         Ok(receiver)
     }
 
+    /// Tells when the shutdown grace has run out (see [`turn::past`]).
+    pub fn deadline(&self) -> watch::Receiver<bool> {
+        self.deadline.subscribe()
+    }
+
     fn context_hint(&self) -> &'static str {
         if self.options.context_length.is_some() {
             " or raise --context-length"
@@ -232,12 +250,34 @@ impl AppState {
         }
     }
 
-    /// Starts `request` and reads its output as harmony (`chat`) or text.
-    pub fn turn(&self, request: Generate, chat: bool, stops: Vec<String>) -> Result<Turn<'_>, ApiError> {
+    /// Checks `request` and starts it: everything that can be wrong with a
+    /// request is found here, before a streamed answer's 200 is sent.
+    pub fn start(&self, request: Generate) -> Result<Started, ApiError> {
         let prompt_tokens = request.prompt.len();
         let events = self.generate(request)?;
-        Turn::new(&self.tokenizer, events, prompt_tokens, chat, stops)
+        Ok(Started {
+            events,
+            prompt_tokens,
+        })
     }
+
+    /// Reads a started generation's output as harmony (`chat`) or text.
+    pub fn turn(&self, started: Started, chat: bool, stops: Vec<String>) -> Result<Turn<'_>, ApiError> {
+        Turn::new(
+            &self.tokenizer,
+            started.events,
+            self.deadline.subscribe(),
+            started.prompt_tokens,
+            chat,
+            stops,
+        )
+    }
+}
+
+/// A generation the engine has accepted; dropping it cancels it.
+pub struct Started {
+    events: UnboundedReceiver<Event>,
+    prompt_tokens: usize,
 }
 
 /// Loads the model at `dir` and serves it until SIGINT or SIGTERM.
@@ -296,26 +336,40 @@ async fn serve(model_arg: &str, dir: &Path, options: Options) -> anyhow::Result<
         }),
         model: served,
         options,
+        deadline: watch::channel(false).0,
     });
     let grace = state.options.shutdown_grace;
-    let app = router(state);
+    let limits = conn::Limits {
+        max_connections: state.options.max_connections,
+        read_timeout: state.options.read_timeout,
+    };
+    let connections = conn::Connections::new(&limits);
     // Scripts (and the tests) read the address from this line.
     eprintln!("safeguard: serving on http://{address}/v1");
-    let shutdown = Arc::new(tokio::sync::Notify::new());
-    let server = axum::serve(listener, app).with_graceful_shutdown({
-        let shutdown = shutdown.clone();
-        async move {
-            signal().await;
-            tracing::info!("shutting down: finishing in-flight requests (at most {grace:?})");
-            shutdown.notify_one();
-        }
+    connections
+        .serve(listener, router(state.clone()), &limits, signal())
+        .await;
+    tracing::info!(
+        "shutting down: finishing in-flight requests (at most {grace:?}); a second signal ends them now"
+    );
+    tokio::spawn(async {
+        signal().await;
+        eprintln!("safeguard: second signal, exiting now");
+        // 128 + SIGINT, as a shell reports a process ended by Ctrl-C.
+        std::process::exit(130);
     });
-    tokio::select! {
-        result = server => result?,
-        () = async {
-            shutdown.notified().await;
-            tokio::time::sleep(grace).await;
-        } => tracing::warn!("shutdown: cancelled requests still in flight after {grace:?}"),
+    if tokio::time::timeout(grace, connections.closed()).await.is_ok() {
+        return Ok(());
+    }
+    let cut = state.admission.taken.load(Ordering::SeqCst);
+    state.deadline.send_replace(true);
+    // Cut requests send their error (and `[DONE]`) and close; a connection
+    // that still does not is dropped with the process.
+    let _ = tokio::time::timeout(Duration::from_secs(5), connections.closed()).await;
+    if cut > 0 {
+        anyhow::bail!(
+            "shutdown: {cut} request(s) still running after {grace:?} (--shutdown-timeout) were cut"
+        );
     }
     Ok(())
 }
@@ -372,7 +426,6 @@ fn describe(model_arg: &str, dir: &Path, config: Config, stop_tokens: Vec<u32>, 
 }
 
 fn router(state: Shared) -> Router {
-    let cors = state.options.cors;
     let max_body = state.options.max_body_bytes;
     let mut app = Router::new()
         .route("/health", get(health))
@@ -389,19 +442,15 @@ fn router(state: Shared) -> Router {
         .route("/api/v0/completions", post(lmstudio::completions))
         .fallback(unknown_endpoint)
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(middleware::from_fn_with_state(state.clone(), authorize))
-        .layer(middleware::from_fn(log_request))
-        .with_state(state);
-    if cors {
-        app = app.layer(
-            CorsLayer::new()
-                .allow_origin(Any)
-                .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-                .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
-                .max_age(Duration::from_secs(600)),
-        );
+        .layer(middleware::from_fn_with_state(state.clone(), guard::authorize));
+    if let Some(cors) = state.options.cors.layer() {
+        app = app.layer(cors);
     }
-    app
+    // The guard comes before CORS, so a preflight from a refused origin is
+    // refused too; the log sees every request, refused or not.
+    app.layer(middleware::from_fn_with_state(state.clone(), guard::guard))
+        .layer(middleware::from_fn(log_request))
+        .with_state(state)
 }
 
 async fn health(State(state): State<Shared>) -> Json<serde_json::Value> {
@@ -417,23 +466,6 @@ async fn health(State(state): State<Shared>) -> Json<serde_json::Value> {
 
 async fn unknown_endpoint(method: Method, uri: axum::http::Uri) -> ApiError {
     ApiError::not_found(format!("no endpoint {method} {}", uri.path()))
-}
-
-/// With --api-key, every request but the health check and CORS preflights
-/// must carry `Authorization: Bearer <key>`.
-async fn authorize(State(state): State<Shared>, request: Request, next: Next) -> Response {
-    if let Some(key) = &state.options.api_key {
-        let open = request.method() == Method::OPTIONS || request.uri().path() == "/health";
-        let given = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if !open && given.map(str::trim) != Some(key.as_str()) {
-            return ApiError::unauthorized().into_response();
-        }
-    }
-    next.run(request).await
 }
 
 /// Tokens and speed of a finished generation, for the request log.

@@ -404,12 +404,16 @@ pub async fn run_chat(state: Shared, chat: Chat, flavour: Flavour) -> Response {
         Ok(slot) => slot,
         Err(e) => return e.into_response(),
     };
+    let started = match state.start(chat.generate) {
+        Ok(started) => started,
+        Err(e) => return e.into_response(),
+    };
     let id = new_id("chatcmpl-");
     let created = unix_now();
     if chat.stream {
         return sse(state, move |state, tx| async move {
             let _slot = slot;
-            let mut turn = match state.turn(chat.generate, true, chat.stops) {
+            let mut turn = match state.turn(started, true, chat.stops) {
                 Ok(turn) => turn,
                 Err(e) => return send(&tx, e.body()).await,
             };
@@ -470,7 +474,7 @@ pub async fn run_chat(state: Shared, chat: Chat, flavour: Flavour) -> Response {
         });
     }
     let _slot = slot;
-    let mut turn = match state.turn(chat.generate, true, chat.stops) {
+    let mut turn = match state.turn(started, true, chat.stops) {
         Ok(turn) => turn,
         Err(e) => return e.into_response(),
     };
@@ -706,6 +710,7 @@ pub async fn run_completion(
     };
     let stops = Stops::into_vec(request.stop).map_err(bad)?;
     let slot = state.admit().map_err(bad)?;
+    let started = state.start(generate).map_err(bad)?;
     let id = new_id("cmpl-");
     let created = unix_now();
     let with_logprobs = request.logprobs.is_some();
@@ -713,7 +718,7 @@ pub async fn run_completion(
     if request.stream {
         return Ok(sse(state, move |state, tx| async move {
             let _slot = slot;
-            let mut turn = match state.turn(generate, false, stops) {
+            let mut turn = match state.turn(started, false, stops) {
                 Ok(turn) => turn,
                 Err(e) => return send(&tx, e.body()).await,
             };
@@ -759,7 +764,7 @@ pub async fn run_completion(
         }));
     }
     let _slot = slot;
-    let mut turn = state.turn(generate, false, stops).map_err(bad)?;
+    let mut turn = state.turn(started, false, stops).map_err(bad)?;
     let (mut text, mut logprobs, mut offset) = (String::new(), CompletionLogprobs::default(), 0);
     let outcome = loop {
         let (update, outcome) = match turn.next().await {

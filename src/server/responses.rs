@@ -310,6 +310,10 @@ async fn run(state: Shared, generate: Generate, echo: Echo, stream: bool) -> Res
         Ok(slot) => slot,
         Err(e) => return e.into_response(),
     };
+    let started = match state.start(generate) {
+        Ok(started) => started,
+        Err(e) => return e.into_response(),
+    };
     let id = new_id("resp_");
     let created = unix_now();
     if stream {
@@ -339,7 +343,7 @@ async fn run(state: Shared, generate: Generate, echo: Echo, stream: bool) -> Res
                 {
                     return false;
                 }
-                let mut turn = match state.turn(generate, true, Vec::new()) {
+                let mut turn = match state.turn(started, true, Vec::new()) {
                     Ok(turn) => turn,
                     Err(e) => return emit(vec![("error", error_event(&e))]).await,
                 };
@@ -393,7 +397,7 @@ async fn run(state: Shared, generate: Generate, echo: Echo, stream: bool) -> Res
         );
     }
     let _slot = slot;
-    let mut turn = match state.turn(generate, true, Vec::new()) {
+    let mut turn = match state.turn(started, true, Vec::new()) {
         Ok(turn) => turn,
         Err(e) => return e.into_response(),
     };

@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::watch;
 
 use super::error::ApiError;
 use crate::engine::generate::TokenLogprobs;
@@ -58,6 +59,8 @@ enum Text<'t> {
 
 pub struct Turn<'t> {
     events: Option<UnboundedReceiver<Event>>,
+    /// True once the shutdown grace has run out.
+    deadline: watch::Receiver<bool>,
     tokenizer: &'t Tokenizer,
     text: Text<'t>,
     control: ControlTokens,
@@ -77,6 +80,7 @@ impl<'t> Turn<'t> {
     pub fn new(
         tokenizer: &'t Tokenizer,
         events: UnboundedReceiver<Event>,
+        deadline: watch::Receiver<bool>,
         prompt_tokens: usize,
         chat: bool,
         stops: Vec<String>,
@@ -90,6 +94,7 @@ impl<'t> Turn<'t> {
         };
         Ok(Turn {
             events: Some(events),
+            deadline,
             tokenizer,
             text,
             control: ControlTokens::of(tokenizer).map_err(|e| ApiError::internal(e.to_string()))?,
@@ -111,9 +116,19 @@ impl<'t> Turn<'t> {
             if self.done {
                 return Err(ApiError::internal("the generation is over"));
             }
-            let event = match self.events.as_mut() {
-                Some(events) => events.recv().await,
-                None => None,
+            let event = tokio::select! {
+                event = async {
+                    match self.events.as_mut() {
+                        Some(events) => events.recv().await,
+                        None => None,
+                    }
+                } => event,
+                () = past(&mut self.deadline) => {
+                    self.done = true;
+                    // Dropping the receiver stops the generation.
+                    self.events = None;
+                    return Err(ApiError::cut());
+                }
             };
             match event {
                 Some(Event::Started { cached_tokens }) => self.cached_tokens = cached_tokens,
@@ -207,6 +222,14 @@ impl<'t> Turn<'t> {
     }
 }
 
+/// Resolves once `deadline` is set; never while the server runs on (or
+/// when it is gone, in tests without one).
+pub async fn past(deadline: &mut watch::Receiver<bool>) {
+    if deadline.wait_for(|&cut| cut).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// OpenAI's `stop`: text ends before the first occurrence of any of the
 /// strings. Text that might be the start of one is held back until it
 /// is clear either way, so a stop string is never streamed in part.
@@ -291,7 +314,8 @@ mod tests {
         }
         events.send(Event::Finished(end)).unwrap();
         let stops = stops.iter().map(|s| s.to_string()).collect();
-        let mut turn = Turn::new(&tokenizer, receiver, 10, true, stops).unwrap();
+        let deadline = watch::channel(false).1;
+        let mut turn = Turn::new(&tokenizer, receiver, deadline, 10, true, stops).unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let (mut reasoning, mut content) = (String::new(), String::new());
         runtime.block_on(async {
