@@ -85,6 +85,55 @@ fn the_prompt_is_what_openai_harmony_renders() {
 }
 
 #[test]
+fn a_dry_run_with_json_prints_one_object_per_item() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("items.jsonl");
+    std::fs::write(
+        &input,
+        "{\"id\": \"a\", \"text\": \"Win a FREE phone\"}\n{\"id\": \"b\", \"text\": \"see you at lunch\"}\n",
+    )
+    .unwrap();
+    let model = model();
+    let base = ["classify", "-m", &model, "--policy", "spam", "--dry-run"];
+    let with = |extra: &[&str]| {
+        let output = run(&[&base[..], extra].concat());
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output.stdout
+    };
+    let objects = json_lines(&with(&["--input", input.to_str().unwrap(), "--json"]));
+    assert_eq!(objects.len(), 2);
+    for (object, (id, text)) in objects
+        .iter()
+        .zip([("a", "Win a FREE phone"), ("b", "see you at lunch")])
+    {
+        let keys: Vec<&String> = object.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["id", "prompt", "prompt_tokens"]);
+        assert_eq!(object["id"], id);
+        // The same prompt the human-readable dry run prints: header, text, ids.
+        let plain = String::from_utf8(with(&[text])).unwrap();
+        let ids: Vec<Value> = plain
+            .lines()
+            .last()
+            .unwrap()
+            .split(',')
+            .map(|i| json!(i.parse::<u64>().unwrap()))
+            .collect();
+        assert_eq!(object["prompt_tokens"], Value::Array(ids.clone()));
+        let prompt = object["prompt"].as_str().unwrap();
+        assert!(
+            prompt.ends_with(&format!("{text}<|end|><|start|>assistant")),
+            "{prompt:?}"
+        );
+        assert!(plain.contains(prompt));
+        assert!(plain.starts_with(&format!("[1] {} tokens", ids.len())));
+    }
+}
+
+#[test]
 fn a_killed_batch_restarts_without_losing_or_repeating_items() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("items.jsonl");
