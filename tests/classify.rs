@@ -443,6 +443,52 @@ fn a_verdict_is_read_scored_and_acted_on() {
 }
 
 #[test]
+fn an_answer_declared_escalate_is_neither_label() {
+    // The scripted fixture answers "1"; this policy's front matter says "1"
+    // means a person should decide.
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("escalating.md");
+    std::fs::write(
+        &policy,
+        "---\noutput: binary\nviolates: VIOLATES\nsafe: 0\nescalate: 1\n---\nReasoning: low\n\n\
+         # Escalating\nAnswer VIOLATES, 0, or 1 when a person should decide.\n",
+    )
+    .unwrap();
+    let model = common::fixture("scripted");
+    let base = [
+        "classify",
+        "-m",
+        model.to_str().unwrap(),
+        "--policy",
+        policy.to_str().unwrap(),
+        "--fail-on-violation",
+    ];
+    let output = run(&[&base[..], &["--json", "Win a free phone!"]].concat());
+    assert!(
+        output.status.success(),
+        "an escalation is no violation: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let result = &json_lines(&output.stdout)[0];
+    assert_eq!(result["outcome"], "escalate");
+    assert_eq!(result["label"], Value::Null);
+    assert_eq!(result["violation"], Value::Null);
+    assert_eq!(result["error"], Value::Null);
+    assert_eq!(result["answer"], "1");
+
+    let output = run(&[&base[..], &["Win a free phone!"]].concat());
+    assert!(String::from_utf8_lossy(&output.stdout).contains("ESCALATE"));
+
+    // Without the front matter the same answer is a violation.
+    std::fs::write(&policy, "# Plain\nAnswer 0 or 1.\n").unwrap();
+    let result = &json_lines(&run(&[&base[..], &["--json", "x"]].concat()).stdout)[0];
+    assert_eq!(
+        (result["outcome"].as_str(), result["label"].as_u64()),
+        (Some("violates"), Some(1))
+    );
+}
+
+#[test]
 fn batched_classification_equals_one_item_at_a_time() {
     // Items of different lengths, more than a batch, so some join as others
     // finish; window 8 (a) is crossed by every item, window 128 (b) by none

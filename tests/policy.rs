@@ -124,3 +124,88 @@ fn bad_policies_are_named_with_the_reason() {
     std::fs::write(&huge, "x".repeat(300 * 1024)).unwrap();
     assert!(Policy::from_file(&huge).unwrap_err().to_string().contains("KiB"));
 }
+
+#[test]
+fn front_matter_declares_the_answers_and_stays_out_of_the_prompt() {
+    use safeguard_mlx::classify::front_matter::Output;
+    let text = "---\n# what the answers mean\noutput: json\nviolates: 1, \"INVALID\"  # quoted or not\n\
+                safe: 0\nescalate: 2, ESCALATE\n---\nReasoning: high\n# Mine\nAnswer in JSON.\n";
+    let policy = Policy::from_text("mine", text).unwrap();
+    let front = policy.front_matter.as_ref().unwrap();
+    assert_eq!(front.output, Some(Output::Json));
+    assert_eq!(front.violates, ["1", "INVALID"]);
+    assert_eq!(front.safe, ["0"]);
+    assert_eq!(front.escalate, ["2", "ESCALATE"]);
+    assert_eq!(policy.effort.as_deref(), Some("high"));
+    assert_eq!(policy.text, "# Mine\nAnswer in JSON.");
+    // The mapping is part of what the policy is: a change to it is a new policy.
+    assert_ne!(policy.identity(), policy.text);
+    let plain = Policy::from_text("plain", "# Mine\nAnswer in JSON.").unwrap();
+    assert_eq!(
+        (&plain.front_matter, plain.identity()),
+        (&None, plain.text.clone())
+    );
+    // A `---` rule later in the text is markdown, not front matter.
+    let later = Policy::from_text("later", "# T\n---\nviolates: 1\n---\n").unwrap();
+    assert_eq!(later.front_matter, None);
+}
+
+#[test]
+fn front_matter_errors_name_the_file_line_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, &str, usize, &str); 7] = [
+        (
+            "---\noutput: yaml\n---\n# P\n",
+            "yaml",
+            2,
+            "binary, categories or json",
+        ),
+        (
+            "---\nviolates: 1\ncolour: red\n---\n# P\n",
+            "colour",
+            3,
+            "the keys are",
+        ),
+        ("---\nsafe 0\n---\n# P\n", "safe 0", 2, "key: value"),
+        (
+            "---\nsafe: 0\nsafe: 1\n---\n# P\n",
+            "set again",
+            3,
+            "first on line 2",
+        ),
+        (
+            "---\nescalate:\n---\n# P\n",
+            "no value",
+            2,
+            "escalate: 2, ESCALATE",
+        ),
+        (
+            "---\nviolates: 1, X\nescalate: x\n---\n# P\n",
+            "\"x\"",
+            3,
+            "both violates and escalate",
+        ),
+        ("---\nviolates: 1\n# P\n", "never closed", 1, "`---`"),
+    ];
+    for (i, (text, what, line, fix)) in cases.into_iter().enumerate() {
+        let path = dir.path().join(format!("p{i}.md"));
+        std::fs::write(&path, text).unwrap();
+        let err = Policy::from_file(&path).unwrap_err();
+        assert!(matches!(err, Error::AtLine { .. }), "{text:?}: {err}");
+        let err = err.to_string();
+        let at = format!("{}:{line}: ", path.display());
+        assert!(
+            err.starts_with(&at) && err.contains(what) && err.contains(fix),
+            "{text:?}: {err}"
+        );
+    }
+    assert!(Policy::from_text("p", "---\noutput: yaml\n---\n# P\n")
+        .unwrap_err()
+        .starts_with("line 2: "));
+    let empty = dir.path().join("empty.md");
+    std::fs::write(&empty, "---\nsafe: 0\n---\n\n").unwrap();
+    assert!(Policy::from_file(&empty)
+        .unwrap_err()
+        .to_string()
+        .contains("empty"));
+}

@@ -1,5 +1,6 @@
 //! Classification: policies, the classification prompt, verdicts.
 
+pub mod front_matter;
 pub mod input;
 pub mod policy;
 pub mod run;

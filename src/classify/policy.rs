@@ -1,9 +1,12 @@
 //! Policies: plain text or markdown that the model reads as its instructions.
 //! A `Reasoning: low|medium|high` line at the top sets the effort; it is
 //! lifted out of the text into the harmony system message, where the model
-//! looks for it.
+//! looks for it. A front matter block above it (see [`super::front_matter`])
+//! declares what the answers mean.
 
 use std::path::{Path, PathBuf};
+
+use super::front_matter::{self, FrontMatter};
 
 /// The policies that ship with safeguard, embedded in the binary.
 const SHIPPED: &[(&str, &str)] = &[
@@ -34,6 +37,24 @@ pub enum Error {
     NotFound(String),
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
+    #[error("{path}:{line}: {message}")]
+    AtLine {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+}
+
+/// Why a policy's text was refused, and on which line when one is to blame.
+struct ParseError {
+    line: Option<usize>,
+    message: String,
+}
+
+impl From<String> for ParseError {
+    fn from(message: String) -> Self {
+        ParseError { line: None, message }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +67,8 @@ pub struct Policy {
     pub effort: Option<String>,
     /// The file it came from; None for shipped policies.
     pub path: Option<PathBuf>,
+    /// What its answers mean, when it declares it.
+    pub front_matter: Option<FrontMatter>,
 }
 
 impl Policy {
@@ -66,7 +89,11 @@ impl Policy {
         SHIPPED
             .iter()
             .find(|(shipped, _)| *shipped == name)
-            .map(|(name, text)| Policy::parse(name, text, None).expect("shipped policies are valid"))
+            .map(|(name, text)| {
+                Policy::parse(name, text, None)
+                    .map_err(|e| e.message)
+                    .expect("shipped policies are valid")
+            })
     }
 
     /// A policy given as text (in a request, say), checked as a file's is.
@@ -74,7 +101,10 @@ impl Policy {
         if text.len() > MAX_POLICY_BYTES {
             return Err(too_long(text.len()));
         }
-        Policy::parse(name, text, None)
+        Policy::parse(name, text, None).map_err(|e| match e.line {
+            Some(line) => format!("line {line}: {}", e.message),
+            None => e.message,
+        })
     }
 
     pub fn from_file(path: &Path) -> Result<Policy, Error> {
@@ -90,20 +120,31 @@ impl Policy {
         let name = path
             .file_stem()
             .map_or_else(|| "policy".into(), |s| s.to_string_lossy().into_owned());
-        Policy::parse(&name, &text, Some(path)).map_err(invalid)
+        Policy::parse(&name, &text, Some(path)).map_err(|e| match e.line {
+            Some(line) => Error::AtLine {
+                path: path.to_path_buf(),
+                line,
+                message: e.message,
+            },
+            None => invalid(e.message),
+        })
     }
 
-    fn parse(name: &str, text: &str, path: Option<&Path>) -> Result<Policy, String> {
+    fn parse(name: &str, text: &str, path: Option<&Path>) -> Result<Policy, ParseError> {
         let text = text.trim_start_matches('\u{feff}');
+        let (front_matter, text, _) = front_matter::split(text).map_err(|e| ParseError {
+            line: Some(e.line),
+            message: e.message,
+        })?;
         let first = text.lines().find(|line| !line.trim().is_empty()).unwrap_or("");
         let effort = match first.trim().strip_prefix("Reasoning:") {
             Some(value) => {
                 let value = value.trim().to_ascii_lowercase();
                 if !matches!(value.as_str(), "low" | "medium" | "high") {
-                    return Err(format!(
+                    return Err(ParseError::from(format!(
                         "\"{}\": reasoning effort must be low, medium or high",
                         first.trim()
-                    ));
+                    )));
                 }
                 Some(value)
             }
@@ -115,14 +156,25 @@ impl Policy {
         };
         let body = body.trim();
         if body.is_empty() {
-            return Err("the policy is empty".into());
+            return Err(ParseError::from("the policy is empty".to_string()));
         }
         Ok(Policy {
             name: name.to_string(),
             text: body.to_string(),
             effort,
             path: path.map(Path::to_path_buf),
+            front_matter,
         })
+    }
+
+    /// What identifies the policy's behaviour: its text and its front
+    /// matter (which changes what an answer means). Without front matter,
+    /// the text alone, so earlier caches and baselines stay valid.
+    pub fn identity(&self) -> String {
+        match &self.front_matter {
+            Some(front) => format!("{}{}", front.source, self.text),
+            None => self.text.clone(),
+        }
     }
 
     /// Its `# Title` line, for listings.

@@ -62,6 +62,16 @@ impl Classification {
         self.verdict.label == Some(1)
     }
 
+    /// "violates", "safe", "escalate", or None when the answer said none.
+    pub fn outcome(&self) -> Option<&'static str> {
+        match (self.verdict.escalate, self.verdict.label) {
+            (true, _) => Some("escalate"),
+            (false, Some(1)) => Some("violates"),
+            (false, Some(_)) => Some("safe"),
+            (false, None) => None,
+        }
+    }
+
     /// The result line of `--json`/`--jsonl` and `--output`.
     pub fn to_json(&self) -> Value {
         let v = &self.verdict;
@@ -69,6 +79,7 @@ impl Classification {
             "id": self.id,
             "label": v.label,
             "violation": v.label.map(|l| l == 1),
+            "outcome": self.outcome(),
             "policy_category": v.policy_category,
             "rule_ids": v.rule_ids,
             "confidence": self.confidence,
@@ -149,8 +160,10 @@ impl<'t> Judge<'t> {
     pub fn new(
         tokenizer: &'t Tokenizer,
         policy: &Policy,
-        options: ClassifyOptions,
+        mut options: ClassifyOptions,
     ) -> Result<Judge<'t>, harmony::Error> {
+        // The answers the policy declares read as the outcomes it gives them.
+        options.keywords = options.keywords.with_declared(policy.front_matter.as_ref());
         let conversation = conversation(policy, &options);
         // Two items that differ from their first token on share exactly the
         // prefix up to the item's content.

@@ -197,10 +197,11 @@ fn print_human(out: &mut impl Write, r: &Classification, colour: bool, show_reas
             text.to_string()
         }
     };
-    let label = match r.verdict.label {
-        Some(1) => paint("1;31", "VIOLATES (1)"),
-        Some(_) => paint("1;32", "SAFE (0)"),
-        None => paint("1;33", "NO VERDICT"),
+    let label = match (r.outcome(), r.verdict.label) {
+        (Some("escalate"), _) => paint("1;35", "ESCALATE"),
+        (_, Some(1)) => paint("1;31", "VIOLATES (1)"),
+        (_, Some(_)) => paint("1;32", "SAFE (0)"),
+        (_, None) => paint("1;33", "NO VERDICT"),
     };
     let mut line = format!("[{}] {label}", r.id);
     if let Some(category) = &r.verdict.policy_category {

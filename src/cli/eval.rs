@@ -196,7 +196,7 @@ fn evaluate(
         policy: FileInfo {
             name: policy.name.clone(),
             path: policy.path.as_ref().map(|p| p.display().to_string()),
-            sha256: sha256_hex(policy.text.as_bytes()),
+            sha256: sha256_hex(policy.identity().as_bytes()),
         },
         dataset: dataset.clone(),
         results_file: None,

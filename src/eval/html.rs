@@ -174,10 +174,10 @@ fn confusion_table(out: &mut String, m: &Metrics) {
     let c = &m.confusion;
     let _ = writeln!(
         out,
-        "<h2>Confusion matrix</h2>\n<table id=\"confusion\"><tr><th class=\"l\">gold \\ answer</th><th>violates (1)</th><th>safe (0)</th><th>no verdict</th></tr>\n\
-         <tr><th class=\"l\">violates (1)</th><td id=\"tp\">{}</td><td id=\"fn\">{}</td><td id=\"violating_unread\">{}</td></tr>\n\
-         <tr><th class=\"l\">safe (0)</th><td id=\"fp\">{}</td><td id=\"tn\">{}</td><td id=\"safe_unread\">{}</td></tr>\n</table>",
-        c.tp, c.fn_, c.violating_unread, c.fp, c.tn, c.safe_unread
+        "<h2>Confusion matrix</h2>\n<table id=\"confusion\"><tr><th class=\"l\">gold \\ answer</th><th>violates (1)</th><th>safe (0)</th><th>no verdict</th><th>escalated</th></tr>\n\
+         <tr><th class=\"l\">violates (1)</th><td id=\"tp\">{}</td><td id=\"fn\">{}</td><td id=\"violating_unread\">{}</td><td id=\"violating_escalated\">{}</td></tr>\n\
+         <tr><th class=\"l\">safe (0)</th><td id=\"fp\">{}</td><td id=\"tn\">{}</td><td id=\"safe_unread\">{}</td><td id=\"safe_escalated\">{}</td></tr>\n</table>",
+        c.tp, c.fn_, c.violating_unread, c.violating_escalated, c.fp, c.tn, c.safe_unread, c.safe_escalated
     );
 }
 
@@ -399,6 +399,7 @@ fn mistakes(out: &mut String, e: &Evaluation) {
             MistakeKind::FalseNegative => ("false negative", "bad"),
             MistakeKind::ParseFailure => ("parse failure", "warn"),
             MistakeKind::CutOff => ("cut off", "warn"),
+            MistakeKind::Escalated => ("escalated", "warn"),
         };
         let said = x
             .predicted

@@ -39,6 +39,8 @@ pub enum MistakeKind {
     FalseNegative,
     ParseFailure,
     CutOff,
+    /// Not a mistake: listed for the person who decides.
+    Escalated,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -189,6 +191,7 @@ pub fn evaluate(
                 (true, Answer::Safe) => MistakeKind::FalseNegative,
                 (_, Answer::ParseFailure) => MistakeKind::ParseFailure,
                 (_, Answer::CutOff) => MistakeKind::CutOff,
+                (_, Answer::Escalate) => MistakeKind::Escalated,
                 _ => return None,
             };
             Some(Mistake {
@@ -347,20 +350,23 @@ pub fn summary(e: &Evaluation, colour: bool) -> String {
             unread_line
         }
     );
+    if m.escalated > 0 {
+        let _ = writeln!(out, "{:<20} {:>7}", "escalated", m.escalated);
+    }
     let _ = writeln!(
         out,
-        "\n{:<16} {:>9} {:>9} {:>11}",
-        "confusion", "said 1", "said 0", "no verdict"
+        "\n{:<16} {:>9} {:>9} {:>11} {:>10}",
+        "confusion", "said 1", "said 0", "no verdict", "escalated"
     );
     let _ = writeln!(
         out,
-        "{:<18} {:>8} {:>8} {:>11}",
-        "gold 1 (violates)", c.tp, c.fn_, c.violating_unread
+        "{:<18} {:>8} {:>8} {:>11} {:>10}",
+        "gold 1 (violates)", c.tp, c.fn_, c.violating_unread, c.violating_escalated
     );
     let _ = writeln!(
         out,
-        "{:<18} {:>8} {:>8} {:>11}",
-        "gold 0 (safe)", c.fp, c.tn, c.safe_unread
+        "{:<18} {:>8} {:>8} {:>11} {:>10}",
+        "gold 0 (safe)", c.fp, c.tn, c.safe_unread, c.safe_escalated
     );
     let _ = writeln!(
         out,
@@ -412,6 +418,7 @@ pub fn summary(e: &Evaluation, colour: bool) -> String {
                 MistakeKind::FalseNegative => paint("31", "false negative"),
                 MistakeKind::ParseFailure => paint("33", "parse failure"),
                 MistakeKind::CutOff => paint("33", "cut off"),
+                MistakeKind::Escalated => paint("35", "escalated"),
             };
             let p = x
                 .p_violation
