@@ -209,3 +209,170 @@ fn front_matter_errors_name_the_file_line_and_the_fix() {
         .to_string()
         .contains("empty"));
 }
+
+mod lint_rules {
+    use safeguard_mlx::classify::lint::{self, Severity};
+    use safeguard_mlx::classify::policy::Policy;
+
+    /// A policy that follows every piece of the guide's advice.
+    const GOOD: &str = "---\noutput: binary\n---\n# Test Policy (TP)\n\n## INSTRUCTIONS\n\
+        Decide whether the content sells something. Return exactly one character: 0 or 1.\n\n\
+        ## DEFINITIONS\n- Sale: an offer of goods for money.\n\n\
+        ## VIOLATES (1)\n- TP1: An offer to sell goods.\n\n\
+        ## DOES NOT VIOLATE (0)\n- TP0.a: Talking about a purchase already made.\n\n\
+        ## EXAMPLES\nContent: \"Selling my bike, 50 dollars\"\nAnswer: 1\n\n\
+        Content: \"I usually buy bikes used\"\nAnswer: 0\n\n\
+        Content: \"Cheap watches, DM me\"\nAnswer: 1\n\n\
+        Content: \"My new bike is great\"\nAnswer: 0\n\nAnswer (0 or 1):\n";
+
+    /// (rule, severity, line) of each finding.
+    fn findings(text: &str, tokens: usize) -> Vec<(&'static str, Severity, Option<usize>)> {
+        let policy = Policy::from_text("t", text).unwrap();
+        lint::lint(&policy, text, Some(tokens))
+            .findings
+            .into_iter()
+            .map(|f| (f.rule, f.severity, f.line))
+            .collect()
+    }
+
+    fn line_of(text: &str, needle: &str) -> Option<usize> {
+        text.lines().position(|l| l.contains(needle)).map(|i| i + 1)
+    }
+
+    #[test]
+    fn a_policy_that_follows_the_guide_is_clean() {
+        // "usually" sits in an example's content: the user's words, not a rule.
+        assert_eq!(findings(GOOD, 500), []);
+        let policy = Policy::from_text("t", GOOD).unwrap();
+        let result = lint::lint(&policy, GOOD, None);
+        assert!(result.estimated);
+        assert_eq!(result.tokens, policy.text.len().div_ceil(4));
+    }
+
+    #[test]
+    fn token_counts_outside_the_guides_range_are_flagged() {
+        assert_eq!(findings(GOOD, 399), [("tokens", Severity::Warning, None)]);
+        assert_eq!(findings(GOOD, 601), [("tokens", Severity::Warning, None)]);
+        assert_eq!(findings(GOOD, 400), []);
+        assert_eq!(findings(GOOD, 10_000), [("tokens", Severity::Warning, None)]);
+        assert_eq!(findings(GOOD, 10_001), [("tokens", Severity::Error, None)]);
+    }
+
+    #[test]
+    fn each_missing_part_is_named() {
+        let cases: [(&str, &str, &str, Severity); 5] = [
+            ("## INSTRUCTIONS", "## TASK", "instructions", Severity::Error),
+            ("## DEFINITIONS", "## NOTES", "definitions", Severity::Warning),
+            ("## VIOLATES (1)", "## RULES", "violates", Severity::Error),
+            ("## DOES NOT VIOLATE (0)", "## NOTES", "safe", Severity::Warning),
+            ("## EXAMPLES", "## CASES", "examples", Severity::Warning),
+        ];
+        for (heading, other, rule, severity) in cases {
+            let text = GOOD.replace(heading, other);
+            assert_eq!(findings(&text, 500), [(rule, severity, None)], "{rule}");
+        }
+    }
+
+    #[test]
+    fn the_output_instruction_must_be_stated_and_repeated() {
+        let text = GOOD.replace("Return exactly one character: 0 or 1.", "Be careful.");
+        assert_eq!(findings(&text, 500), [("output", Severity::Error, None)]);
+        let text = GOOD.replace("Answer (0 or 1):", "");
+        let line = line_of(&text, "Return exactly one character");
+        assert_eq!(
+            findings(&text, 500),
+            [("output-repeated", Severity::Warning, line)]
+        );
+    }
+
+    #[test]
+    fn hedge_words_are_reported_with_their_lines() {
+        let text = GOOD
+            .replace(
+                "- TP1: An offer to sell goods.",
+                "- TP1: An offer that is generally a sale.",
+            )
+            .replace("- Sale: an offer", "- Sale: Typically, and often, an offer");
+        let (sale, tp1) = (line_of(&text, "- Sale"), line_of(&text, "- TP1"));
+        assert_eq!(
+            findings(&text, 500),
+            [
+                ("hedge", Severity::Warning, sale),
+                ("hedge", Severity::Warning, sale),
+                ("hedge", Severity::Warning, tp1),
+            ]
+        );
+        // Whole words only: "oftener" or "unusually" are no hedges here.
+        let text = GOOD.replace("an offer of goods", "an unusually cheap offer of goods");
+        assert_eq!(findings(&text, 500), []);
+    }
+
+    #[test]
+    fn examples_must_number_four_to_six_and_cover_both_labels() {
+        let three = GOOD.replace("Content: \"Cheap watches, DM me\"\nAnswer: 1\n\n", "");
+        assert_eq!(findings(&three, 500), [("examples", Severity::Warning, None)]);
+        let one_label = GOOD.replace("Answer: 0", "Answer: 1");
+        let found = findings(&one_label, 500);
+        assert_eq!(found, [("examples", Severity::Warning, None)]);
+        let policy = Policy::from_text("t", &one_label).unwrap();
+        let message = &lint::lint(&policy, &one_label, Some(500)).findings[0].message;
+        assert!(message.contains("no safe (0) example"), "{message}");
+    }
+
+    #[test]
+    fn example_answers_must_match_the_declared_format() {
+        // A JSON answer in a binary policy, and an answer that says nothing.
+        let text = GOOD
+            .replacen("Answer: 1", "Answer: {\"violation\": 1}", 1)
+            .replacen("Answer: 0", "Answer: maybe", 1);
+        let (json, maybe) = (line_of(&text, "{\"violation\""), line_of(&text, "maybe"));
+        assert_eq!(
+            findings(&text, 500),
+            [
+                ("example-format", Severity::Error, json),
+                ("example-format", Severity::Error, maybe),
+            ]
+        );
+        // Declared JSON: every bare answer is wrong.
+        let text = GOOD.replace("output: binary", "output: json");
+        let wrong = findings(&text, 500);
+        assert_eq!(wrong.len(), 4);
+        assert!(wrong.iter().all(|f| f.0 == "example-format"));
+        // Declared categories: the answer must cite a rule the policy defines.
+        let categories = GOOD
+            .replace("output: binary", "output: categories")
+            .replacen(
+                "Answer: 1",
+                "Answer: {\"violation\": 1, \"policy_category\": \"TP1\"}",
+                1,
+            )
+            .replacen(
+                "Answer: 1",
+                "Answer: {\"violation\": 1, \"policy_category\": \"TP9\"}",
+                1,
+            )
+            .replace(
+                "Answer: 0",
+                "Answer: {\"violation\": 0, \"policy_category\": null}",
+            );
+        let tp9 = line_of(&categories, "TP9");
+        assert_eq!(
+            findings(&categories, 500),
+            [("example-format", Severity::Error, tp9)]
+        );
+        // Without front matter the format comes from the instructions.
+        let inferred = categories.replace("---\noutput: categories\n---\n", "").replace(
+            "Return exactly one character: 0 or 1.",
+            "Answer with one JSON object: {\"violation\": 0|1, \"policy_category\": \"<id>\"}.",
+        );
+        let policy = Policy::from_text("t", &inferred).unwrap();
+        assert_eq!(
+            lint::declared_format(&policy),
+            safeguard_mlx::classify::front_matter::Output::Categories
+        );
+        assert_eq!(
+            findings(&inferred, 500),
+            [("example-format", Severity::Error, line_of(&inferred, "TP9"))]
+        );
+    }
+}

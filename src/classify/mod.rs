@@ -2,6 +2,7 @@
 
 pub mod front_matter;
 pub mod input;
+pub mod lint;
 pub mod policy;
 pub mod run;
 pub mod verdict;

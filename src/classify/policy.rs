@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::front_matter::{self, FrontMatter};
+use super::front_matter::{self, FrontMatter, Output};
 
 /// The policies that ship with safeguard, embedded in the binary.
 const SHIPPED: &[(&str, &str)] = &[
@@ -186,12 +186,88 @@ impl Policy {
     }
 }
 
+/// The rule ids a policy declares, by the section they sit in: `- SP2: …`
+/// under a VIOLATES heading violates, `- SP0.a: …` under SAFE or DOES NOT
+/// VIOLATE does not. Category labels in a set are read through these.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuleIds {
+    pub violating: Vec<String>,
+    pub safe: Vec<String>,
+}
+
+impl RuleIds {
+    pub fn of(policy: &Policy) -> RuleIds {
+        let mut ids = RuleIds::default();
+        let mut section: Option<bool> = None;
+        for line in policy.text.lines() {
+            let line = line.trim();
+            if let Some(heading) = line.strip_prefix('#') {
+                let heading = heading.trim_start_matches('#').to_ascii_uppercase();
+                section = if heading.contains("NOT VIOLATE") || heading.contains("SAFE") {
+                    Some(false)
+                } else if heading.contains("VIOLATE") {
+                    Some(true)
+                } else {
+                    None
+                };
+                continue;
+            }
+            let (Some(violates), Some(rest)) = (section, line.strip_prefix("- ")) else {
+                continue;
+            };
+            let Some((id, _)) = rest.split_once(':') else {
+                continue;
+            };
+            let id = id.trim();
+            let looks_like_id = !id.is_empty()
+                && id.chars().any(|c| c.is_ascii_digit())
+                && id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            if looks_like_id {
+                if violates {
+                    ids.violating.push(id.to_string());
+                } else {
+                    ids.safe.push(id.to_string());
+                }
+            }
+        }
+        ids
+    }
+
+    /// Whether `id` violates: an id the policy declares, or a stem of ids
+    /// that all sit on one side (`SP0` for `SP0.a` … `SP0.e`).
+    pub(crate) fn side(&self, id: &str) -> Option<bool> {
+        let matches = |ids: &[String]| {
+            ids.iter().any(|d| {
+                d.eq_ignore_ascii_case(id)
+                    || d.get(..id.len())
+                        .is_some_and(|stem| stem.eq_ignore_ascii_case(id))
+                        && d[id.len()..].starts_with('.')
+            })
+        };
+        match (matches(&self.violating), matches(&self.safe)) {
+            (true, false) => Some(true),
+            (false, true) => Some(false),
+            _ => None,
+        }
+    }
+}
+
 fn too_long(bytes: usize) -> String {
     format!(
         "the policy is {} KiB; keep it under {} KiB (the guide finds 400-600 tokens best)",
         bytes / 1024,
         MAX_POLICY_BYTES / 1024
     )
+}
+
+/// A shipped policy's file as it ships: effort line and all.
+pub fn shipped_source(name: &str) -> Option<&'static str> {
+    SHIPPED
+        .iter()
+        .find(|(shipped, _)| *shipped == name)
+        .map(|(_, text)| *text)
 }
 
 pub fn shipped_names() -> Vec<&'static str> {
@@ -204,4 +280,85 @@ pub fn shipped() -> Vec<Policy> {
         .iter()
         .filter_map(|(name, _)| Policy::named(name))
         .collect()
+}
+
+/// A new policy in the guide's template, for `policies new`: every part the
+/// linter looks for, with placeholders to replace and examples answered in
+/// `output`'s format.
+pub fn template(title: &str, output: Output) -> String {
+    let (instruction, repeat, answers) = match output {
+        Output::Binary => (
+            "Return exactly one character: 0 or 1, or 2 when a person must decide. \
+             Do not include any explanation or punctuation.",
+            "Answer (0, 1 or 2):",
+            ["1".to_string(), "1".to_string(), "0".to_string(), "0".to_string()],
+        ),
+        Output::Json | Output::Categories => (
+            "Answer with one single-line JSON object with exactly these keys: \
+             {\"violation\": 0|1|2, \"policy_category\": \"<rule id or null>\", \
+             \"confidence\": \"low\"|\"medium\"|\"high\", \"rationale\": \"<one sentence>\"}. \
+             Use 2 when a person must decide. No other text may surround it.",
+            "Answer (one JSON object):",
+            [
+                json_answer(1, Some("XX1")),
+                json_answer(1, Some("XX2")),
+                json_answer(0, None),
+                json_answer(0, None),
+            ],
+        ),
+    };
+    let examples: String = [
+        "<violating content>",
+        "<another violating content>",
+        "<safe content near the line>",
+        "<safe content quoting or reporting a violation>",
+    ]
+    .iter()
+    .zip(&answers)
+    .map(|(content, answer)| format!("Content: \"{content}\"\nAnswer: {answer}\n\n"))
+    .collect();
+    format!(
+        "---\n\
+         # What the answers mean to safeguard (not shown to the model).\n\
+         output: {output}\n\
+         violates: 1\n\
+         safe: 0\n\
+         escalate: 2\n\
+         ---\n\
+         Reasoning: medium\n\
+         \n\
+         # {title} Policy (XX)\n\
+         \n\
+         ## INSTRUCTIONS\n\
+         Decide whether the content <what this policy judges>. {instruction}\n\
+         Return 1 if any VIOLATES rule applies; otherwise return 0. \
+         Precedence: <which rule wins when two apply>.\n\
+         \n\
+         ## DEFINITIONS\n\
+         - <Key term>: <what it means here, concretely>.\n\
+         - <Key term>: <what it means here, concretely>.\n\
+         \n\
+         ## VIOLATES (1)\n\
+         - XX1: <a behaviour that violates, stated so it can be checked>.\n\
+         - XX2: <another>.\n\
+         \n\
+         ## DOES NOT VIOLATE (0)\n\
+         - XX0.a: <a look-alike that is safe, e.g. quoting, reporting or discussing a violation>.\n\
+         - XX0.b: <another>.\n\
+         \n\
+         ## EXAMPLES\n\
+         {examples}\
+         {repeat}\n",
+        output = output.name(),
+    )
+}
+
+fn json_answer(violation: u8, category: Option<&str>) -> String {
+    serde_json::json!({
+        "violation": violation,
+        "policy_category": category,
+        "confidence": "high",
+        "rationale": "<why, in one sentence>",
+    })
+    .to_string()
 }
