@@ -804,8 +804,27 @@ fn escalations_are_their_own_column_never_a_label() {
     let html = std::fs::read_to_string(&report_file).unwrap();
     assert!(html.contains("<td id=\"violating_escalated\">4</td>"), "{html}");
 
+    // The policy's lint comes first: this one has no VIOLATES section.
+    let rules: Vec<&str> = report["lint"]["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["rule"].as_str().unwrap())
+        .collect();
+    assert!(
+        rules.contains(&"violates") && rules.contains(&"examples"),
+        "{rules:?}"
+    );
+    let lint_at = html.find("<section id=\"lint\">").expect("a lint section");
+    assert!(lint_at < html.find("id=\"confusion\"").unwrap());
+    assert!(html[lint_at..].contains("no violates section"));
+
     // The terminal summary gives escalations a column of their own.
     let text = String::from_utf8(env.run(&args).stdout).unwrap();
+    let lint_line = text.lines().position(|l| l.starts_with("policy lint: ")).unwrap();
+    let metrics_line = text.lines().position(|l| l.starts_with("metric ")).unwrap();
+    assert!(lint_line == 2 && lint_line < metrics_line, "{text}");
+    assert!(text.contains("error: no violates section"), "{text}");
     let row = text.lines().find(|l| l.starts_with("gold 1 (violates)")).unwrap();
     let cells: Vec<&str> = row.split_whitespace().skip(3).collect();
     assert_eq!(cells, ["0", "0", "0", "4"], "{text}");

@@ -177,6 +177,20 @@ impl Policy {
         }
     }
 
+    /// The file as written (front matter and effort line included), for
+    /// linting: read again from its path, or the shipped text.
+    pub fn source(&self) -> Result<String, Error> {
+        match &self.path {
+            Some(path) => std::fs::read_to_string(path).map_err(|e| Error::Invalid {
+                path: path.clone(),
+                message: e.to_string(),
+            }),
+            None => shipped_source(&self.name)
+                .map(str::to_string)
+                .ok_or_else(|| Error::NotFound(self.name.clone())),
+        }
+    }
+
     /// Its `# Title` line, for listings.
     pub fn title(&self) -> &str {
         self.text

@@ -163,18 +163,11 @@ fn title_case(name: &str) -> String {
 
 fn run_lint(spec: &str, strict: bool, model: &str, json: bool) -> Result<()> {
     let policy = Policy::find(spec).map_err(|e| UsageError(e.into()))?;
-    let (source, shown) = match &policy.path {
-        Some(path) => (
-            std::fs::read_to_string(path).map_err(|e| UsageError(anyhow!("{}: {e}", path.display())))?,
-            path.display().to_string(),
-        ),
-        None => (
-            policy::shipped_source(&policy.name)
-                .expect("a policy without a path is shipped")
-                .to_string(),
-            policy.name.clone(),
-        ),
-    };
+    let source = policy.source().map_err(|e| UsageError(e.into()))?;
+    let shown = policy
+        .path
+        .as_ref()
+        .map_or_else(|| policy.name.clone(), |p| p.display().to_string());
     let result = lint::lint(&policy, &source, count_tokens(model, &policy.text));
     let mut out = std::io::stdout().lock();
     if json {

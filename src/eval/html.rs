@@ -9,6 +9,7 @@ use super::categories::CategoryMetrics;
 use super::compare::Comparison;
 use super::metrics::{Estimate, Metrics};
 use super::report::{Evaluation, MistakeKind};
+use crate::classify::lint::{Lint, Severity};
 
 /// Text for HTML element content and quoted attribute values.
 pub fn escape(text: &str) -> String {
@@ -96,6 +97,9 @@ fn document(title: &str, body: &str) -> String {
 fn body(e: &Evaluation) -> String {
     let m = &e.metrics;
     let mut out = String::new();
+    if let Some(lint) = &e.lint {
+        lint_section(&mut out, lint);
+    }
     if !e.gate.is_empty() {
         out.push_str("<ul class=\"bad\" id=\"gate\">");
         for g in &e.gate {
@@ -168,6 +172,32 @@ fn metric_table(out: &mut String, m: &Metrics) {
             a.threshold, a.precision, a.recall
         );
     }
+}
+
+fn lint_section(out: &mut String, lint: &Lint) {
+    let _ = writeln!(
+        out,
+        "<section id=\"lint\"><p>Policy {}</p>",
+        escape(&lint.summary())
+    );
+    if !lint.findings.is_empty() {
+        out.push_str("<ul>");
+        for f in &lint.findings {
+            let (class, severity) = match f.severity {
+                Severity::Error => ("bad", "error"),
+                Severity::Warning => ("warn", "warning"),
+            };
+            let line = f.line.map_or_else(String::new, |l| format!("line {l}: "));
+            let _ = write!(
+                out,
+                "<li class=\"{class}\">{line}{severity}: {} [{}]</li>",
+                escape(&f.message),
+                f.rule
+            );
+        }
+        out.push_str("</ul>");
+    }
+    out.push_str("</section>\n");
 }
 
 fn confusion_table(out: &mut String, m: &Metrics) {

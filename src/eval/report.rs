@@ -12,6 +12,7 @@ use super::golden::{Example, RuleIds};
 use super::manifest::Manifest;
 use super::metrics::{self, Answer, Estimate, Metrics, Scored};
 use super::results::Outcome;
+use crate::classify::lint::{Lint, Severity};
 
 /// Mistakes show this many characters of the text.
 const SHOWN_CHARS: usize = 240;
@@ -28,6 +29,8 @@ pub struct Evaluation {
     pub unscored: Vec<String>,
     pub cost: Cost,
     pub gate: Vec<GateFailure>,
+    /// The policy's lint findings, so a score is read beside what may explain it.
+    pub lint: Option<Lint>,
     /// Against `--baseline`, when given.
     pub comparison: Option<Comparison>,
 }
@@ -235,6 +238,7 @@ pub fn evaluate(
         unscored,
         cost,
         comparison: None,
+        lint: None,
     }
 }
 
@@ -314,7 +318,25 @@ pub fn summary(e: &Evaluation, colour: bool) -> String {
         c.negatives(),
         e.manifest.effort,
     );
-    let _ = writeln!(out, "{model}\n");
+    let _ = writeln!(out, "{model}");
+    if let Some(lint) = &e.lint {
+        let _ = writeln!(out, "policy {}", lint.summary());
+        for f in &lint.findings {
+            let (code, severity) = match f.severity {
+                Severity::Error => ("31", "error"),
+                Severity::Warning => ("33", "warning"),
+            };
+            let line = f.line.map_or_else(String::new, |l| format!("line {l}: "));
+            let _ = writeln!(
+                out,
+                "  {line}{}: {} [{}]",
+                paint(code, severity),
+                f.message,
+                f.rule
+            );
+        }
+    }
+    let _ = writeln!(out);
     let _ = writeln!(out, "{:<20} {:>7}   95% interval", "metric", "value");
     let row = |out: &mut String, name: &str, est: &Estimate| {
         let value = est.value.map_or_else(|| "—".to_string(), |v| format!("{v:.3}"));
