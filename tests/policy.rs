@@ -376,3 +376,21 @@ mod lint_rules {
         );
     }
 }
+
+#[test]
+fn answers_citing_ids_the_policy_does_not_define_are_flagged() {
+    use safeguard_mlx::classify::policy::RuleIds;
+    let pii = RuleIds::of(&Policy::find("pii").unwrap());
+    let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        pii.undeclared(Some("PI2"), &ids(&["pi1", "PI0.a", "PI0"])),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        pii.undeclared(Some("PI9"), &ids(&["PI2", "XX1", "PI9"])),
+        ids(&["PI9", "XX1"])
+    );
+    // A policy that defines no ids has nothing to check against.
+    let none = RuleIds::of(&Policy::from_text("p", "# P\nAnswer 0 or 1.").unwrap());
+    assert_eq!(none.undeclared(Some("ANY"), &[]), Vec::<String>::new());
+}

@@ -249,6 +249,22 @@ impl RuleIds {
         ids
     }
 
+    /// The ids an answer cites (its `policy_category` and `rule_ids`) that
+    /// the policy does not define; none when the policy defines no ids.
+    pub fn undeclared(&self, category: Option<&str>, rule_ids: &[String]) -> Vec<String> {
+        if self.violating.is_empty() && self.safe.is_empty() {
+            return Vec::new();
+        }
+        let mut out: Vec<String> = Vec::new();
+        for id in category.into_iter().chain(rule_ids.iter().map(String::as_str)) {
+            let id = id.trim();
+            if !id.is_empty() && self.side(id).is_none() && !out.iter().any(|o| o == id) {
+                out.push(id.to_string());
+            }
+        }
+        out
+    }
+
     /// Whether `id` violates: an id the policy declares, or a stem of ids
     /// that all sit on one side (`SP0` for `SP0.a` … `SP0.e`).
     pub(crate) fn side(&self, id: &str) -> Option<bool> {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::input::Item;
-use super::policy::Policy;
+use super::policy::{Policy, RuleIds};
 use super::verdict::{self, Keywords, Verdict};
 use crate::engine::batch::BatchGeneration;
 use crate::engine::cache::{make_caches, LayerCache};
@@ -49,6 +49,8 @@ pub struct Classification {
     pub raw: String,
     /// Why there is no label, when there is none.
     pub error: Option<String>,
+    /// Rule ids the answer cites that the policy does not define.
+    pub undeclared_ids: Vec<String>,
     pub finish: Finish,
     pub prompt_tokens: usize,
     /// Prompt tokens served from the policy prefix cache.
@@ -90,6 +92,7 @@ impl Classification {
             "raw": self.raw,
             "answer_format": v.format,
             "error": self.error,
+            "undeclared_ids": self.undeclared_ids,
             "finish_reason": self.finish.reason(),
             "usage": {
                 "prompt_tokens": self.prompt_tokens,
@@ -154,6 +157,8 @@ pub struct Judge<'t> {
     /// Ids of "0" and "1": o200k splits digits from what precedes them, so
     /// every way of writing a verdict ends in one of these tokens.
     digits: [u32; 2],
+    /// The policy's rule ids, to flag answers citing others.
+    rules: RuleIds,
 }
 
 impl<'t> Judge<'t> {
@@ -184,6 +189,7 @@ impl<'t> Judge<'t> {
             prefix: a[..shared].to_vec(),
             conversation,
             digits: [digit("0")?, digit("1")?],
+            rules: RuleIds::of(policy),
             options,
         })
     }
@@ -405,8 +411,12 @@ impl ItemRun<'_> {
             }
             _ => None,
         };
+        let undeclared_ids = c
+            .rules
+            .undeclared(verdict.policy_category.as_deref(), &verdict.rule_ids);
         Ok(Classification {
             id: self.id,
+            undeclared_ids,
             reasoning: completion.reasoning(),
             finish: completion.finish,
             raw: c.tokenizer.decode(&self.generated)?,

@@ -214,6 +214,14 @@ fn print_human(out: &mut impl Write, r: &Classification, colour: bool, show_reas
         line.push_str(&format!("  stated={stated}"));
     }
     writeln!(out, "{line}")?;
+    if !r.undeclared_ids.is_empty() {
+        let ids = r.undeclared_ids.join(", ");
+        writeln!(
+            out,
+            "    {}",
+            paint("33", &format!("cites {ids}, which the policy does not define"))
+        )?;
+    }
     if let Some(rationale) = &r.verdict.rationale {
         writeln!(out, "    {rationale}")?;
     }
