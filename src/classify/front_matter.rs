@@ -68,10 +68,10 @@ pub struct LineError {
 const KEYS: &str = "output, violates, safe, escalate";
 
 /// Splits `text` into its front matter (None when the file does not start
-/// with `---`) and the rest, with the number of lines the block took.
-pub fn split(text: &str) -> Result<(Option<FrontMatter>, &str, usize), LineError> {
+/// with `---`) and the rest.
+pub fn split(text: &str) -> Result<(Option<FrontMatter>, &str), LineError> {
     if text.lines().next().map(str::trim_end) != Some("---") {
-        return Ok((None, text, 0));
+        return Ok((None, text));
     }
     let mut front = FrontMatter::default();
     let mut seen: Vec<(String, usize)> = Vec::new();
@@ -84,7 +84,7 @@ pub fn split(text: &str) -> Result<(Option<FrontMatter>, &str, usize), LineError
         }
         if raw.trim_end() == "---" {
             front.source = text[..offset].to_string();
-            return Ok((Some(front), &text[offset..], line));
+            return Ok((Some(front), &text[offset..]));
         }
         let content = raw.split_once(" #").map_or(raw, |(before, _)| before).trim();
         if content.is_empty() || content.starts_with('#') {
@@ -166,22 +166,6 @@ impl FrontMatter {
             ("safe", &self.safe),
             ("escalate", &self.escalate),
         ]
-    }
-
-    /// The outcome a declared answer means, matched whole and
-    /// case-insensitively; None for an answer the front matter does not list.
-    pub fn outcome_of(&self, answer: &str) -> Option<Declared> {
-        let answer = answer.trim();
-        let has = |list: &[String]| list.iter().any(|v| v.eq_ignore_ascii_case(answer));
-        if has(&self.escalate) {
-            Some(Declared::Escalate)
-        } else if has(&self.violates) {
-            Some(Declared::Violates)
-        } else if has(&self.safe) {
-            Some(Declared::Safe)
-        } else {
-            None
-        }
     }
 }
 

@@ -132,7 +132,7 @@ impl Policy {
 
     fn parse(name: &str, text: &str, path: Option<&Path>) -> Result<Policy, ParseError> {
         let text = text.trim_start_matches('\u{feff}');
-        let (front_matter, text, _) = front_matter::split(text).map_err(|e| ParseError {
+        let (front_matter, text) = front_matter::split(text).map_err(|e| ParseError {
             line: Some(e.line),
             message: e.message,
         })?;
