@@ -85,6 +85,55 @@ fn the_prompt_is_what_openai_harmony_renders() {
 }
 
 #[test]
+fn a_dry_run_with_json_prints_one_object_per_item() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("items.jsonl");
+    std::fs::write(
+        &input,
+        "{\"id\": \"a\", \"text\": \"Win a FREE phone\"}\n{\"id\": \"b\", \"text\": \"see you at lunch\"}\n",
+    )
+    .unwrap();
+    let model = model();
+    let base = ["classify", "-m", &model, "--policy", "spam", "--dry-run"];
+    let with = |extra: &[&str]| {
+        let output = run(&[&base[..], extra].concat());
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output.stdout
+    };
+    let objects = json_lines(&with(&["--input", input.to_str().unwrap(), "--json"]));
+    assert_eq!(objects.len(), 2);
+    for (object, (id, text)) in objects
+        .iter()
+        .zip([("a", "Win a FREE phone"), ("b", "see you at lunch")])
+    {
+        let keys: Vec<&String> = object.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["id", "prompt", "prompt_tokens"]);
+        assert_eq!(object["id"], id);
+        // The same prompt the human-readable dry run prints: header, text, ids.
+        let plain = String::from_utf8(with(&[text])).unwrap();
+        let ids: Vec<Value> = plain
+            .lines()
+            .last()
+            .unwrap()
+            .split(',')
+            .map(|i| json!(i.parse::<u64>().unwrap()))
+            .collect();
+        assert_eq!(object["prompt_tokens"], Value::Array(ids.clone()));
+        let prompt = object["prompt"].as_str().unwrap();
+        assert!(
+            prompt.ends_with(&format!("{text}<|end|><|start|>assistant")),
+            "{prompt:?}"
+        );
+        assert!(plain.contains(prompt));
+        assert!(plain.starts_with(&format!("[1] {} tokens", ids.len())));
+    }
+}
+
+#[test]
 fn a_killed_batch_restarts_without_losing_or_repeating_items() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("items.jsonl");
@@ -391,6 +440,52 @@ fn a_verdict_is_read_scored_and_acted_on() {
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stdout).contains("VIOLATES (1)"));
     assert!(String::from_utf8_lossy(&output.stderr).contains("policy violated by 1 item"));
+}
+
+#[test]
+fn an_answer_declared_escalate_is_neither_label() {
+    // The scripted fixture answers "1"; this policy's front matter says "1"
+    // means a person should decide.
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("escalating.md");
+    std::fs::write(
+        &policy,
+        "---\noutput: binary\nviolates: VIOLATES\nsafe: 0\nescalate: 1\n---\nReasoning: low\n\n\
+         # Escalating\nAnswer VIOLATES, 0, or 1 when a person should decide.\n",
+    )
+    .unwrap();
+    let model = common::fixture("scripted");
+    let base = [
+        "classify",
+        "-m",
+        model.to_str().unwrap(),
+        "--policy",
+        policy.to_str().unwrap(),
+        "--fail-on-violation",
+    ];
+    let output = run(&[&base[..], &["--json", "Win a free phone!"]].concat());
+    assert!(
+        output.status.success(),
+        "an escalation is no violation: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let result = &json_lines(&output.stdout)[0];
+    assert_eq!(result["outcome"], "escalate");
+    assert_eq!(result["label"], Value::Null);
+    assert_eq!(result["violation"], Value::Null);
+    assert_eq!(result["error"], Value::Null);
+    assert_eq!(result["answer"], "1");
+
+    let output = run(&[&base[..], &["Win a free phone!"]].concat());
+    assert!(String::from_utf8_lossy(&output.stdout).contains("ESCALATE"));
+
+    // Without the front matter the same answer is a violation.
+    std::fs::write(&policy, "# Plain\nAnswer 0 or 1.\n").unwrap();
+    let result = &json_lines(&run(&[&base[..], &["--json", "x"]].concat()).stdout)[0];
+    assert_eq!(
+        (result["outcome"].as_str(), result["label"].as_u64()),
+        (Some("violates"), Some(1))
+    );
 }
 
 #[test]

@@ -434,3 +434,113 @@ fn generate_shows_the_answer_of_a_harmony_chat() {
     ]);
     assert_eq!(String::from_utf8_lossy(&human.stdout).trim(), "1");
 }
+
+fn safeguard_in(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_safeguard"))
+        .current_dir(dir)
+        .env("HF_HUB_OFFLINE", "1")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn policies_new_writes_a_template_that_loads_and_lints_without_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    for format in ["binary", "categories", "json"] {
+        let name = format!("my-{format}");
+        let output = safeguard_in(dir.path(), &["policies", "new", &name, "--format", format]);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let path = dir.path().join(format!("{name}.md"));
+        let policy = safeguard_mlx::classify::policy::Policy::from_file(&path).unwrap();
+        let front = policy.front_matter.as_ref().unwrap();
+        assert_eq!(front.output.unwrap().name(), format);
+        assert_eq!(front.escalate, ["2"]);
+        for part in [
+            "## INSTRUCTIONS",
+            "## DEFINITIONS",
+            "## VIOLATES (1)",
+            "## DOES NOT VIOLATE (0)",
+            "## EXAMPLES",
+        ] {
+            assert!(policy.text.contains(part), "{format}: {part}");
+        }
+        // Placeholders make it short: a warning, but no error.
+        let output = safeguard_in(dir.path(), &["policies", "lint", path.to_str().unwrap()]);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{format}: {stdout}");
+        assert!(
+            stdout.contains("0 error(s)") && stdout.contains("[tokens]"),
+            "{stdout}"
+        );
+        let strict = safeguard_in(
+            dir.path(),
+            &["policies", "lint", "--strict", path.to_str().unwrap()],
+        );
+        assert_eq!(strict.status.code(), Some(1), "--strict fails on the warning");
+    }
+    // An existing file is kept unless --force.
+    let again = safeguard_in(dir.path(), &["policies", "new", "my-binary"]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    let bad = safeguard_in(dir.path(), &["policies", "new", "x", "--format", "yaml"]);
+    assert_eq!(bad.status.code(), Some(2));
+}
+
+#[test]
+fn policies_show_prints_a_shipped_policy_as_it_ships() {
+    let output = safeguard(&["policies", "show", "spam"]);
+    assert!(output.status.success());
+    assert_eq!(
+        String::from_utf8(output.stdout).unwrap(),
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/spam.md")).unwrap()
+    );
+    let output = safeguard(&["policies", "show", "nope"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("spam"));
+}
+
+#[test]
+fn policies_lint_counts_real_tokens_and_fails_on_errors() {
+    // The fixture's tokenizer is o200k_harmony; policy text holds no special
+    // tokens, so tiktoken-rs counts the same independently.
+    let model = common::fixture("a-mxfp4");
+    let policy = safeguard_mlx::classify::policy::Policy::find("pii").unwrap();
+    let expected = tiktoken_rs::o200k_harmony_singleton()
+        .encode_ordinary(&policy.text)
+        .len();
+    let output = safeguard(&["policies", "lint", "pii", "-m", model.to_str().unwrap(), "--json"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let lint: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(lint["tokens"], expected);
+    assert_eq!(lint["estimated"], false);
+    assert_eq!(lint["findings"], serde_json::json!([]));
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vague.md");
+    std::fs::write(&path, "# Vague\n\n## INSTRUCTIONS\nFlag what is often bad.\n").unwrap();
+    let output = safeguard(&["policies", "lint", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let file = path.display().to_string();
+    assert!(
+        stdout.contains(&format!("{file}:4: warning: \"often\"")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "{file}: error: the instructions never say how to answer"
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.contains("(tokens estimated"), "{stdout}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("error(s)"));
+}

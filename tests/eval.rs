@@ -746,6 +746,91 @@ fn a_baseline_run_is_compared_example_by_example() {
 }
 
 #[test]
+fn escalations_are_their_own_column_never_a_label() {
+    // The scripted model answers "1", which this policy declares as escalate.
+    let env = Env::new();
+    let rows: String = (0..7)
+        .map(|i| {
+            format!(
+                "{}\n",
+                json!({"id": format!("e{i}"), "text": format!("item {i}"), "label": u8::from(i < 4)})
+            )
+        })
+        .collect();
+    std::fs::write(env.path("set.jsonl"), rows).unwrap();
+    let policy = env.path("escalating.md");
+    std::fs::write(
+        &policy,
+        "---\nescalate: 1\nviolates: VIOLATES\n---\nReasoning: low\n# Escalating\nAnswer VIOLATES, 0, or 1 to escalate.\n",
+    )
+    .unwrap();
+    let model = scripted();
+    let set = env.path("set.jsonl");
+    let report_file = env.path("report.html");
+    let args = [
+        "eval",
+        "-m",
+        &model,
+        "--policy",
+        policy.to_str().unwrap(),
+        "--input",
+        set.to_str().unwrap(),
+        "--report",
+        report_file.to_str().unwrap(),
+    ];
+    let output = env.run(&[&args[..], &["--json"]].concat());
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let m = &report["metrics"];
+    assert_eq!(confusion(&report), [0, 0, 0, 0, 0, 0]);
+    assert_eq!(m["confusion"]["violating_escalated"], 4);
+    assert_eq!(m["confusion"]["safe_escalated"], 3);
+    assert_eq!((m["n"].as_u64(), m["escalated"].as_u64()), (Some(7), Some(7)));
+    assert_eq!(m["parse_failures"], 0);
+    // Not caught, and not cleared: recall and specificity are both 0.
+    assert_eq!(m["recall"]["value"].as_f64(), Some(0.0));
+    assert_eq!(m["specificity"]["value"].as_f64(), Some(0.0));
+    let kinds: Vec<&str> = report["mistakes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["escalated"; 7]);
+    let html = std::fs::read_to_string(&report_file).unwrap();
+    assert!(html.contains("<td id=\"violating_escalated\">4</td>"), "{html}");
+
+    // The policy's lint comes first: this one has no VIOLATES section.
+    let rules: Vec<&str> = report["lint"]["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["rule"].as_str().unwrap())
+        .collect();
+    assert!(
+        rules.contains(&"violates") && rules.contains(&"examples"),
+        "{rules:?}"
+    );
+    let lint_at = html.find("<section id=\"lint\">").expect("a lint section");
+    assert!(lint_at < html.find("id=\"confusion\"").unwrap());
+    assert!(html[lint_at..].contains("no violates section"));
+
+    // The terminal summary gives escalations a column of their own.
+    let text = String::from_utf8(env.run(&args).stdout).unwrap();
+    let lint_line = text.lines().position(|l| l.starts_with("policy lint: ")).unwrap();
+    let metrics_line = text.lines().position(|l| l.starts_with("metric ")).unwrap();
+    assert!(lint_line == 2 && lint_line < metrics_line, "{text}");
+    assert!(text.contains("error: no violates section"), "{text}");
+    let row = text.lines().find(|l| l.starts_with("gold 1 (violates)")).unwrap();
+    let cells: Vec<&str> = row.split_whitespace().skip(3).collect();
+    assert_eq!(cells, ["0", "0", "0", "4"], "{text}");
+}
+
+#[test]
 fn category_labels_are_scored_per_rule() {
     // The pii policy answers with "policy_category"; results written by hand.
     let env = Env::new();

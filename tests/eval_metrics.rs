@@ -22,7 +22,8 @@ impl Rng {
 }
 
 /// A labelled run where the score tracks the label with noise; `step`
-/// rounds scores to make ties, `unread` is the share of unreadable answers.
+/// rounds scores to make ties, `unread` is the share of answers that are not
+/// a 0 or a 1 (parse failures, cut-offs and escalations in equal parts).
 fn random_case(n: usize, seed: u64, step: Option<f64>, unread: f64) -> Vec<Scored> {
     let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     (0..n)
@@ -33,10 +34,12 @@ fn random_case(n: usize, seed: u64, step: Option<f64>, unread: f64) -> Vec<Score
                 p = (p / step).round() * step;
             }
             let roll = rng.unit();
-            let (answer, p) = if roll < unread / 2.0 {
+            let (answer, p) = if roll < unread / 3.0 {
                 (Answer::ParseFailure, None)
-            } else if roll < unread {
+            } else if roll < unread * 2.0 / 3.0 {
                 (Answer::CutOff, None)
+            } else if roll < unread {
+                (Answer::Escalate, None)
             } else if roll < unread + 0.05 {
                 // A verdict without a probability: counted, but not ranked.
                 (if p > 0.5 { Answer::Violates } else { Answer::Safe }, None)
@@ -121,6 +124,7 @@ fn answer_json(a: Answer) -> Value {
         Answer::Safe => json!(0),
         Answer::ParseFailure => json!("parse"),
         Answer::CutOff => json!("cut"),
+        Answer::Escalate => json!("escalate"),
     }
 }
 

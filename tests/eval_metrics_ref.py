@@ -1,6 +1,6 @@
 """Reference metrics for tests/eval_metrics.rs, from scikit-learn and scipy.
 
-Reads a JSON list of cases ({"gold": [0|1], "answer": [1|0|"parse"|"cut"],
+Reads a JSON list of cases ({"gold": [0|1], "answer": [1|0|"parse"|"cut"|"escalate"],
 "p": [float|null], "target_recall", "resamples", "seed"}) and prints, for
 each, the metrics as `safeguard eval --json` reports them. An unreadable
 answer is a third predicted class (2) that never matches a gold label.
@@ -66,7 +66,7 @@ def bootstrapped(gold, pred, p):
     both = len(set(gold)) == 2
     out["balanced_accuracy"] = num(balanced_accuracy_score(y, yp)) if both else None
     out["mcc"] = num(matthews_corrcoef(y, yp)) if both and len(set(pred)) > 1 else None
-    out["kappa"] = num(cohen_kappa_score(y, yp, labels=[0, 1, 2]))
+    out["kappa"] = num(cohen_kappa_score(y, yp, labels=[0, 1, 2, 3]))
     scored = [(g, s) for g, s in zip(gold, p) if s is not None]
     ys = np.array([g for g, _ in scored])
     ps = np.array([s for _, s in scored], dtype=float)
@@ -86,12 +86,13 @@ def bootstrapped(gold, pred, p):
 
 def reference(case):
     gold = case["gold"]
-    pred = [{1: 1, 0: 0, "parse": 2, "cut": 2}[a] for a in case["answer"]]
+    pred = [{1: 1, 0: 0, "parse": 2, "cut": 2, "escalate": 3}[a] for a in case["answer"]]
     p = case["p"]
     n = len(gold)
     out = {"n": n}
     out["parse_failures"] = case["answer"].count("parse")
     out["cut_off"] = case["answer"].count("cut")
+    out["escalated"] = case["answer"].count("escalate")
     out["confusion"] = {
         "tp": sum(g == 1 and a == 1 for g, a in zip(gold, pred)),
         "fp": sum(g == 0 and a == 1 for g, a in zip(gold, pred)),
@@ -99,6 +100,8 @@ def reference(case):
         "fn": sum(g == 1 and a == 0 for g, a in zip(gold, pred)),
         "violating_unread": sum(g == 1 and a == 2 for g, a in zip(gold, pred)),
         "safe_unread": sum(g == 0 and a == 2 for g, a in zip(gold, pred)),
+        "violating_escalated": sum(g == 1 and a == 3 for g, a in zip(gold, pred)),
+        "safe_escalated": sum(g == 0 and a == 3 for g, a in zip(gold, pred)),
     }
     c = out["confusion"]
     if n:

@@ -100,6 +100,7 @@ fn custom_keywords_replace_the_defaults() {
     let keywords = Keywords {
         violating: vec!["FLAG".into()],
         safe: vec!["PASS".into()],
+        escalate: Vec::new(),
     };
     assert_eq!(parse("PASS", &keywords).label, Some(0));
     assert_eq!(parse("flag it", &keywords).label, Some(1));
@@ -120,4 +121,46 @@ proptest! {
     fn never_panics_on_json_like_text(text in r#"[\{\}\[\]":,01a-z \n`]{0,200}"#) {
         let _ = parse(&text, &Keywords::default());
     }
+}
+
+#[test]
+fn answers_a_front_matter_declares_read_as_its_outcomes() {
+    let front = "---\nviolates: 2, FLAG\nsafe: OK\nescalate: 3, ESCALATE\n---\n# P\nAnswer.\n";
+    let policy = safeguard_mlx::classify::policy::Policy::from_text("p", front).unwrap();
+    let keywords = Keywords::default().with_declared(policy.front_matter.as_ref());
+    // (answer, label, escalate, format)
+    let table: &[(&str, Option<u8>, bool, AnswerFormat)] = &[
+        ("2", Some(1), false, Digit),
+        ("flag.", Some(1), false, Keyword),
+        ("OK", Some(0), false, Keyword),
+        ("3", None, true, Digit),
+        ("escalate", None, true, Keyword),
+        ("I would ESCALATE this one", None, true, Keyword),
+        (
+            r#"{"violation": "escalate", "rationale": "unclear"}"#,
+            None,
+            true,
+            Json,
+        ),
+        (r#"{"violation": 3}"#, None, true, Json),
+        // The defaults still read.
+        ("1", Some(1), false, Digit),
+        ("0", Some(0), false, Digit),
+    ];
+    for &(answer, label, escalate, format) in table {
+        let v = parse(answer, &keywords);
+        assert_eq!(
+            (v.label, v.escalate, v.format),
+            (label, escalate, format),
+            "{answer:?}"
+        );
+        assert_eq!(v.parse_error, None, "{answer:?}");
+    }
+    let both = parse("FLAG or ESCALATE?", &keywords);
+    assert_eq!((both.label, both.escalate), (None, false));
+    assert!(both.parse_error.unwrap().contains("both"));
+    // Without the declaration, an escalation word is no answer.
+    let plain = parse("ESCALATE", &Keywords::default());
+    assert_eq!((plain.label, plain.escalate), (None, false));
+    assert!(plain.parse_error.is_some());
 }

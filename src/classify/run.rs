@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::input::Item;
-use super::policy::Policy;
+use super::policy::{Policy, RuleIds};
 use super::verdict::{self, Keywords, Verdict};
 use crate::engine::batch::BatchGeneration;
 use crate::engine::cache::{make_caches, LayerCache};
@@ -49,6 +49,8 @@ pub struct Classification {
     pub raw: String,
     /// Why there is no label, when there is none.
     pub error: Option<String>,
+    /// Rule ids the answer cites that the policy does not define.
+    pub undeclared_ids: Vec<String>,
     pub finish: Finish,
     pub prompt_tokens: usize,
     /// Prompt tokens served from the policy prefix cache.
@@ -62,6 +64,16 @@ impl Classification {
         self.verdict.label == Some(1)
     }
 
+    /// "violates", "safe", "escalate", or None when the answer said none.
+    pub fn outcome(&self) -> Option<&'static str> {
+        match (self.verdict.escalate, self.verdict.label) {
+            (true, _) => Some("escalate"),
+            (false, Some(1)) => Some("violates"),
+            (false, Some(_)) => Some("safe"),
+            (false, None) => None,
+        }
+    }
+
     /// The result line of `--json`/`--jsonl` and `--output`.
     pub fn to_json(&self) -> Value {
         let v = &self.verdict;
@@ -69,6 +81,7 @@ impl Classification {
             "id": self.id,
             "label": v.label,
             "violation": v.label.map(|l| l == 1),
+            "outcome": self.outcome(),
             "policy_category": v.policy_category,
             "rule_ids": v.rule_ids,
             "confidence": self.confidence,
@@ -79,6 +92,7 @@ impl Classification {
             "raw": self.raw,
             "answer_format": v.format,
             "error": self.error,
+            "undeclared_ids": self.undeclared_ids,
             "finish_reason": self.finish.reason(),
             "usage": {
                 "prompt_tokens": self.prompt_tokens,
@@ -143,14 +157,18 @@ pub struct Judge<'t> {
     /// Ids of "0" and "1": o200k splits digits from what precedes them, so
     /// every way of writing a verdict ends in one of these tokens.
     digits: [u32; 2],
+    /// The policy's rule ids, to flag answers citing others.
+    rules: RuleIds,
 }
 
 impl<'t> Judge<'t> {
     pub fn new(
         tokenizer: &'t Tokenizer,
         policy: &Policy,
-        options: ClassifyOptions,
+        mut options: ClassifyOptions,
     ) -> Result<Judge<'t>, harmony::Error> {
+        // The answers the policy declares read as the outcomes it gives them.
+        options.keywords = options.keywords.with_declared(policy.front_matter.as_ref());
         let conversation = conversation(policy, &options);
         // Two items that differ from their first token on share exactly the
         // prefix up to the item's content.
@@ -171,6 +189,7 @@ impl<'t> Judge<'t> {
             prefix: a[..shared].to_vec(),
             conversation,
             digits: [digit("0")?, digit("1")?],
+            rules: RuleIds::of(policy),
             options,
         })
     }
@@ -392,8 +411,12 @@ impl ItemRun<'_> {
             }
             _ => None,
         };
+        let undeclared_ids = c
+            .rules
+            .undeclared(verdict.policy_category.as_deref(), &verdict.rule_ids);
         Ok(Classification {
             id: self.id,
+            undeclared_ids,
             reasoning: completion.reasoning(),
             finish: completion.finish,
             raw: c.tokenizer.decode(&self.generated)?,

@@ -8,6 +8,8 @@ use regex::Regex;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use super::front_matter::{Declared, FrontMatter};
+
 /// How the answer was written, as far as the parser could tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -21,8 +23,12 @@ pub enum AnswerFormat {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Verdict {
-    /// 1: violates the policy; 0: does not; None: the answer did not say.
+    /// 1: violates the policy; 0: does not; None: the answer did not say,
+    /// or it escalated.
     pub label: Option<u8>,
+    /// The answer is one the policy declares as "escalate": a person should
+    /// decide. Never a 0 or a 1.
+    pub escalate: bool,
     pub policy_category: Option<String>,
     pub rule_ids: Vec<String>,
     /// The confidence the model stated (e.g. "high"), when it stated one.
@@ -33,11 +39,39 @@ pub struct Verdict {
     pub parse_error: Option<String>,
 }
 
-/// Words that carry a label, matched as whole words, case-insensitively.
+/// Words that carry a label, matched as whole words, case-insensitively;
+/// an answer that is exactly one of them (`2`, `ESCALATE`) means it too.
 #[derive(Debug, Clone)]
 pub struct Keywords {
     pub violating: Vec<String>,
     pub safe: Vec<String>,
+    pub escalate: Vec<String>,
+}
+
+impl Keywords {
+    /// The defaults plus the answers a policy's front matter declares.
+    pub fn with_declared(mut self, front: Option<&FrontMatter>) -> Keywords {
+        if let Some(front) = front {
+            self.violating.extend(front.violates.iter().cloned());
+            self.safe.extend(front.safe.iter().cloned());
+            self.escalate.extend(front.escalate.iter().cloned());
+        }
+        self
+    }
+
+    /// What an answer written as exactly one of the words means.
+    fn exact(&self, answer: &str) -> Option<Declared> {
+        let has = |list: &[String]| list.iter().any(|w| w.eq_ignore_ascii_case(answer));
+        if has(&self.escalate) {
+            Some(Declared::Escalate)
+        } else if has(&self.violating) {
+            Some(Declared::Violates)
+        } else if has(&self.safe) {
+            Some(Declared::Safe)
+        } else {
+            None
+        }
+    }
 }
 
 impl Default for Keywords {
@@ -48,6 +82,7 @@ impl Default for Keywords {
         Keywords {
             violating: words(&["INVALID", "VIOLATES", "VIOLATION"]),
             safe: words(&["VALID", "DOES NOT VIOLATE", "NO VIOLATION"]),
+            escalate: Vec::new(),
         }
     }
 }
@@ -65,10 +100,22 @@ static LABEL_TEXT: LazyLock<Regex> = LazyLock::new(|| {
 pub fn parse(answer: &str, keywords: &Keywords) -> Verdict {
     let text = strip_fences(answer.trim());
     if let Some(object) = json_object(text) {
-        return from_json(&object);
+        let mut verdict = from_json(&object);
+        let declared = match object.get("violation") {
+            Some(Value::String(s)) => keywords.exact(s.trim()),
+            Some(other) => keywords.exact(&other.to_string()),
+            None => None,
+        };
+        if declared == Some(Declared::Escalate) {
+            verdict.label = None;
+            verdict.escalate = true;
+            verdict.parse_error = None;
+        }
+        return verdict;
     }
     let mut verdict = Verdict {
         label: None,
+        escalate: false,
         policy_category: None,
         rule_ids: Vec::new(),
         confidence: None,
@@ -77,7 +124,18 @@ pub fn parse(answer: &str, keywords: &Keywords) -> Verdict {
         parse_error: None,
     };
     let digit = text.trim_end_matches(['.', '!']).trim();
-    if digit == "0" || digit == "1" {
+    if let Some(declared) = keywords.exact(digit) {
+        verdict.format = if digit.chars().all(|c| c.is_ascii_digit()) {
+            AnswerFormat::Digit
+        } else {
+            AnswerFormat::Keyword
+        };
+        match declared {
+            Declared::Escalate => verdict.escalate = true,
+            Declared::Violates => verdict.label = Some(1),
+            Declared::Safe => verdict.label = Some(0),
+        }
+    } else if digit == "0" || digit == "1" {
         verdict.label = Some(u8::from(digit == "1"));
         verdict.format = AnswerFormat::Digit;
     } else if let Some(captures) = LABEL_TEXT.captures(text) {
@@ -88,8 +146,12 @@ pub fn parse(answer: &str, keywords: &Keywords) -> Verdict {
         verdict.format = AnswerFormat::Digit;
     } else {
         match keyword_label(text, keywords) {
-            Ok(Some(label)) => {
-                verdict.label = Some(label);
+            Ok(Some(declared)) => {
+                match declared {
+                    Declared::Escalate => verdict.escalate = true,
+                    Declared::Violates => verdict.label = Some(1),
+                    Declared::Safe => verdict.label = Some(0),
+                }
                 verdict.format = AnswerFormat::Keyword;
             }
             Ok(None) => {
@@ -155,6 +217,7 @@ fn from_json(object: &Map<String, Value>) -> Verdict {
     };
     Verdict {
         label,
+        escalate: false,
         policy_category: string("policy_category"),
         rule_ids,
         confidence: string("confidence"),
@@ -191,18 +254,25 @@ fn find_word<'w>(text: &str, words: &'w [String]) -> Option<&'w str> {
         .map(String::as_str)
 }
 
-fn keyword_label(text: &str, keywords: &Keywords) -> Result<Option<u8>, String> {
+fn keyword_label(text: &str, keywords: &Keywords) -> Result<Option<Declared>, String> {
     // A safe phrase may contain a violating word ("DOES NOT VIOLATE"): find
-    // it first and blank it out before looking for the violating side.
+    // it first and blank it out before looking for the other sides.
     let safe = find_word(text, &keywords.safe);
     let rest = match safe {
         Some(word) => word_pattern(word).replace_all(text, " "),
         None => text.into(),
     };
-    match (safe, find_word(&rest, &keywords.violating)) {
-        (Some(s), Some(v)) => Err(format!("the answer names both {s:?} and {v:?}")),
-        (Some(_), None) => Ok(Some(0)),
-        (None, Some(_)) => Ok(Some(1)),
-        (None, None) => Ok(None),
+    let found: Vec<(&str, Declared)> = [
+        (safe, Declared::Safe),
+        (find_word(&rest, &keywords.violating), Declared::Violates),
+        (find_word(&rest, &keywords.escalate), Declared::Escalate),
+    ]
+    .into_iter()
+    .filter_map(|(word, declared)| Some((word?, declared)))
+    .collect();
+    match found.as_slice() {
+        [] => Ok(None),
+        [(_, declared)] => Ok(Some(*declared)),
+        [(a, _), (b, _), ..] => Err(format!("the answer names both {a:?} and {b:?}")),
     }
 }

@@ -31,7 +31,7 @@ pub struct Args {
     effort: Option<Effort>,
     #[command(flatten)]
     run: RunArgs,
-    /// One JSON object per item, one per line.
+    /// One JSON object per item, one per line (with --dry-run: {"id", "prompt", "prompt_tokens"}).
     #[arg(long, alias = "jsonl")]
     json: bool,
     /// Append each finished item's JSON line here; a rerun skips ids already in it.
@@ -117,7 +117,7 @@ pub fn run(args: Args) -> Result<()> {
 
     if args.dry_run {
         // Rendering needs the tokenizer only; the weights are not read.
-        return print_prompts(&tokenizer, &policy, &options, &items);
+        return print_prompts(&tokenizer, &policy, &options, &items, args.json);
     }
 
     let model = GptOss::load(&model_dir, args.run.engine.load_options()).map_err(|e| usage(e.into()))?;
@@ -197,10 +197,11 @@ fn print_human(out: &mut impl Write, r: &Classification, colour: bool, show_reas
             text.to_string()
         }
     };
-    let label = match r.verdict.label {
-        Some(1) => paint("1;31", "VIOLATES (1)"),
-        Some(_) => paint("1;32", "SAFE (0)"),
-        None => paint("1;33", "NO VERDICT"),
+    let label = match (r.outcome(), r.verdict.label) {
+        (Some("escalate"), _) => paint("1;35", "ESCALATE"),
+        (_, Some(1)) => paint("1;31", "VIOLATES (1)"),
+        (_, Some(_)) => paint("1;32", "SAFE (0)"),
+        (_, None) => paint("1;33", "NO VERDICT"),
     };
     let mut line = format!("[{}] {label}", r.id);
     if let Some(category) = &r.verdict.policy_category {
@@ -213,6 +214,14 @@ fn print_human(out: &mut impl Write, r: &Classification, colour: bool, show_reas
         line.push_str(&format!("  stated={stated}"));
     }
     writeln!(out, "{line}")?;
+    if !r.undeclared_ids.is_empty() {
+        let ids = r.undeclared_ids.join(", ");
+        writeln!(
+            out,
+            "    {}",
+            paint("33", &format!("cites {ids}, which the policy does not define"))
+        )?;
+    }
     if let Some(rationale) = &r.verdict.rationale {
         writeln!(out, "    {rationale}")?;
     }
@@ -235,12 +244,19 @@ fn print_prompts(
     policy: &Policy,
     options: &ClassifyOptions,
     items: &[Item],
+    json: bool,
 ) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
     for item in items {
         let prompt = render_prompt(tokenizer, policy, options, &item.content)?;
+        let text = tokenizer.decode(&prompt)?;
+        if json {
+            let line = serde_json::json!({"id": item.id, "prompt": text, "prompt_tokens": prompt});
+            writeln!(stdout, "{line}")?;
+            continue;
+        }
         writeln!(stdout, "[{}] {} tokens", item.id, prompt.len())?;
-        writeln!(stdout, "{}", tokenizer.decode(&prompt)?)?;
+        writeln!(stdout, "{text}")?;
         let ids: Vec<String> = prompt.iter().map(u32::to_string).collect();
         writeln!(stdout, "{}", ids.join(","))?;
     }

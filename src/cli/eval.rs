@@ -11,6 +11,7 @@ use serde_json::Value;
 use super::classify::{progress_bar, RunArgs};
 use super::UsageError;
 use crate::classify::input::Item;
+use crate::classify::lint;
 use crate::classify::policy::Policy;
 use crate::classify::run::{self, Classifier, ClassifyOptions};
 use crate::eval::cache::{sha256_hex, ResultCache, RunKey};
@@ -128,9 +129,16 @@ pub fn run(args: Args) -> Result<()> {
         ))
         .into());
     }
+    let source = policy.source().map_err(|e| usage(e.into()))?;
+    let lint = lint::lint(
+        &policy,
+        &source,
+        super::policies::count_tokens(&args.run.model, &policy.text),
+    );
     let mut evaluations = Vec::new();
     for effort in efforts {
         let mut evaluation = evaluate(&args, &policy, &examples, &dataset, effort)?;
+        evaluation.lint = Some(lint.clone());
         if let Some(baseline) = &baseline {
             evaluation.comparison = Some(compare::compare(baseline, &evaluation, &examples));
         }
@@ -196,7 +204,7 @@ fn evaluate(
         policy: FileInfo {
             name: policy.name.clone(),
             path: policy.path.as_ref().map(|p| p.display().to_string()),
-            sha256: sha256_hex(policy.text.as_bytes()),
+            sha256: sha256_hex(policy.identity().as_bytes()),
         },
         dataset: dataset.clone(),
         results_file: None,

@@ -136,7 +136,8 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e)
             if e.downcast_ref::<classify::ViolationFound>().is_some()
-                || e.downcast_ref::<eval::GateFailed>().is_some() =>
+                || e.downcast_ref::<eval::GateFailed>().is_some()
+                || e.downcast_ref::<policies::LintFailed>().is_some() =>
         {
             eprintln!("{e}");
             ExitCode::FAILURE

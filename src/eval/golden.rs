@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::classify::input::{self, Item};
-use crate::classify::policy::Policy;
+// Rule ids live with policies: lint and classify read them too.
+pub use crate::classify::policy::RuleIds;
 
 /// What a labelled example says the right answer is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,74 +56,6 @@ pub enum Error {
         path: PathBuf,
         rows: Vec<(usize, String)>,
     },
-}
-
-/// The rule ids a policy declares, by the section they sit in: `- SP2: …`
-/// under a VIOLATES heading violates, `- SP0.a: …` under SAFE or DOES NOT
-/// VIOLATE does not. Category labels in a set are read through these.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RuleIds {
-    pub violating: Vec<String>,
-    pub safe: Vec<String>,
-}
-
-impl RuleIds {
-    pub fn of(policy: &Policy) -> RuleIds {
-        let mut ids = RuleIds::default();
-        let mut section: Option<bool> = None;
-        for line in policy.text.lines() {
-            let line = line.trim();
-            if let Some(heading) = line.strip_prefix('#') {
-                let heading = heading.trim_start_matches('#').to_ascii_uppercase();
-                section = if heading.contains("NOT VIOLATE") || heading.contains("SAFE") {
-                    Some(false)
-                } else if heading.contains("VIOLATE") {
-                    Some(true)
-                } else {
-                    None
-                };
-                continue;
-            }
-            let (Some(violates), Some(rest)) = (section, line.strip_prefix("- ")) else {
-                continue;
-            };
-            let Some((id, _)) = rest.split_once(':') else {
-                continue;
-            };
-            let id = id.trim();
-            let looks_like_id = !id.is_empty()
-                && id.chars().any(|c| c.is_ascii_digit())
-                && id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-            if looks_like_id {
-                if violates {
-                    ids.violating.push(id.to_string());
-                } else {
-                    ids.safe.push(id.to_string());
-                }
-            }
-        }
-        ids
-    }
-
-    /// Whether `id` violates: an id the policy declares, or a stem of ids
-    /// that all sit on one side (`SP0` for `SP0.a` … `SP0.e`).
-    fn side(&self, id: &str) -> Option<bool> {
-        let matches = |ids: &[String]| {
-            ids.iter().any(|d| {
-                d.eq_ignore_ascii_case(id)
-                    || d.get(..id.len())
-                        .is_some_and(|stem| stem.eq_ignore_ascii_case(id))
-                        && d[id.len()..].starts_with('.')
-            })
-        };
-        match (matches(&self.violating), matches(&self.safe)) {
-            (true, false) => Some(true),
-            (false, true) => Some(false),
-            _ => None,
-        }
-    }
 }
 
 /// The labelled sets that ship beside the shipped policies, by policy name.

@@ -9,6 +9,7 @@ use super::categories::CategoryMetrics;
 use super::compare::Comparison;
 use super::metrics::{Estimate, Metrics};
 use super::report::{Evaluation, MistakeKind};
+use crate::classify::lint::{Lint, Severity};
 
 /// Text for HTML element content and quoted attribute values.
 pub fn escape(text: &str) -> String {
@@ -96,6 +97,9 @@ fn document(title: &str, body: &str) -> String {
 fn body(e: &Evaluation) -> String {
     let m = &e.metrics;
     let mut out = String::new();
+    if let Some(lint) = &e.lint {
+        lint_section(&mut out, lint);
+    }
     if !e.gate.is_empty() {
         out.push_str("<ul class=\"bad\" id=\"gate\">");
         for g in &e.gate {
@@ -170,14 +174,40 @@ fn metric_table(out: &mut String, m: &Metrics) {
     }
 }
 
+fn lint_section(out: &mut String, lint: &Lint) {
+    let _ = writeln!(
+        out,
+        "<section id=\"lint\"><p>Policy {}</p>",
+        escape(&lint.summary())
+    );
+    if !lint.findings.is_empty() {
+        out.push_str("<ul>");
+        for f in &lint.findings {
+            let (class, severity) = match f.severity {
+                Severity::Error => ("bad", "error"),
+                Severity::Warning => ("warn", "warning"),
+            };
+            let line = f.line.map_or_else(String::new, |l| format!("line {l}: "));
+            let _ = write!(
+                out,
+                "<li class=\"{class}\">{line}{severity}: {} [{}]</li>",
+                escape(&f.message),
+                f.rule
+            );
+        }
+        out.push_str("</ul>");
+    }
+    out.push_str("</section>\n");
+}
+
 fn confusion_table(out: &mut String, m: &Metrics) {
     let c = &m.confusion;
     let _ = writeln!(
         out,
-        "<h2>Confusion matrix</h2>\n<table id=\"confusion\"><tr><th class=\"l\">gold \\ answer</th><th>violates (1)</th><th>safe (0)</th><th>no verdict</th></tr>\n\
-         <tr><th class=\"l\">violates (1)</th><td id=\"tp\">{}</td><td id=\"fn\">{}</td><td id=\"violating_unread\">{}</td></tr>\n\
-         <tr><th class=\"l\">safe (0)</th><td id=\"fp\">{}</td><td id=\"tn\">{}</td><td id=\"safe_unread\">{}</td></tr>\n</table>",
-        c.tp, c.fn_, c.violating_unread, c.fp, c.tn, c.safe_unread
+        "<h2>Confusion matrix</h2>\n<table id=\"confusion\"><tr><th class=\"l\">gold \\ answer</th><th>violates (1)</th><th>safe (0)</th><th>no verdict</th><th>escalated</th></tr>\n\
+         <tr><th class=\"l\">violates (1)</th><td id=\"tp\">{}</td><td id=\"fn\">{}</td><td id=\"violating_unread\">{}</td><td id=\"violating_escalated\">{}</td></tr>\n\
+         <tr><th class=\"l\">safe (0)</th><td id=\"fp\">{}</td><td id=\"tn\">{}</td><td id=\"safe_unread\">{}</td><td id=\"safe_escalated\">{}</td></tr>\n</table>",
+        c.tp, c.fn_, c.violating_unread, c.violating_escalated, c.fp, c.tn, c.safe_unread, c.safe_escalated
     );
 }
 
@@ -399,6 +429,7 @@ fn mistakes(out: &mut String, e: &Evaluation) {
             MistakeKind::FalseNegative => ("false negative", "bad"),
             MistakeKind::ParseFailure => ("parse failure", "warn"),
             MistakeKind::CutOff => ("cut off", "warn"),
+            MistakeKind::Escalated => ("escalated", "warn"),
         };
         let said = x
             .predicted

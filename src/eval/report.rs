@@ -12,6 +12,7 @@ use super::golden::{Example, RuleIds};
 use super::manifest::Manifest;
 use super::metrics::{self, Answer, Estimate, Metrics, Scored};
 use super::results::Outcome;
+use crate::classify::lint::{Lint, Severity};
 
 /// Mistakes show this many characters of the text.
 const SHOWN_CHARS: usize = 240;
@@ -28,6 +29,8 @@ pub struct Evaluation {
     pub unscored: Vec<String>,
     pub cost: Cost,
     pub gate: Vec<GateFailure>,
+    /// The policy's lint findings, so a score is read beside what may explain it.
+    pub lint: Option<Lint>,
     /// Against `--baseline`, when given.
     pub comparison: Option<Comparison>,
 }
@@ -39,6 +42,8 @@ pub enum MistakeKind {
     FalseNegative,
     ParseFailure,
     CutOff,
+    /// Not a mistake: listed for the person who decides.
+    Escalated,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -189,6 +194,7 @@ pub fn evaluate(
                 (true, Answer::Safe) => MistakeKind::FalseNegative,
                 (_, Answer::ParseFailure) => MistakeKind::ParseFailure,
                 (_, Answer::CutOff) => MistakeKind::CutOff,
+                (_, Answer::Escalate) => MistakeKind::Escalated,
                 _ => return None,
             };
             Some(Mistake {
@@ -232,6 +238,7 @@ pub fn evaluate(
         unscored,
         cost,
         comparison: None,
+        lint: None,
     }
 }
 
@@ -311,7 +318,25 @@ pub fn summary(e: &Evaluation, colour: bool) -> String {
         c.negatives(),
         e.manifest.effort,
     );
-    let _ = writeln!(out, "{model}\n");
+    let _ = writeln!(out, "{model}");
+    if let Some(lint) = &e.lint {
+        let _ = writeln!(out, "policy {}", lint.summary());
+        for f in &lint.findings {
+            let (code, severity) = match f.severity {
+                Severity::Error => ("31", "error"),
+                Severity::Warning => ("33", "warning"),
+            };
+            let line = f.line.map_or_else(String::new, |l| format!("line {l}: "));
+            let _ = writeln!(
+                out,
+                "  {line}{}: {} [{}]",
+                paint(code, severity),
+                f.message,
+                f.rule
+            );
+        }
+    }
+    let _ = writeln!(out);
     let _ = writeln!(out, "{:<20} {:>7}   95% interval", "metric", "value");
     let row = |out: &mut String, name: &str, est: &Estimate| {
         let value = est.value.map_or_else(|| "—".to_string(), |v| format!("{v:.3}"));
@@ -347,20 +372,23 @@ pub fn summary(e: &Evaluation, colour: bool) -> String {
             unread_line
         }
     );
+    if m.escalated > 0 {
+        let _ = writeln!(out, "{:<20} {:>7}", "escalated", m.escalated);
+    }
     let _ = writeln!(
         out,
-        "\n{:<16} {:>9} {:>9} {:>11}",
-        "confusion", "said 1", "said 0", "no verdict"
+        "\n{:<16} {:>9} {:>9} {:>11} {:>10}",
+        "confusion", "said 1", "said 0", "no verdict", "escalated"
     );
     let _ = writeln!(
         out,
-        "{:<18} {:>8} {:>8} {:>11}",
-        "gold 1 (violates)", c.tp, c.fn_, c.violating_unread
+        "{:<18} {:>8} {:>8} {:>11} {:>10}",
+        "gold 1 (violates)", c.tp, c.fn_, c.violating_unread, c.violating_escalated
     );
     let _ = writeln!(
         out,
-        "{:<18} {:>8} {:>8} {:>11}",
-        "gold 0 (safe)", c.fp, c.tn, c.safe_unread
+        "{:<18} {:>8} {:>8} {:>11} {:>10}",
+        "gold 0 (safe)", c.fp, c.tn, c.safe_unread, c.safe_escalated
     );
     let _ = writeln!(
         out,
@@ -412,6 +440,7 @@ pub fn summary(e: &Evaluation, colour: bool) -> String {
                 MistakeKind::FalseNegative => paint("31", "false negative"),
                 MistakeKind::ParseFailure => paint("33", "parse failure"),
                 MistakeKind::CutOff => paint("33", "cut off"),
+                MistakeKind::Escalated => paint("35", "escalated"),
             };
             let p = x
                 .p_violation

@@ -26,6 +26,9 @@ pub struct Usage {
 pub struct Outcome {
     pub id: String,
     pub label: Option<u8>,
+    /// "violates", "safe", "escalate"; absent in files written before it existed.
+    #[serde(default)]
+    pub outcome: Option<String>,
     #[serde(default)]
     pub policy_category: Option<String>,
     /// P(label) / (P(0) + P(1)) at the verdict digit.
@@ -69,6 +72,9 @@ impl Outcome {
     }
 
     pub fn answer(&self) -> Answer {
+        if self.outcome.as_deref() == Some("escalate") {
+            return Answer::Escalate;
+        }
         match (self.label, self.finish_reason.as_deref()) {
             (Some(1), _) => Answer::Violates,
             (Some(_), _) => Answer::Safe,
