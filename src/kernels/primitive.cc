@@ -116,6 +116,13 @@ class QuantizedMatmulCpu : public mx::UnaryPrimitive {
   std::string isa_;
 };
 
+// The kernels read row-major buffers. Weights are evaluated at load and
+// already are, so they go in as they are instead of adding a Contiguous node
+// to every step's graph; lazy activations get one (a no-op when contiguous).
+mx::array row_major(const mx::array& a) {
+  return a.is_available() && a.flags().row_contiguous ? a : mx::contiguous(a);
+}
+
 Precision precision_of(bool fast) { return fast ? Precision::Fast : Precision::Exact; }
 
 std::string checked_isa(rust::Str isa) {
@@ -139,16 +146,16 @@ std::vector<mx::array> weight_inputs(Format format, int group_size, int bits, in
   auto groups_shape = w.shape();
   groups_shape.back() = in_dims / group_size;
   if (scales.shape() != groups_shape) throw std::invalid_argument("quantized scales do not match the weight");
-  std::vector<mx::array> out{mx::contiguous(w)};
+  std::vector<mx::array> out{row_major(w)};
   if (format == Format::Mxfp4) {
     if (scales.dtype() != mx::uint8) throw std::invalid_argument("mxfp4 scales must be uint8 (E8M0)");
     if (biases) throw std::invalid_argument("mxfp4 weights have no biases");
-    out.push_back(mx::contiguous(scales));
+    out.push_back(row_major(scales));
   } else {
     if (!biases || biases->shape() != groups_shape)
       throw std::invalid_argument("affine weights need biases shaped like their scales");
-    out.push_back(mx::contiguous(mx::astype(scales, mx::float32)));
-    out.push_back(mx::contiguous(mx::astype(*biases, mx::float32)));
+    out.push_back(row_major(mx::astype(scales, mx::float32)));
+    out.push_back(row_major(mx::astype(*biases, mx::float32)));
   }
   return out;
 }
@@ -171,7 +178,7 @@ ArrayPtr quantized_matmul(const Array& x, const Array& w, const Array& scales, s
   if (w.ndim() != 2) throw std::invalid_argument("the quantized matrix must be 2-d [out, in]");
   const int in_dims = x.shape(-1);
   auto inputs = weight_inputs(format, group_size, bits, in_dims, w, scales, biases);
-  inputs.insert(inputs.begin(), mx::contiguous(x));
+  inputs.insert(inputs.begin(), row_major(x));
   auto shape = x.shape();
   shape.back() = w.shape(0);
   auto stream = mx::default_stream(mx::Device::cpu);
@@ -191,9 +198,9 @@ ArrayPtr gather_matmul(const Array& x, const Array& w, const Array& scales, std:
     throw std::invalid_argument("gather indices must be two 1-d arrays of one length");
   const int in_dims = x.shape(-1);
   auto inputs = weight_inputs(format, group_size, bits, in_dims, w, scales, biases);
-  inputs.insert(inputs.begin(), mx::contiguous(x));
-  inputs.push_back(mx::contiguous(mx::astype(lhs, mx::uint32)));
-  inputs.push_back(mx::contiguous(mx::astype(rhs, mx::uint32)));
+  inputs.insert(inputs.begin(), row_major(x));
+  inputs.push_back(row_major(mx::astype(lhs, mx::uint32)));
+  inputs.push_back(row_major(mx::astype(rhs, mx::uint32)));
   mx::Shape shape{lhs.shape(0), x.shape(1), w.shape(1)};
   auto stream = mx::default_stream(mx::Device::cpu);
   return std::make_unique<Array>(
