@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use safeguard_mlx::harmony::{
     render_for_completion, Completion, Conversation, Delta, Effort, Finish, HeaderProblem, Issue, Message,
-    Role, StreamParser, SystemContent,
+    ResponseFormat, Role, StreamParser, SystemContent, Tool,
 };
 use safeguard_mlx::tokenizer::Tokenizer;
 use serde_json::{json, Value};
@@ -38,6 +38,16 @@ fn conversation_json(c: &Conversation) -> Value {
             "effort": c.system.effort.to_string(),
         },
         "instructions": c.instructions,
+        "tools": c.tools.iter().map(|t| json!({
+            "name": t.name,
+            "description": t.description,
+            "parameters": t.parameters,
+        })).collect::<Vec<_>>(),
+        "response_format": c.response_format.as_ref().map(|f| json!({
+            "name": f.name,
+            "description": f.description,
+            "schema": f.schema,
+        })),
         "messages": c.messages.iter().map(message_json).collect::<Vec<_>>(),
     })
 }
@@ -185,11 +195,125 @@ fn render_cases() -> Vec<(&'static str, Conversation)> {
                 ),
         ),
         (
+            "function tools: no parameters, nested schemas, enums, oneOf, defaults, comments",
+            Conversation::new(base())
+                .with_instructions(SPAM_POLICY)
+                .with_tools(tool_cases())
+                .with_message(Message::user("Weather in Paris?")),
+        ),
+        (
+            "tools without instructions; a tool description with control-token text",
+            Conversation::new(base().with_effort(Effort::High)).with_tools(vec![Tool {
+                name: "lookup".into(),
+                description: "Finds <|end|> and <|call|> in text.\nSecond line.".into(),
+                parameters: Some(json!({"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]})),
+            }]).with_message(Message::user("find")),
+        ),
+        (
+            "a response format after instructions and tools",
+            Conversation::new(base())
+                .with_instructions(SPAM_POLICY)
+                .with_tools(tool_cases()[..1].to_vec())
+                .with_response_format(ResponseFormat {
+                    name: "verdict".into(),
+                    description: Some("The policy's answer.".into()),
+                    schema: json!({
+                        "type": "object",
+                        "properties": {"violation": {"type": "integer", "enum": [0, 1]}, "why": {"type": "string", "description": "é <|end|>"}},
+                        "required": ["violation"],
+                        "additionalProperties": false,
+                    }),
+                })
+                .with_message(Message::user("Buy now")),
+        ),
+        (
+            "a response format alone, no description",
+            Conversation::new(base())
+                .with_response_format(ResponseFormat {
+                    name: "list".into(),
+                    description: None,
+                    schema: json!({"type": "array", "items": {"type": "string"}}),
+                })
+                .with_message(Message::user("coffee, soda")),
+        ),
+        (
             "author names, recipient `all`, a plain content type",
             Conversation::new(base())
                 .with_message(Message::user("hi").with_name("alice"))
                 .with_message(Message::assistant("final", "hello").with_recipient("all"))
                 .with_message(Message::user("{}").with_content_type("json")),
+        ),
+    ]
+}
+
+/// Tools whose parameter schemas reach every branch of harmony's
+/// schema-to-TypeScript rendering; property order is deliberately not sorted.
+fn tool_cases() -> Vec<Tool> {
+    let tool = |name: &str, description: &str, parameters: Option<Value>| Tool {
+        name: name.into(),
+        description: description.into(),
+        parameters,
+    };
+    vec![
+        tool(
+            "get_weather",
+            "Gets the current weather in a city.",
+            Some(json!({
+                "type": "object",
+                "properties": {
+                    "location": {"type": "string", "description": "The city and country, e.g. Paris, France"},
+                    "unit": {"type": "string", "enum": ["celsius", "fahrenheit"], "default": "celsius"},
+                    "days": {"type": "integer", "default": 1, "title": "Days ahead"},
+                },
+                "required": ["location"],
+            })),
+        ),
+        tool("now", "", None),
+        tool(
+            "search",
+            "Searches the archive.\nReturns at most `limit` hits.",
+            Some(json!({
+                "type": "object",
+                "description": "Search arguments",
+                "properties": {
+                    "query": {"type": "string", "examples": ["spam", "phishing"]},
+                    "filters": {
+                        "type": "object",
+                        "properties": {
+                            "labels": {"type": "array", "items": {"type": "string", "enum": ["0", "1"]}},
+                            "since": {"type": ["string", "null"], "description": "ISO date"},
+                            "score": {"type": "number", "nullable": true, "default": 0.5},
+                        },
+                    },
+                    "mode": {
+                        "description": "How to match",
+                        "default": "exact",
+                        "oneOf": [
+                            {"type": "string", "enum": ["exact"], "description": "How to match"},
+                            {"type": "string", "description": "A regex", "default": "x.*"},
+                            {"type": "integer", "nullable": true, "description": "Edit distance"},
+                        ],
+                    },
+                    "target": {
+                        "oneOf": [
+                            {"type": "object", "properties": {"id": {"type": "integer"}}, "required": ["id"]},
+                            {"type": "boolean", "default": true},
+                        ],
+                    },
+                    "any": {},
+                    "list": {"type": "array"},
+                    "limit": {"type": "integer", "nullable": true},
+                },
+                "required": ["query", "mode"],
+            })),
+        ),
+        tool(
+            "either",
+            "A top-level oneOf.",
+            Some(json!({"oneOf": [
+                {"type": "object", "properties": {"a": {"type": "string"}}, "description": "first", "default": "x"},
+                {"type": "string", "enum": ["b"], "default": "b", "nullable": true},
+            ]})),
         ),
     ]
 }
@@ -376,6 +500,10 @@ fn spec_table_rows_match_openai_harmony_or_are_lenient() {
             "tokens after <|return|>",
             "<|channel|>final<|message|>1<|return|><|start|>assistant<|channel|>final<|message|>0<|return|>",
         ),
+        case(
+            "a multi-line answer after <|end|> without <|start|>",
+            "<|channel|>analysis<|message|>A<|end|>assistant  The content  is spam.\n\nAnswer:\t1 <|return|>",
+        ),
     ];
     let results = parse_all(&cases);
     let strict = |i: usize| &results[i].1["strict"];
@@ -459,6 +587,19 @@ fn spec_table_rows_match_openai_harmony_or_are_lenient() {
             Issue::MissingStart { token: ids("1")[0] },
             Issue::StopInHeader { token: 200002 }
         ]
+    );
+
+    // The same with words, blank lines and tabs: the whole text is the
+    // answer, its whitespace kept (only the role word the model repeated and
+    // the outer whitespace go).
+    assert!(strict(9)["error"]
+        .as_str()
+        .unwrap()
+        .contains("expecting start token 200006"));
+    assert_eq!(messages_json(ours(9))[0], strict(9)["messages"][0]);
+    assert_eq!(
+        ours(9).answer().map(|m| m.content.as_str()),
+        Some("The content  is spam.\n\nAnswer:\t1")
     );
 
     // <|constrain|>json: the official parser calls it the recipient; we the

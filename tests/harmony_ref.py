@@ -7,7 +7,10 @@ Reads one JSON request on stdin and writes one JSON answer on stdout:
      "parse": [{"strict": RESULT, "lenient": RESULT}, ...]}
 
 CONVERSATION = {"system": {"identity", "knowledge_cutoff", "date", "effort"},
-                "instructions": str | null, "messages": [MESSAGE, ...]}
+                "instructions": str | null, "tools": [TOOL, ...],
+                "response_format": FORMAT | null, "messages": [MESSAGE, ...]}
+TOOL = {"name", "description", "parameters": JSON-SCHEMA | null}
+FORMAT = {"name", "description": str | null, "schema": JSON-SCHEMA}
 MESSAGE = {"role", "name", "recipient", "channel", "content_type", "content"}
 RESULT = {"messages": [MESSAGE, ...], "error": str | null}
 
@@ -55,6 +58,14 @@ def harmony_message(spec: dict) -> oh.Message:
     return message
 
 
+def response_format_section(spec: dict) -> str:
+    """openai-harmony has no API for response formats; its format guide puts
+    them at the end of the developer message, the schema as compact JSON."""
+    comment = f"// {spec['description']}\n" if spec.get("description") else ""
+    schema = json.dumps(spec["schema"], separators=(",", ":"), ensure_ascii=False)
+    return f"# Response Formats\n\n## {spec['name']}\n\n{comment}{schema}"
+
+
 def render(spec: dict) -> list[int]:
     system = spec["system"]
     content = (
@@ -66,12 +77,32 @@ def render(spec: dict) -> list[int]:
     if system.get("date") is not None:
         content = content.with_conversation_start_date(system["date"])
     messages = [oh.Message.from_role_and_content(oh.Role.SYSTEM, content)]
-    if spec.get("instructions") is not None:
-        developer = oh.DeveloperContent.new().with_instructions(spec["instructions"])
+    instructions = spec.get("instructions")
+    tools = [
+        oh.ToolDescription.new(t["name"], t["description"], parameters=t.get("parameters"))
+        for t in spec.get("tools", [])
+    ]
+    response_format = spec.get("response_format")
+    if instructions is not None or tools or response_format is not None:
+        developer = oh.DeveloperContent.new()
+        if instructions is not None:
+            developer = developer.with_instructions(instructions)
+        if tools:
+            developer = developer.with_function_tools(tools)
         messages.append(oh.Message.from_role_and_content(oh.Role.DEVELOPER, developer))
     messages += [harmony_message(m) for m in spec["messages"]]
     conversation = oh.Conversation.from_messages(messages)
-    return ENCODING.render_conversation_for_completion(conversation, oh.Role.ASSISTANT)
+    ids = ENCODING.render_conversation_for_completion(conversation, oh.Role.ASSISTANT)
+    if response_format is not None:
+        # The developer message is the second; its text is encoded as one piece.
+        start, message, end = (ENCODING.encode(t, allowed_special="all")[0] for t in ("<|start|>", "<|message|>", "<|end|>"))
+        second_start = [i for i, t in enumerate(ids) if t == start][1]
+        begin = ids.index(message, second_start) + 1
+        stop = ids.index(end, begin)
+        text = ENCODING.decode_utf8(ids[begin:stop])
+        text = f"{text}\n\n" if text else ""
+        ids[begin:stop] = ENCODING.encode(text + response_format_section(response_format), disallowed_special=())
+    return ids
 
 
 def message_dict(message: oh.Message) -> dict:

@@ -21,12 +21,14 @@
 
 mod parse;
 mod render;
+mod tools;
 
 use std::fmt;
 use std::str::FromStr;
 
 pub use parse::{Completion, Delta, Finish, HeaderProblem, Issue, StreamParser};
 pub use render::{render_for_completion, Conversation, SystemContent, DEFAULT_IDENTITY};
+pub use tools::{ResponseFormat, Tool};
 
 use crate::tokenizer::Tokenizer;
 

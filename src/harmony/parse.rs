@@ -389,8 +389,9 @@ impl<'t> StreamParser<'t> {
     /// Reads a header as the official parser does: `<|channel|>` and the name
     /// after it (up to whitespace or `<`), then whitespace-separated words —
     /// the role (unless known), then `[to=]recipient` and/or a content type.
-    /// With `words_are_content` (a stop token ended the header) the words after
-    /// the role are returned as content instead.
+    /// With `words_are_content` (a stop token ended the header) the text after
+    /// the role is returned as content instead, its whitespace kept (it is
+    /// the answer when the model wrote `<|end|>TEXT<|return|>`).
     fn read_header(
         &mut self,
         bytes: &[u8],
@@ -417,9 +418,11 @@ impl<'t> StreamParser<'t> {
             }
             rest = format!("{}{}", &header[..at], &after[end..]);
         }
+        let verbatim = rest.trim().to_string();
         // `to=x<|constrain|>json` is two words.
-        let rest = rest.trim().replace(CONSTRAIN, &format!(" {CONSTRAIN}"));
+        let rest = verbatim.replace(CONSTRAIN, &format!(" {CONSTRAIN}"));
         let mut words: Vec<&str> = rest.split_ascii_whitespace().collect();
+        let word_count = words.len();
 
         let mut name = None;
         let role = match role {
@@ -452,6 +455,11 @@ impl<'t> StreamParser<'t> {
             words.remove(0);
         }
 
+        let content = if words_are_content {
+            after_words(&verbatim, word_count - words.len()).to_string()
+        } else {
+            String::new()
+        };
         let mut recipient = None;
         let mut content_type = None;
         if !words_are_content {
@@ -493,8 +501,18 @@ impl<'t> StreamParser<'t> {
             content_type,
             content: String::new(),
         };
-        (message, words.join(" "))
+        (message, content)
     }
+}
+
+/// `text` after its first `count` whitespace-separated words, verbatim.
+fn after_words(text: &str, count: usize) -> &str {
+    let mut rest = text.trim_start_matches(|c: char| c.is_ascii_whitespace());
+    for _ in 0..count {
+        let end = rest.find(|c: char| c.is_ascii_whitespace()).unwrap_or(rest.len());
+        rest = rest[end..].trim_start_matches(|c: char| c.is_ascii_whitespace());
+    }
+    rest
 }
 
 /// Takes the text from the front of `bytes`: complete characters, U+FFFD for

@@ -4,6 +4,7 @@
 //! official renderer (role, `:name`, ` to=recipient`, channel, content type,
 //! content), because BPE merges differ across boundaries.
 
+use super::tools::{response_format_section, tools_section, ResponseFormat, Tool};
 use super::{ControlTokens, Effort, Error, Message, Result, Role};
 use crate::tokenizer::Tokenizer;
 
@@ -57,8 +58,9 @@ impl SystemContent {
         self
     }
 
-    /// The message text, sections joined by blank lines.
-    pub fn text(&self) -> String {
+    /// The message text, sections joined by blank lines. With function
+    /// tools offered, the channels line says where their calls go.
+    pub fn text(&self, has_function_tools: bool) -> String {
         let mut top = vec![
             self.identity.clone(),
             format!("Knowledge cutoff: {}", self.knowledge_cutoff),
@@ -66,23 +68,27 @@ impl SystemContent {
         if let Some(date) = &self.date {
             top.push(format!("Current date: {date}"));
         }
-        [
-            top.join("\n"),
-            format!("Reasoning: {}", self.effort),
+        let mut channels =
             "# Valid channels: analysis, commentary, final. Channel must be included for every message."
-                .to_string(),
-        ]
-        .join("\n\n")
+                .to_string();
+        if has_function_tools {
+            channels.push_str("\nCalls to these tools must go to the commentary channel: 'functions'.");
+        }
+        [top.join("\n"), format!("Reasoning: {}", self.effort), channels].join("\n\n")
     }
 }
 
 /// A chat to render: the system message, the developer's instructions (a
-/// policy, for the classifiers) and the turns after them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// policy, for the classifiers), tools and answer format, and the turns after them.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Conversation {
     pub system: SystemContent,
-    /// The developer message's `# Instructions`; no developer message if `None`.
+    /// The developer message's `# Instructions`.
     pub instructions: Option<String>,
+    /// The developer message's `# Tools` (the `functions` namespace).
+    pub tools: Vec<Tool>,
+    /// The developer message's `# Response Formats`.
+    pub response_format: Option<ResponseFormat>,
     /// User turns, earlier assistant turns, tool results, in order.
     pub messages: Vec<Message>,
 }
@@ -98,6 +104,32 @@ impl Conversation {
     pub fn with_instructions(mut self, instructions: impl Into<String>) -> Conversation {
         self.instructions = Some(instructions.into());
         self
+    }
+
+    pub fn with_tools(mut self, tools: Vec<Tool>) -> Conversation {
+        self.tools = tools;
+        self
+    }
+
+    pub fn with_response_format(mut self, format: ResponseFormat) -> Conversation {
+        self.response_format = Some(format);
+        self
+    }
+
+    /// The developer message: instructions, tools, response format, in that
+    /// order; `None` when there is none of them.
+    fn developer_text(&self) -> Option<String> {
+        let mut sections = Vec::new();
+        if let Some(instructions) = &self.instructions {
+            sections.push(format!("# Instructions\n\n{instructions}"));
+        }
+        if !self.tools.is_empty() {
+            sections.push(tools_section(&self.tools));
+        }
+        if let Some(format) = &self.response_format {
+            sections.push(response_format_section(format));
+        }
+        (!sections.is_empty()).then(|| sections.join("\n\n"))
     }
 
     pub fn with_message(mut self, message: Message) -> Conversation {
@@ -134,11 +166,11 @@ pub fn render_for_completion(conversation: &Conversation, tokenizer: &Tokenizer)
         control: ControlTokens::of(tokenizer)?,
     };
     let mut ids = Vec::new();
-    let system = Message::new(Role::System, conversation.system.text());
+    let has_function_tools = !conversation.tools.is_empty();
+    let system = Message::new(Role::System, conversation.system.text(has_function_tools));
     renderer.message(&system, &mut ids)?;
-    if let Some(instructions) = &conversation.instructions {
-        let developer = Message::new(Role::Developer, format!("# Instructions\n\n{instructions}"));
-        renderer.message(&developer, &mut ids)?;
+    if let Some(developer) = conversation.developer_text() {
+        renderer.message(&Message::new(Role::Developer, developer), &mut ids)?;
     }
     for message in conversation.rendered_messages() {
         renderer.message(message, &mut ids)?;
