@@ -72,6 +72,12 @@ impl Tokenizer {
         self.full.token_to_id(token)
     }
 
+    /// Whether `id` is an added token (`<|end|>` and the other control tokens),
+    /// which ordinary text never encodes to.
+    pub fn is_control(&self, id: u32) -> bool {
+        self.ordinary.id_to_token(id).is_none() && self.full.id_to_token(id).is_some()
+    }
+
     /// Text of `ids`, control tokens written out.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.full

@@ -142,6 +142,12 @@ pub fn harmony(request: Value) -> Value {
     run_reference("harmony_ref.py", &request, "openai-harmony")
 }
 
+/// Runs the `jsonschema` judge (`tests/jsonschema_ref.py`, which says what
+/// `request` holds) and returns its answer.
+pub fn jsonschema(request: Value) -> Value {
+    run_reference("jsonschema_ref.py", &request, "jsonschema")
+}
+
 /// One numpy result: values as f64 in row-major order, and the shape.
 #[derive(Debug)]
 pub struct Reference {
