@@ -123,6 +123,21 @@ def rendered_prompts(safeguard, model_dir, items):
     return [[int(t) for t in line.split(",")] for line in out.splitlines() if line and line[0].isdigit() and "," in line]
 
 
+def eval_items_per_second(safeguard, model_dir, items):
+    """`safeguard eval` on the same items (alternating labels, nothing cached):
+    its own items/s, model load excluded, as the Classifier's below."""
+    with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
+        for i, text in enumerate(items):
+            f.write(json.dumps({"id": f"item-{i}", "text": text, "label": i % 2}) + "\n")
+    out = subprocess.run(
+        [safeguard, "eval", "-m", model_dir, "--policy", POLICY, "--input", f.name, "--effort", "low",
+         "--max-tokens", str(CMAX), "--batch-size", str(BATCH), "--no-cache", "--json"],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    os.unlink(f.name)
+    return json.loads(out)["cost"]["items_per_second"]
+
+
 def cell(value, fmt, unit=""):  # llama-bench reports neither TTFT nor peak memory: "–"
     return "–" if value is None else format(value, fmt) + unit
 
@@ -234,6 +249,8 @@ def main(model_dir, safeguard):
         print("\nclassification: skipped (CLASSIFY_ITEMS=0)")
         return
     ours_items = m["classify"]["items_per_sec"]
+    print(f"[safeguard eval: the same {ITEMS} items, labelled]", file=sys.stderr, flush=True)
+    eval_items = eval_items_per_second(safeguard, model_dir, synthetic_items(ITEMS))
     print()
     print(f"classification, {ITEMS} items, {POLICY} policy ({len(prompts[0])} prompt tokens), effort low, "
           f"<= {CMAX} generated tokens each (the random model never stops):")
@@ -242,6 +259,7 @@ def main(model_dir, safeguard):
     print(f"| mlx-lm {same_dtype}, batch_generate (first {min(BATCH, ITEMS)} items, batches of {BATCH}) "
           f"| {theirs_batched:.4f} | {ours_items / theirs_batched:.2f}× |")
     print(f"| safeguard Classifier (policy prefix cached, batches of {m['classify']['batch_size']}) | {ours_items:.4f} | |")
+    print(f"| safeguard eval (the same items, labelled, nothing cached) | {eval_items:.4f} | {eval_items / ours_items:.2f}× the Classifier |")
 
 
 if __name__ == "__main__":
