@@ -265,6 +265,7 @@ fn lm_studio_endpoints_use_its_enum_values_and_add_stats() {
     assert_eq!(entry["arch"], "gpt_oss");
     assert_eq!(entry["quantization"], "BF16");
     assert_eq!(entry["max_context_length"], 131072);
+    assert_eq!(entry["capabilities"], json!(["tool_use"]));
     assert_eq!(server.get("/api/v0/models/scripted").json()["state"], "loaded");
     server.get("/api/v0/models/other/model").error(404);
 
@@ -395,7 +396,14 @@ fn bad_requests_get_openai_errors() {
     assert!(chat(json!({"model": "gpt-4o"})).error(404).contains("gpt-4o"));
     assert!(chat(json!({"tools": [{"type": "function"}]}))
         .error(400)
-        .contains("tools"));
+        .contains("needs a function object"));
+    let tool = json!([{"type": "function", "function": {"name": "now"}}]);
+    assert!(chat(json!({"tools": tool, "tool_choice": "required"}))
+        .error(400)
+        .contains("not supported yet"));
+    let message =
+        chat(json!({"messages": [{"role": "tool", "tool_call_id": "call_9", "content": "1"}]})).error(400);
+    assert!(message.contains("call_9"), "{message}");
     assert!(chat(json!({"n": 2})).error(400).contains("n = 1"));
     assert!(chat(json!({"reasoning_effort": "extreme"}))
         .error(400)

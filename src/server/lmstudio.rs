@@ -49,7 +49,7 @@ fn loaded(state: &Shared) -> Value {
         "state": "loaded",
         "max_context_length": m.config.max_position_embeddings,
         "loaded_context_length": m.context_length,
-        "capabilities": [],
+        "capabilities": ["tool_use"],
     })
 }
 
@@ -76,7 +76,7 @@ fn downloaded(state: &Shared) -> Vec<(String, Value)> {
                 "quantization": m.quantization.unwrap_or_else(|| "unknown".into()),
                 "state": "not-loaded",
                 "max_context_length": config.max_position_embeddings,
-                "capabilities": [],
+                "capabilities": ["tool_use"],
             });
             Some((m.repo, entry))
         })

@@ -18,6 +18,7 @@ mod guard;
 mod lmstudio;
 mod openai;
 mod responses;
+mod tools;
 mod turn;
 
 use std::net::{IpAddr, SocketAddr};

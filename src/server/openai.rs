@@ -18,12 +18,13 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::error::{ApiError, Body};
-use super::turn::{Outcome, Turn, Update};
+use super::tools::{call_name, harmony_messages, offered, parse_tool_choice, parse_tools, ToolCall, Turn};
+use super::turn::{Outcome, Turn as Generation, Update};
 use super::{Generate, Shared, Usage};
 use crate::classify::policy::Policy;
 use crate::engine::generate::TokenLogprobs;
 use crate::engine::sampler::SamplerOptions;
-use crate::harmony::{self, Conversation, Effort, Message, SystemContent};
+use crate::harmony::{self, Conversation, Effort, SystemContent, Tool};
 use crate::tokenizer::Tokenizer;
 
 pub async fn models(State(state): State<Shared>) -> Json<Value> {
@@ -222,36 +223,24 @@ impl Content {
 
 /// A chat as harmony: `system` and `developer` messages become the
 /// developer's instructions (the policy, for the safeguard models), with a
-/// `Reasoning: low|medium|high` line lifted into the system message; user
-/// and assistant turns follow. Also returns how many prompt tokens are
-/// shared by every chat with the same instructions (for the prefix cache).
+/// `Reasoning: low|medium|high` line lifted into the system message; the
+/// offered tools join them in the developer message; user, assistant and
+/// tool turns follow. Also returns how many prompt tokens are shared by every
+/// chat with the same instructions and tools (for the prefix cache).
 pub fn render_chat(
     tokenizer: &Tokenizer,
-    turns: Vec<(String, String)>,
+    turns: &[Turn],
+    tools: Vec<Tool>,
     effort: Option<Effort>,
     default_effort: Effort,
 ) -> Result<(Vec<u32>, usize), ApiError> {
-    let mut instructions = Vec::new();
-    let mut messages = Vec::new();
-    for (i, (role, text)) in turns.into_iter().enumerate() {
-        match role.as_str() {
-            "system" | "developer" => instructions.push(text),
-            "user" => messages.push(Message::user(text)),
-            "assistant" => messages.push(Message::assistant("final", text)),
-            "tool" | "function" => {
-                return Err(ApiError::invalid_param(
-                    &format!("messages[{i}].role"),
-                    "tool messages are not supported: this server runs no tools",
-                ))
-            }
-            other => {
-                return Err(ApiError::invalid_param(
-                    &format!("messages[{i}].role"),
-                    format!("unknown role {other:?}: expected system, developer, user or assistant"),
-                ))
-            }
-        }
-    }
+    let instructions: Vec<&str> = turns
+        .iter()
+        .filter_map(|turn| match turn {
+            Turn::Instructions(text) => Some(text.as_str()),
+            _ => None,
+        })
+        .collect();
     let mut lifted = None;
     let instructions = if instructions.is_empty() {
         None
@@ -262,11 +251,11 @@ pub fn render_chat(
         Some(policy.text)
     };
     let system = SystemContent::default().with_effort(effort.or(lifted).unwrap_or(default_effort));
-    let mut conversation = Conversation::new(system);
+    let mut conversation = Conversation::new(system).with_tools(tools);
     conversation.instructions = instructions;
     let head = harmony::render_for_completion(&conversation, tokenizer)
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    conversation.messages = messages;
+    conversation.messages = harmony_messages(turns);
     let prompt = harmony::render_for_completion(&conversation, tokenizer)
         .map_err(|e| ApiError::internal(e.to_string()))?;
     let shared = head.iter().zip(&prompt).take_while(|(a, b)| a == b).count();
@@ -279,6 +268,76 @@ pub fn render_chat(
 pub struct ChatMessage {
     pub role: String,
     pub content: Option<Content>,
+    /// An earlier assistant turn's reasoning, as we and LM Studio send it
+    /// (`reasoning`) or DeepSeek-style clients do (`reasoning_content`).
+    pub reasoning: Option<String>,
+    pub reasoning_content: Option<String>,
+    pub tool_calls: Option<Vec<ChatToolCall>>,
+    pub tool_call_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChatToolCall {
+    pub id: String,
+    pub function: ChatFunctionCall,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChatFunctionCall {
+    pub name: String,
+    #[serde(default)]
+    pub arguments: String,
+}
+
+impl ChatMessage {
+    /// The message as a turn; `earlier` are the turns before it (a tool
+    /// result names the call it answers by id).
+    fn turn(&self, i: usize, earlier: &[Turn]) -> Result<Turn, ApiError> {
+        let param = format!("messages[{i}]");
+        let text = match &self.content {
+            Some(content) => content.text(&format!("{param}.content"))?,
+            None => String::new(),
+        };
+        Ok(match self.role.as_str() {
+            "system" | "developer" => Turn::Instructions(text),
+            "user" => Turn::User(text),
+            "assistant" => Turn::Assistant {
+                reasoning: self.reasoning.clone().or_else(|| self.reasoning_content.clone()),
+                calls: self
+                    .tool_calls
+                    .iter()
+                    .flatten()
+                    .map(|call| ToolCall {
+                        id: call.id.clone(),
+                        name: call.function.name.clone(),
+                        arguments: call.function.arguments.clone(),
+                    })
+                    .collect(),
+                content: self.content.is_some().then_some(text),
+            },
+            "tool" => {
+                let id = self.tool_call_id.as_deref().ok_or_else(|| {
+                    ApiError::invalid_param(
+                        &format!("{param}.tool_call_id"),
+                        "a tool message needs the id of the call it answers",
+                    )
+                })?;
+                let name = call_name(earlier, id).ok_or_else(|| {
+                    ApiError::invalid_param(
+                        &format!("{param}.tool_call_id"),
+                        format!("no earlier assistant message has a tool call with id {id:?}"),
+                    )
+                })?;
+                Turn::ToolResult { name, content: text }
+            }
+            other => {
+                return Err(ApiError::invalid_param(
+                    &format!("{param}.role"),
+                    format!("unknown role {other:?}: expected system, developer, user, assistant or tool"),
+                ))
+            }
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -304,6 +363,7 @@ pub struct ChatRequest {
     pub reasoning_effort: Option<String>,
     pub reasoning: Option<EffortField>,
     pub tools: Option<Vec<Value>>,
+    pub tool_choice: Option<Value>,
     pub response_format: Option<Value>,
 }
 
@@ -319,12 +379,9 @@ pub struct Chat {
 impl ChatRequest {
     pub fn into_chat(self, state: &Shared) -> Result<Chat, ApiError> {
         state.check_model(self.model.as_deref())?;
-        if self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-            return Err(ApiError::invalid_param(
-                "tools",
-                "tools are not supported by this server",
-            ));
-        }
+        let tools = parse_tools(self.tools.as_deref(), true)?;
+        let choice = parse_tool_choice(self.tool_choice.as_ref(), &tools)?;
+        let tools = offered(tools, choice)?;
         if let Some(format) = &self.response_format {
             if format.get("type").and_then(Value::as_str) != Some("text") {
                 return Err(ApiError::invalid_param(
@@ -336,25 +393,19 @@ impl ChatRequest {
         if self.messages.is_empty() {
             return Err(ApiError::invalid_param("messages", "messages must not be empty"));
         }
-        let turns = self
-            .messages
-            .iter()
-            .enumerate()
-            .map(|(i, m)| {
-                let text = match &m.content {
-                    Some(content) => content.text(&format!("messages[{i}].content"))?,
-                    None => String::new(),
-                };
-                Ok((m.role.clone(), text))
-            })
-            .collect::<Result<Vec<_>, ApiError>>()?;
+        let mut turns = Vec::new();
+        for (i, message) in self.messages.iter().enumerate() {
+            let turn = message.turn(i, &turns)?;
+            turns.push(turn);
+        }
         let effort = parse_effort(
             self.reasoning_effort
                 .as_deref()
                 .or(self.reasoning.as_ref().and_then(|r| r.effort.as_deref())),
             "reasoning_effort",
         )?;
-        let (prompt, cache_prefix) = render_chat(state.tokenizer(), turns, effort, state.options().effort)?;
+        let (prompt, cache_prefix) =
+            render_chat(state.tokenizer(), &turns, tools, effort, state.options().effort)?;
         let (max_tokens, max_tokens_param) = token_limit(&[
             ("max_completion_tokens", self.max_completion_tokens),
             ("max_tokens", self.max_tokens),
@@ -431,13 +482,14 @@ pub async fn run_chat(state: Shared, chat: Chat, flavour: Flavour) -> Response {
             {
                 return false;
             }
+            let mut call_ids = Vec::new();
             loop {
                 let (update, outcome) = match next_or_gone(&mut turn, &tx).await {
                     None => return false,
                     Some(Ok(next)) => next,
                     Some(Err(e)) => return send(&tx, e.body()).await,
                 };
-                for delta in deltas(&update) {
+                for delta in deltas(&update, &mut call_ids) {
                     let logprobs = (chat.logprobs && delta.get("content").is_some())
                         .then(|| {
                             update
@@ -479,6 +531,7 @@ pub async fn run_chat(state: Shared, chat: Chat, flavour: Flavour) -> Response {
         Err(e) => return e.into_response(),
     };
     let (mut reasoning, mut content, mut logprobs) = (String::new(), String::new(), Vec::new());
+    let mut calls: Vec<Value> = Vec::new();
     let outcome = loop {
         let (update, outcome) = match turn.next().await {
             Ok(next) => next,
@@ -486,6 +539,17 @@ pub async fn run_chat(state: Shared, chat: Chat, flavour: Flavour) -> Response {
         };
         reasoning.push_str(&update.reasoning);
         content.push_str(&update.content);
+        if let Some(call) = update.call {
+            if let Some(name) = call.name {
+                calls.push(json!({"id": new_id("call_"), "type": "function", "function": {"name": name, "arguments": ""}}));
+            }
+            let arguments = &mut calls[call.index]["function"]["arguments"];
+            *arguments = Value::String(format!(
+                "{}{}",
+                arguments.as_str().unwrap_or_default(),
+                call.arguments
+            ));
+        }
         if let (true, Some(l)) = (chat.logprobs, &update.logprobs) {
             logprobs.push(content_logprob(turn.tokenizer(), l));
         }
@@ -493,11 +557,19 @@ pub async fn run_chat(state: Shared, chat: Chat, flavour: Flavour) -> Response {
             break outcome;
         }
     };
+    let mut message = json!({"role": "assistant", "content": content, "reasoning": reasoning, "reasoning_content": reasoning});
+    if !calls.is_empty() {
+        // OpenAI's shape: no text answer beside the calls is `null`, not "".
+        if content.is_empty() {
+            message["content"] = Value::Null;
+        }
+        message["tool_calls"] = Value::Array(calls);
+    }
     let mut body = json!({
         "id": id, "object": "chat.completion", "created": created, "model": state.model().id,
         "choices": [{
             "index": 0,
-            "message": {"role": "assistant", "content": content, "reasoning": reasoning, "reasoning_content": reasoning},
+            "message": message,
             "logprobs": chat.logprobs.then(|| json!({"content": logprobs})),
             "finish_reason": outcome.finish_reason,
         }],
@@ -509,14 +581,26 @@ pub async fn run_chat(state: Shared, chat: Chat, flavour: Flavour) -> Response {
     with_usage(Json(body), &outcome)
 }
 
-/// The chunk deltas one update makes: reasoning first, then content.
-fn deltas(update: &Update) -> Vec<Value> {
+/// The chunk deltas one update makes: reasoning, content, then a tool call
+/// (OpenAI's pieces: id, type and name first, then the arguments). `call_ids`
+/// holds the ids given to this turn's calls so far.
+fn deltas(update: &Update, call_ids: &mut Vec<String>) -> Vec<Value> {
     let mut out = Vec::new();
     if !update.reasoning.is_empty() {
         out.push(json!({"reasoning": update.reasoning, "reasoning_content": update.reasoning}));
     }
     if !update.content.is_empty() {
         out.push(json!({"content": update.content}));
+    }
+    if let Some(call) = &update.call {
+        let mut piece = json!({"index": call.index, "function": {"arguments": call.arguments}});
+        if let Some(name) = &call.name {
+            call_ids.push(new_id("call_"));
+            piece["id"] = json!(call_ids[call.index]);
+            piece["type"] = json!("function");
+            piece["function"]["name"] = json!(name);
+        }
+        out.push(json!({"tool_calls": [piece]}));
     }
     out
 }
@@ -579,7 +663,7 @@ pub type Sender = mpsc::Sender<SseEvent>;
 /// dropped), so the caller returns and dropping the turn cancels the
 /// generation without waiting for text to send.
 pub async fn next_or_gone(
-    turn: &mut Turn<'_>,
+    turn: &mut Generation<'_>,
     tx: &Sender,
 ) -> Option<Result<(Update, Option<Outcome>), ApiError>> {
     tokio::select! {

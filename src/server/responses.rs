@@ -15,7 +15,8 @@ use super::error::{ApiError, Body};
 use super::openai::{
     self, new_id, parse_effort, render_chat, token_limit, unix_now, Content, EffortField, Sampling,
 };
-use super::turn::Outcome;
+use super::tools::{call_name, offered, parse_tool_choice, parse_tools, ToolCall, Turn};
+use super::turn::{CallDelta, Outcome};
 use super::{Generate, Shared};
 
 #[derive(Debug, Deserialize)]
@@ -38,6 +39,7 @@ pub struct ResponsesRequest {
     sampling: Sampling,
     text: Option<Value>,
     tools: Option<Vec<Value>>,
+    tool_choice: Option<Value>,
     previous_response_id: Option<String>,
 }
 
@@ -50,46 +52,107 @@ struct Echo {
     top_p: f32,
 }
 
-fn turns(request: &ResponsesRequest) -> Result<Vec<(String, String)>, ApiError> {
+fn turns(request: &ResponsesRequest) -> Result<Vec<Turn>, ApiError> {
     let mut turns = Vec::new();
     if let Some(instructions) = &request.instructions {
-        turns.push(("developer".to_string(), instructions.clone()));
+        turns.push(Turn::Instructions(instructions.clone()));
     }
-    match &request.input {
-        Input::Text(text) => turns.push(("user".into(), text.clone())),
-        Input::Items(items) => {
-            for (i, item) in items.iter().enumerate() {
-                let param = format!("input[{i}]");
-                let kind = item.get("type").and_then(Value::as_str).unwrap_or("message");
-                match kind {
-                    "message" => {
-                        let role = item
-                            .get("role")
-                            .and_then(Value::as_str)
-                            .ok_or_else(|| ApiError::invalid_param(&param, "a message needs a role"))?;
-                        let content: Content =
-                            serde_json::from_value(item.get("content").cloned().unwrap_or(Value::Null))
-                                .map_err(|_| {
-                                    ApiError::invalid_param(
-                                        &param,
-                                        "content must be a string or a list of text parts",
-                                    )
-                                })?;
-                        turns.push((role.to_string(), content.text(&format!("{param}.content"))?));
-                    }
-                    // Earlier reasoning is dropped from the prompt, as harmony does.
-                    "reasoning" => {}
+    let items = match &request.input {
+        Input::Text(text) => {
+            turns.push(Turn::User(text.clone()));
+            return Ok(turns);
+        }
+        Input::Items(items) => items,
+    };
+    for (i, item) in items.iter().enumerate() {
+        let param = format!("input[{i}]");
+        let field = |name: &str| {
+            item.get(name).and_then(Value::as_str).ok_or_else(|| {
+                ApiError::invalid_param(&format!("{param}.{name}"), format!("{name} must be a string"))
+            })
+        };
+        let kind = item.get("type").and_then(Value::as_str).unwrap_or("message");
+        let turn = match kind {
+            "message" => {
+                let content: Content = serde_json::from_value(item.get("content").cloned().unwrap_or(Value::Null))
+                    .map_err(|_| ApiError::invalid_param(&param, "content must be a string or a list of text parts"))?;
+                let text = content.text(&format!("{param}.content"))?;
+                match field("role")? {
+                    "system" | "developer" => Turn::Instructions(text),
+                    "user" => Turn::User(text),
+                    "assistant" => Turn::Assistant {
+                        reasoning: None,
+                        calls: Vec::new(),
+                        content: Some(text),
+                    },
                     other => {
                         return Err(ApiError::invalid_param(
-                            &param,
-                            format!("input items of type {other:?} are not supported (no tools here)"),
+                            &format!("{param}.role"),
+                            format!("unknown role {other:?}: expected system, developer, user or assistant"),
                         ))
                     }
                 }
             }
-        }
+            // Kept while its turn is calling tools; harmony drops it once
+            // the turn has its answer.
+            "reasoning" => Turn::Assistant {
+                reasoning: Some(reasoning_text(item)),
+                calls: Vec::new(),
+                content: None,
+            },
+            "function_call" => Turn::Assistant {
+                reasoning: None,
+                calls: vec![ToolCall {
+                    id: field("call_id")?.to_string(),
+                    name: field("name")?.to_string(),
+                    arguments: field("arguments")?.to_string(),
+                }],
+                content: None,
+            },
+            "function_call_output" => {
+                let id = field("call_id")?;
+                let name = call_name(&turns, id).ok_or_else(|| {
+                    ApiError::invalid_param(
+                        &format!("{param}.call_id"),
+                        format!("no earlier function_call item has call_id {id:?}"),
+                    )
+                })?;
+                Turn::ToolResult {
+                    name,
+                    content: field("output")?.to_string(),
+                }
+            }
+            other => {
+                return Err(ApiError::invalid_param(
+                    &format!("{param}.type"),
+                    format!(
+                        "input items of type {other:?} are not supported: expected message, reasoning, function_call or function_call_output"
+                    ),
+                ))
+            }
+        };
+        turns.push(turn);
     }
     Ok(turns)
+}
+
+/// A reasoning item's text: its `content` parts (ours), else its `summary`.
+fn reasoning_text(item: &Value) -> String {
+    let texts = |key: &str| -> Vec<String> {
+        item.get(key)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|part| part.get("text").and_then(Value::as_str).map(str::to_string))
+            .collect()
+    };
+    let content = texts("content");
+    if content.is_empty() {
+        texts("summary")
+    } else {
+        content
+    }
+    .join("\n")
 }
 
 pub async fn create(State(state): State<Shared>, Body(request): Body<ResponsesRequest>) -> Response {
@@ -101,12 +164,9 @@ pub async fn create(State(state): State<Shared>, Body(request): Body<ResponsesRe
 
 fn start(state: &Shared, request: ResponsesRequest) -> Result<(Generate, Echo, bool), ApiError> {
     state.check_model(request.model.as_deref())?;
-    if request.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-        return Err(ApiError::invalid_param(
-            "tools",
-            "tools are not supported by this server",
-        ));
-    }
+    let tools = parse_tools(request.tools.as_deref(), false)?;
+    let choice = parse_tool_choice(request.tool_choice.as_ref(), &tools)?;
+    let tools = offered(tools, choice)?;
     if request.previous_response_id.is_some() {
         return Err(ApiError::invalid_param(
             "previous_response_id",
@@ -127,7 +187,8 @@ fn start(state: &Shared, request: ResponsesRequest) -> Result<(Generate, Echo, b
     )?;
     let (prompt, cache_prefix) = render_chat(
         state.tokenizer(),
-        turns(&request)?,
+        &turns(&request)?,
+        tools,
         effort,
         state.options().effort,
     )?;
@@ -162,6 +223,8 @@ enum Kind {
 struct Output {
     items: Vec<Value>,
     open: Option<(Kind, String, String)>,
+    /// The function call being written: its item, arguments growing.
+    call: Option<Value>,
 }
 
 type Events = Vec<(&'static str, Value)>;
@@ -171,14 +234,48 @@ impl Output {
         Output {
             items: Vec::new(),
             open: None,
+            call: None,
         }
+    }
+
+    /// A piece of a tool call: a `function_call` item, its arguments
+    /// streamed as `response.function_call_arguments.delta` events.
+    fn call(&mut self, delta: &CallDelta, events: &mut Events) {
+        if let Some(name) = &delta.name {
+            self.close("completed", events);
+            let item = json!({
+                "id": new_id("fc_"), "type": "function_call", "status": "in_progress",
+                "arguments": "", "call_id": new_id("call_"), "name": name,
+            });
+            events.push((
+                "response.output_item.added",
+                json!({"output_index": self.items.len(), "item": item}),
+            ));
+            self.call = Some(item);
+        }
+        let Some(item) = self.call.as_mut() else {
+            return;
+        };
+        if delta.arguments.is_empty() {
+            return;
+        }
+        let arguments = format!(
+            "{}{}",
+            item["arguments"].as_str().unwrap_or_default(),
+            delta.arguments
+        );
+        item["arguments"] = json!(arguments);
+        events.push((
+            "response.function_call_arguments.delta",
+            json!({"item_id": item["id"], "output_index": self.items.len(), "delta": delta.arguments}),
+        ));
     }
 
     fn push(&mut self, kind: Kind, text: &str, events: &mut Events) {
         if text.is_empty() {
             return;
         }
-        if self.open.as_ref().is_some_and(|(open, _, _)| *open != kind) {
+        if self.call.is_some() || self.open.as_ref().is_some_and(|(open, _, _)| *open != kind) {
             self.close("completed", events);
         }
         let output_index = self.items.len();
@@ -215,6 +312,19 @@ impl Output {
 
     /// Ends the open item; `status` is `incomplete` when the token limit cut it.
     fn close(&mut self, status: &str, events: &mut Events) {
+        if let Some(mut item) = self.call.take() {
+            let output_index = self.items.len();
+            item["status"] = json!(status);
+            events.push((
+                "response.function_call_arguments.done",
+                json!({"item_id": item["id"], "output_index": output_index, "arguments": item["arguments"]}),
+            ));
+            events.push((
+                "response.output_item.done",
+                json!({"output_index": output_index, "item": item}),
+            ));
+            self.items.push(item);
+        }
         let Some((kind, id, text)) = self.open.take() else {
             return;
         };
@@ -367,6 +477,9 @@ async fn run(state: Shared, generate: Generate, echo: Echo, stream: bool) -> Res
                     };
                     output.push(Kind::Reasoning, &update.reasoning, &mut events);
                     output.push(Kind::Message, &update.content, &mut events);
+                    if let Some(call) = &update.call {
+                        output.call(call, &mut events);
+                    }
                     if let Some(outcome) = outcome {
                         let status = status_of(&outcome);
                         output.close(status, &mut events);
@@ -410,6 +523,9 @@ async fn run(state: Shared, generate: Generate, echo: Echo, stream: bool) -> Res
         };
         output.push(Kind::Reasoning, &update.reasoning, &mut ignored);
         output.push(Kind::Message, &update.content, &mut ignored);
+        if let Some(call) = &update.call {
+            output.call(call, &mut ignored);
+        }
         if let Some(outcome) = outcome {
             break outcome;
         }
@@ -467,5 +583,61 @@ mod tests {
         assert_eq!(output.items[1]["content"][0]["text"], "1");
         assert_eq!(output.items[1]["role"], "assistant");
         assert!(output.items[0]["id"].as_str().unwrap().starts_with("rs_"));
+    }
+
+    #[test]
+    fn a_function_call_is_an_item_with_its_arguments_streamed() {
+        let mut output = Output::new();
+        let mut events = Vec::new();
+        let piece = |index, name: Option<&str>, arguments: &str| CallDelta {
+            index,
+            name: name.map(str::to_string),
+            arguments: arguments.to_string(),
+        };
+        output.push(Kind::Reasoning, "Need the weather.", &mut events);
+        output.call(&piece(0, Some("get_weather"), ""), &mut events);
+        output.call(&piece(0, None, "{\"city\":"), &mut events);
+        output.call(&piece(0, None, "\"Paris\"}"), &mut events);
+        output.call(&piece(1, Some("now"), ""), &mut events);
+        output.close("completed", &mut events);
+        let names: Vec<&str> = events.iter().map(|(name, _)| *name).collect();
+        assert_eq!(
+            names[6..],
+            [
+                "response.output_item.added",
+                "response.function_call_arguments.delta",
+                "response.function_call_arguments.delta",
+                "response.function_call_arguments.done",
+                "response.output_item.done",
+                "response.output_item.added",
+                "response.function_call_arguments.done",
+                "response.output_item.done",
+            ]
+        );
+        let call = &output.items[1];
+        assert_eq!(
+            (
+                call["type"].as_str(),
+                call["name"].as_str(),
+                call["arguments"].as_str(),
+                call["status"].as_str()
+            ),
+            (
+                Some("function_call"),
+                Some("get_weather"),
+                Some("{\"city\":\"Paris\"}"),
+                Some("completed")
+            )
+        );
+        assert!(call["call_id"].as_str().unwrap().starts_with("call_"));
+        assert_eq!(events[9].1["arguments"], call["arguments"]);
+        assert_eq!(events[9].1["output_index"], 1);
+        assert_eq!(
+            (
+                output.items[2]["name"].as_str(),
+                output.items[2]["arguments"].as_str()
+            ),
+            (Some("now"), Some(""))
+        );
     }
 }

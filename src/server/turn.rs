@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use super::error::ApiError;
 use crate::engine::generate::TokenLogprobs;
 use crate::engine::scheduler::{Event, Stop};
-use crate::harmony::{ControlTokens, StreamParser};
+use crate::harmony::{ControlTokens, Message, Role, StreamParser};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
 /// What one token added.
@@ -22,11 +22,25 @@ pub struct Update {
     /// The token and its log-probabilities, when asked for and the token is
     /// part of the content.
     pub logprobs: Option<TokenLogprobs>,
+    /// A piece of a tool call (a commentary message to `functions.NAME`).
+    pub call: Option<CallDelta>,
+}
+
+/// A tool call as it is written: its name once its header is complete, then
+/// its arguments in pieces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallDelta {
+    /// The call's number in this turn, from 0.
+    pub index: usize,
+    /// Set on the call's first delta only.
+    pub name: Option<String>,
+    pub arguments: String,
 }
 
 #[derive(Debug, Clone)]
 pub struct Outcome {
-    /// `stop` (a stop token or string) or `length` (the token limit).
+    /// `stop` (a stop token or string), `length` (the token limit) or
+    /// `tool_calls` (the model stopped to call a tool).
     pub finish_reason: &'static str,
     pub prompt_tokens: usize,
     pub cached_tokens: usize,
@@ -69,6 +83,10 @@ pub struct Turn<'t> {
     cached_tokens: usize,
     completion_tokens: usize,
     reasoning_tokens: usize,
+    /// Tool calls begun so far, and the message index of the one being written.
+    calls: usize,
+    call_message: Option<usize>,
+    last_token: Option<u32>,
     submitted: Instant,
     first_token: Option<Duration>,
     done: bool,
@@ -103,6 +121,9 @@ impl<'t> Turn<'t> {
             cached_tokens: 0,
             completion_tokens: 0,
             reasoning_tokens: 0,
+            calls: 0,
+            call_message: None,
+            last_token: None,
             submitted: Instant::now(),
             first_token: None,
             done: false,
@@ -141,6 +162,9 @@ impl<'t> Turn<'t> {
                 }
                 Some(Event::Finished(stop)) => {
                     let reason = match stop {
+                        Stop::StopToken if self.calls > 0 && self.last_token == Some(self.control.call) => {
+                            "tool_calls"
+                        }
                         Stop::StopToken => "stop",
                         Stop::Length => "length",
                     };
@@ -163,6 +187,7 @@ impl<'t> Turn<'t> {
 
     fn push(&mut self, token: u32, logprobs: Option<TokenLogprobs>) -> Result<Update, ApiError> {
         let mut update = Update::default();
+        self.last_token = Some(token);
         let decode_error = |e: crate::tokenizer::Error| ApiError::internal(e.to_string());
         match &mut self.text {
             Text::Chat(parser) => {
@@ -170,13 +195,34 @@ impl<'t> Turn<'t> {
                 if in_reasoning && !self.control.ends_message(token) {
                     self.reasoning_tokens += 1;
                 }
-                if let Some(delta) = parser.push(token) {
+                let delta = parser.push(token);
+                // A call is announced as soon as its header is complete, so
+                // a call with empty arguments is reported too.
+                let index = parser.messages().len();
+                let call_name = parser.current().and_then(tool_name).map(str::to_string);
+                if let (Some(name), true) = (call_name, self.call_message != Some(index)) {
+                    self.call_message = Some(index);
+                    self.calls += 1;
+                    update.call = Some(CallDelta {
+                        index: self.calls - 1,
+                        name: Some(name),
+                        arguments: String::new(),
+                    });
+                }
+                if let Some(delta) = delta {
                     let message = parser.message(delta.index);
                     if message.is_some_and(|m| m.is_answer()) {
                         update.content = delta.text;
                         update.logprobs = logprobs;
                     } else if message.is_some_and(|m| m.is_reasoning()) {
                         update.reasoning = delta.text;
+                    } else if message.and_then(tool_name).is_some() {
+                        let call = update.call.get_or_insert(CallDelta {
+                            index: self.calls - 1,
+                            name: None,
+                            arguments: String::new(),
+                        });
+                        call.arguments.push_str(&delta.text);
                     }
                 }
             }
@@ -220,6 +266,13 @@ impl<'t> Turn<'t> {
     pub fn tokenizer(&self) -> &'t Tokenizer {
         self.tokenizer
     }
+}
+
+/// The function a message calls: an assistant message to `functions.NAME`.
+fn tool_name(message: &Message) -> Option<&str> {
+    (message.role == Role::Assistant)
+        .then(|| message.recipient.as_deref()?.strip_prefix("functions."))
+        .flatten()
 }
 
 /// Resolves once `deadline` is set; never while the server runs on (or
@@ -294,6 +347,16 @@ mod tests {
     /// Feeds `output` (text, then an optional control token) through a
     /// chat turn: (reasoning, content, outcome).
     fn chat(output: &[(&str, Option<u32>)], stops: &[&str], end: Stop) -> (String, String, Outcome) {
+        let (reasoning, content, _, outcome) = chat_with_calls(output, stops, end);
+        (reasoning, content, outcome)
+    }
+
+    /// [`chat`], with the tool-call deltas too.
+    fn chat_with_calls(
+        output: &[(&str, Option<u32>)],
+        stops: &[&str],
+        end: Stop,
+    ) -> (String, String, Vec<CallDelta>, Outcome) {
         let tokenizer = tokenizer();
         let (events, receiver) = unbounded_channel();
         events.send(Event::Started { cached_tokens: 3 }).unwrap();
@@ -317,17 +380,63 @@ mod tests {
         let deadline = watch::channel(false).1;
         let mut turn = Turn::new(&tokenizer, receiver, deadline, 10, true, stops).unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let (mut reasoning, mut content) = (String::new(), String::new());
+        let (mut reasoning, mut content, mut calls) = (String::new(), String::new(), Vec::new());
         runtime.block_on(async {
             loop {
                 let (update, outcome) = turn.next().await.unwrap();
                 reasoning.push_str(&update.reasoning);
                 content.push_str(&update.content);
+                calls.extend(update.call);
                 if let Some(outcome) = outcome {
-                    return (reasoning, content, outcome);
+                    return (reasoning, content, calls, outcome);
                 }
             }
         })
+    }
+
+    #[test]
+    fn tool_calls_are_announced_by_name_then_their_arguments_stream() {
+        const CONSTRAIN: u32 = 200003;
+        const CALL: u32 = 200012;
+        let output = [
+            ("", Some(CHANNEL)),
+            ("analysis", Some(MESSAGE)),
+            ("Two lookups.", Some(END)),
+            ("", Some(START)),
+            ("assistant", Some(CHANNEL)),
+            ("commentary to=functions.get_weather ", Some(CONSTRAIN)),
+            ("json", Some(MESSAGE)),
+            ("{\"city\":\"Paris\"}", Some(END)),
+            ("", Some(START)),
+            ("assistant to=functions.now", Some(CHANNEL)),
+            ("commentary", Some(MESSAGE)),
+            ("", Some(CALL)),
+        ];
+        let (reasoning, content, calls, outcome) = chat_with_calls(&output, &[], Stop::StopToken);
+        assert_eq!((reasoning.as_str(), content.as_str()), ("Two lookups.", ""));
+        assert_eq!(outcome.finish_reason, "tool_calls");
+        let named: Vec<(usize, Option<&str>)> = calls.iter().map(|c| (c.index, c.name.as_deref())).collect();
+        assert_eq!(named[0], (0, Some("get_weather")));
+        assert_eq!(
+            named.last(),
+            Some(&(1, Some("now"))),
+            "a call with no arguments is announced"
+        );
+        assert!(named[1..named.len() - 1]
+            .iter()
+            .all(|&(i, name)| i == 0 && name.is_none()));
+        let arguments: String = calls
+            .iter()
+            .filter(|c| c.index == 0)
+            .map(|c| c.arguments.as_str())
+            .collect();
+        assert_eq!(arguments, "{\"city\":\"Paris\"}");
+        assert!(calls.len() > 3, "the arguments arrive in pieces: {calls:?}");
+
+        // A call cut off by the token limit is a length stop, not a call.
+        let (_, _, calls, outcome) = chat_with_calls(&output[..8], &[], Stop::Length);
+        assert_eq!(outcome.finish_reason, "length");
+        assert_eq!(calls[0].name.as_deref(), Some("get_weather"));
     }
 
     const CHANNEL: u32 = 200005;

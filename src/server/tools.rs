@@ -1,0 +1,373 @@
+//! Function tools in OpenAI's request shapes, turned into harmony: `tools`
+//! (chat's nested `function` objects and Responses' flat ones),
+//! `tool_choice`, and the turns of a conversation that called tools —
+//! assistant calls and their results — as harmony's commentary messages.
+
+use serde_json::Value;
+
+use super::error::ApiError;
+use crate::harmony::{Message, Role, Tool};
+
+/// Tool definitions larger than this are refused: they would fill the
+/// context before the conversation starts.
+pub const MAX_TOOLS_BYTES: usize = 32 * 1024;
+
+/// One turn of a conversation, whatever API it came through.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Turn {
+    /// A system or developer message: the developer's instructions.
+    Instructions(String),
+    User(String),
+    /// An earlier assistant turn: its reasoning (kept while the turn is
+    /// still calling tools), its calls and its answer.
+    Assistant {
+        reasoning: Option<String>,
+        calls: Vec<ToolCall>,
+        content: Option<String>,
+    },
+    /// A tool's output, for the call it answers.
+    ToolResult {
+        name: String,
+        content: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    pub arguments: String,
+}
+
+/// Which tools the model may or must call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToolChoice {
+    Auto,
+    None,
+    Required,
+    Function(String),
+}
+
+/// The `tools` of a request. `nested`: chat's `{"type": "function",
+/// "function": {...}}`; otherwise Responses' flat `{"type": "function", "name", ...}`.
+pub fn parse_tools(tools: Option<&[Value]>, nested: bool) -> Result<Vec<Tool>, ApiError> {
+    let Some(tools) = tools else {
+        return Ok(Vec::new());
+    };
+    let size: usize = tools.iter().map(|t| t.to_string().len()).sum();
+    if size > MAX_TOOLS_BYTES {
+        return Err(ApiError::invalid_param(
+            "tools",
+            format!(
+                "the tool definitions take {size} bytes; at most {MAX_TOOLS_BYTES} fit before the conversation"
+            ),
+        ));
+    }
+    let mut parsed: Vec<Tool> = Vec::new();
+    for (i, tool) in tools.iter().enumerate() {
+        let param = format!("tools[{i}]");
+        match tool.get("type").and_then(Value::as_str) {
+            Some("function") => {}
+            Some(other) => {
+                return Err(ApiError::invalid_param(
+                    &format!("{param}.type"),
+                    format!("tools of type {other:?} are not supported: only \"function\""),
+                ))
+            }
+            None => {
+                return Err(ApiError::invalid_param(
+                    &format!("{param}.type"),
+                    "a tool needs \"type\": \"function\"",
+                ))
+            }
+        }
+        let (function, prefix) = if nested {
+            let function = tool.get("function").filter(|f| f.is_object()).ok_or_else(|| {
+                ApiError::invalid_param(
+                    &format!("{param}.function"),
+                    "a function tool needs a function object",
+                )
+            })?;
+            (function, format!("{param}.function"))
+        } else {
+            (tool, param)
+        };
+        let name = function
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ApiError::invalid_param(&format!("{prefix}.name"), "a tool needs a name"))?;
+        let valid_name = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !valid_name {
+            return Err(ApiError::invalid_param(
+                &format!("{prefix}.name"),
+                format!("{name:?} is not a valid tool name: 1 to 64 letters, digits, '_' or '-'"),
+            ));
+        }
+        if parsed.iter().any(|t| t.name == name) {
+            return Err(ApiError::invalid_param(
+                &format!("{prefix}.name"),
+                format!("the tool name {name:?} is used twice"),
+            ));
+        }
+        let description = match function.get("description") {
+            None | Some(Value::Null) => String::new(),
+            Some(Value::String(text)) => text.clone(),
+            Some(_) => {
+                return Err(ApiError::invalid_param(
+                    &format!("{prefix}.description"),
+                    "must be a string",
+                ))
+            }
+        };
+        let parameters = match function.get("parameters") {
+            None | Some(Value::Null) => None,
+            Some(schema @ Value::Object(_)) => Some(schema.clone()),
+            Some(_) => {
+                return Err(ApiError::invalid_param(
+                    &format!("{prefix}.parameters"),
+                    "must be a JSON Schema object (e.g. {\"type\": \"object\", \"properties\": {…}})",
+                ))
+            }
+        };
+        parsed.push(Tool {
+            name: name.to_string(),
+            description,
+            parameters,
+        });
+    }
+    Ok(parsed)
+}
+
+/// `tool_choice`: `"auto"`, `"none"`, `"required"`, or one function
+/// (`{"type": "function", "function": {"name"}}` in chat, `{"type": "function", "name"}` in Responses).
+pub fn parse_tool_choice(choice: Option<&Value>, tools: &[Tool]) -> Result<ToolChoice, ApiError> {
+    let param = "tool_choice";
+    let choice = match choice {
+        None | Some(Value::Null) => return Ok(ToolChoice::Auto),
+        Some(Value::String(s)) => match s.as_str() {
+            "auto" => ToolChoice::Auto,
+            "none" => ToolChoice::None,
+            "required" => ToolChoice::Required,
+            other => {
+                return Err(ApiError::invalid_param(
+                    param,
+                    format!("unknown tool_choice {other:?}: expected auto, none, required or a function"),
+                ))
+            }
+        },
+        Some(object) => {
+            let name = object
+                .pointer("/function/name")
+                .or_else(|| object.get("name"))
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    ApiError::invalid_param(param, "a named tool_choice needs the function's name")
+                })?;
+            ToolChoice::Function(name.to_string())
+        }
+    };
+    match &choice {
+        ToolChoice::Required if tools.is_empty() => {
+            Err(ApiError::invalid_param(param, "\"required\" needs tools"))
+        }
+        ToolChoice::Function(name) if !tools.iter().any(|t| &t.name == name) => Err(ApiError::invalid_param(
+            param,
+            format!("no tool named {name:?} was offered in tools"),
+        )),
+        _ => Ok(choice),
+    }
+}
+
+/// The tools the prompt offers under `choice`: all of them for `auto`, none
+/// for `none`. `required` and a named function must be held to a call by the
+/// grammar, which this server does not apply to tool calls yet: refused, so
+/// no client takes an unforced call for a forced one.
+pub fn offered(tools: Vec<Tool>, choice: ToolChoice) -> Result<Vec<Tool>, ApiError> {
+    match choice {
+        ToolChoice::Auto => Ok(tools),
+        ToolChoice::None => Ok(Vec::new()),
+        ToolChoice::Required | ToolChoice::Function(_) => Err(ApiError::invalid_param(
+            "tool_choice",
+            "forcing a tool call (\"required\" or a named function) is not supported yet: use \"auto\"",
+        )),
+    }
+}
+
+/// The harmony messages of the turns after the instructions.
+pub fn harmony_messages(turns: &[Turn]) -> Vec<Message> {
+    let mut messages = Vec::new();
+    for turn in turns {
+        match turn {
+            Turn::Instructions(_) => {}
+            Turn::User(text) => messages.push(Message::user(text.clone())),
+            Turn::Assistant {
+                reasoning,
+                calls,
+                content,
+            } => {
+                if let Some(reasoning) = reasoning.as_ref().filter(|r| !r.is_empty()) {
+                    messages.push(Message::assistant("analysis", reasoning.clone()));
+                }
+                for call in calls {
+                    messages.push(
+                        Message::assistant("commentary", call.arguments.clone())
+                            .with_recipient(format!("functions.{}", call.name))
+                            .with_content_type("<|constrain|>json"),
+                    );
+                }
+                if let Some(content) = content.as_ref().filter(|c| !c.is_empty() || calls.is_empty()) {
+                    messages.push(Message::assistant("final", content.clone()));
+                }
+            }
+            Turn::ToolResult { name, content } => messages.push(
+                Message::new(Role::Tool, content.clone())
+                    .with_name(format!("functions.{name}"))
+                    .with_recipient("assistant")
+                    .with_channel("commentary"),
+            ),
+        }
+    }
+    messages
+}
+
+/// The name of the call `id` among the assistant turns so far, for a tool
+/// result that answers it.
+pub fn call_name(turns: &[Turn], id: &str) -> Option<String> {
+    turns.iter().rev().find_map(|turn| match turn {
+        Turn::Assistant { calls, .. } => calls.iter().find(|c| c.id == id).map(|c| c.name.clone()),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn param_of(e: ApiError) -> String {
+        e.body()["error"]["param"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    #[test]
+    fn both_tool_shapes_parse_and_bad_ones_name_the_field() {
+        let chat = [
+            json!({"type": "function", "function": {"name": "get_weather", "description": "Weather.", "parameters": {"type": "object"}}}),
+        ];
+        let flat = [
+            json!({"type": "function", "name": "get_weather", "description": "Weather.", "parameters": {"type": "object"}}),
+        ];
+        let expected = vec![Tool {
+            name: "get_weather".into(),
+            description: "Weather.".into(),
+            parameters: Some(json!({"type": "object"})),
+        }];
+        assert_eq!(parse_tools(Some(&chat), true).unwrap(), expected);
+        assert_eq!(parse_tools(Some(&flat), false).unwrap(), expected);
+
+        for (tools, param) in [
+            (
+                vec![json!({"type": "function", "function": {}})],
+                "tools[0].function.name",
+            ),
+            (
+                vec![json!({"type": "function", "function": {"name": "a b"}})],
+                "tools[0].function.name",
+            ),
+            (vec![json!({"type": "web_search"})], "tools[0].type"),
+            (vec![json!({"function": {"name": "x"}})], "tools[0].type"),
+            (
+                vec![json!({"type": "function", "function": {"name": "x", "parameters": "object"}})],
+                "tools[0].function.parameters",
+            ),
+            (
+                vec![
+                    json!({"type": "function", "function": {"name": "x"}}),
+                    json!({"type": "function", "function": {"name": "x"}}),
+                ],
+                "tools[1].function.name",
+            ),
+            (
+                vec![
+                    json!({"type": "function", "function": {"name": "x", "description": "d".repeat(64 * 1024)}}),
+                ],
+                "tools",
+            ),
+        ] {
+            assert_eq!(
+                param_of(parse_tools(Some(&tools), true).unwrap_err()),
+                param,
+                "{tools:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn tool_choice_names_must_be_offered() {
+        let tools = parse_tools(Some(&[json!({"type": "function", "name": "now"})]), false).unwrap();
+        assert_eq!(parse_tool_choice(None, &tools).unwrap(), ToolChoice::Auto);
+        assert_eq!(
+            parse_tool_choice(Some(&json!("none")), &tools).unwrap(),
+            ToolChoice::None
+        );
+        assert_eq!(
+            parse_tool_choice(
+                Some(&json!({"type": "function", "function": {"name": "now"}})),
+                &tools
+            )
+            .unwrap(),
+            ToolChoice::Function("now".into())
+        );
+        assert!(parse_tool_choice(Some(&json!({"type": "function", "name": "later"})), &tools).is_err());
+        assert!(parse_tool_choice(Some(&json!("required")), &[]).is_err());
+        assert!(parse_tool_choice(Some(&json!("sometimes")), &tools).is_err());
+        assert_eq!(offered(tools.clone(), ToolChoice::None).unwrap(), []);
+        assert_eq!(
+            param_of(offered(tools, ToolChoice::Required).unwrap_err()),
+            "tool_choice"
+        );
+    }
+
+    #[test]
+    fn calls_and_results_become_harmony_commentary() {
+        let turns = [
+            Turn::User("Weather?".into()),
+            Turn::Assistant {
+                reasoning: Some("Look it up.".into()),
+                calls: vec![ToolCall {
+                    id: "call_1".into(),
+                    name: "get_weather".into(),
+                    arguments: "{}".into(),
+                }],
+                content: None,
+            },
+            Turn::ToolResult {
+                name: "get_weather".into(),
+                content: "sunny".into(),
+            },
+        ];
+        assert_eq!(call_name(&turns, "call_1").as_deref(), Some("get_weather"));
+        assert_eq!(call_name(&turns, "call_2"), None);
+        let messages = harmony_messages(&turns);
+        assert_eq!(messages[1], Message::assistant("analysis", "Look it up."));
+        assert_eq!(
+            messages[2],
+            Message::assistant("commentary", "{}")
+                .with_recipient("functions.get_weather")
+                .with_content_type("<|constrain|>json")
+        );
+        assert_eq!(
+            messages[3],
+            Message::new(Role::Tool, "sunny")
+                .with_name("functions.get_weather")
+                .with_recipient("assistant")
+                .with_channel("commentary")
+        );
+    }
+}
