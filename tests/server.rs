@@ -408,6 +408,18 @@ fn bad_requests_get_openai_errors() {
     assert!(chat(json!({"reasoning_effort": "extreme"}))
         .error(400)
         .contains("extreme"));
+    // The SDK's other efforts run at harmony's nearest, which is reported.
+    assert_eq!(
+        chat(json!({"reasoning_effort": "xhigh", "max_tokens": 8})).status,
+        200
+    );
+    let response = server
+        .post(
+            "/v1/responses",
+            &json!({"input": "hi", "reasoning": {"effort": "minimal"}, "max_output_tokens": 8}),
+        )
+        .json();
+    assert_eq!(response["reasoning"]["effort"], "low");
     let long = "word ".repeat(200);
     let message = server
         .post(

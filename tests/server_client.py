@@ -76,6 +76,7 @@ def main() -> None:
     check(again.choices[0].message.content == answer, "repeated chat")
     cached = again.usage.prompt_tokens_details.cached_tokens
     check(0 < cached < again.usage.prompt_tokens, f"cached tokens {cached}")
+    check(again._request_id and again._request_id.startswith("req_"), f"request id {again._request_id!r}")
 
     # Streamed, with usage.
     chunks = list(

@@ -479,6 +479,8 @@ pub struct Usage {
 
 async fn log_request(request: Request, next: Next) -> Response {
     let (method, path) = (request.method().clone(), request.uri().path().to_string());
+    // Every answer carries an id (the OpenAI SDK's `request_id`), also in the log.
+    let request_id = openai::new_id("req_");
     let start = Instant::now();
     let mut response = next.run(request).await;
     let status = response.status().as_u16();
@@ -490,12 +492,15 @@ async fn log_request(request: Request, next: Next) -> Response {
     match response.extensions_mut().remove::<Usage>() {
         Some(u) => tracing::info!(
             %method, %path, status, prompt_tokens = u.prompt_tokens, completion_tokens = u.completion_tokens,
-            tok_s = format_args!("{:.1}", u.tokens_per_second), latency_ms = format_args!("{latency_ms:.0}"), "request"
+            tok_s = format_args!("{:.1}", u.tokens_per_second), latency_ms = format_args!("{latency_ms:.0}"), %request_id, "request"
         ),
-        None if streamed => tracing::info!(%method, %path, status, "stream started"),
+        None if streamed => tracing::info!(%method, %path, status, %request_id, "stream started"),
         None => {
-            tracing::info!(%method, %path, status, latency_ms = format_args!("{latency_ms:.0}"), "request")
+            tracing::info!(%method, %path, status, latency_ms = format_args!("{latency_ms:.0}"), %request_id, "request")
         }
+    }
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", value);
     }
     response
         .headers_mut()

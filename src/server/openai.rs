@@ -176,11 +176,20 @@ pub fn token_limit(
     Ok((None, values[0].0))
 }
 
+/// A request's reasoning effort. The OpenAI SDK's types also allow `none`,
+/// `minimal` and `xhigh`, which harmony lacks: they run at the nearest
+/// harmony effort (`low`, `low`, `high`), which responses report.
 pub fn parse_effort(value: Option<&str>, param: &str) -> Result<Option<Effort>, ApiError> {
     value
-        .map(|v| {
-            v.parse::<Effort>()
-                .map_err(|e| ApiError::invalid_param(param, e.to_string()))
+        .map(|v| match v.to_ascii_lowercase().as_str() {
+            "none" | "minimal" => Ok(Effort::Low),
+            "xhigh" => Ok(Effort::High),
+            _ => v.parse::<Effort>().map_err(|e| {
+                ApiError::invalid_param(
+                    param,
+                    format!("{e} (or none, minimal, xhigh: run as low, low, high)"),
+                )
+            }),
         })
         .transpose()
 }

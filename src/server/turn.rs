@@ -87,6 +87,10 @@ pub struct Turn<'t> {
     calls: usize,
     call_message: Option<usize>,
     last_token: Option<u32>,
+    /// A chat's output so far, for the answer of last resort (see `flush`).
+    generated: Vec<u32>,
+    /// Whether any of the answer has been sent.
+    content_sent: bool,
     submitted: Instant,
     first_token: Option<Duration>,
     done: bool,
@@ -124,6 +128,8 @@ impl<'t> Turn<'t> {
             calls: 0,
             call_message: None,
             last_token: None,
+            generated: Vec::new(),
+            content_sent: false,
             submitted: Instant::now(),
             first_token: None,
             done: false,
@@ -191,6 +197,7 @@ impl<'t> Turn<'t> {
         let decode_error = |e: crate::tokenizer::Error| ApiError::internal(e.to_string());
         match &mut self.text {
             Text::Chat(parser) => {
+                self.generated.push(token);
                 let in_reasoning = parser.current().is_some_and(|m| m.is_reasoning());
                 if in_reasoning && !self.control.ends_message(token) {
                     self.reasoning_tokens += 1;
@@ -212,6 +219,7 @@ impl<'t> Turn<'t> {
                 if let Some(delta) = delta {
                     let message = parser.message(delta.index);
                     if message.is_some_and(|m| m.is_answer()) {
+                        self.content_sent = true;
                         update.content = delta.text;
                         update.logprobs = logprobs;
                     } else if message.is_some_and(|m| m.is_reasoning()) {
@@ -236,12 +244,43 @@ impl<'t> Turn<'t> {
     }
 
     /// Text held back at the end: an incomplete character, or the start of
-    /// a stop string that never completed.
+    /// a stop string that never completed. For a chat whose answer was
+    /// never streamed: the answer the lenient parse found all the same (text
+    /// after `<|end|>` with no header, which arrives as a whole, not in
+    /// deltas), or, when the output formed no harmony message at all, that
+    /// output as it is, control tokens written out — so a client sees what
+    /// the model did instead of an empty answer.
     fn flush(&mut self) -> Result<Update, ApiError> {
         let mut update = Update::default();
-        if let Text::Raw(decoder) = &mut self.text {
-            let rest = decoder.finish().map_err(|e| ApiError::internal(e.to_string()))?;
-            update.content = self.stops.push(&rest);
+        match &mut self.text {
+            Text::Raw(decoder) => {
+                let rest = decoder.finish().map_err(|e| ApiError::internal(e.to_string()))?;
+                update.content = self.stops.push(&rest);
+            }
+            Text::Chat(parser) if !self.content_sent => {
+                let messages = parser.messages();
+                let answer = messages
+                    .iter()
+                    .rev()
+                    .find(|m| m.is_final())
+                    .or_else(|| messages.iter().find(|m| m.is_answer()));
+                let text = match answer {
+                    Some(message) => message.content.clone(),
+                    None if messages.is_empty() && parser.current().is_none() => {
+                        let text = self
+                            .tokenizer
+                            .decode(&self.generated)
+                            .map_err(|e| ApiError::internal(e.to_string()))?;
+                        if !text.is_empty() {
+                            tracing::warn!(output = %text, "the model's output formed no harmony message; it is the answer as it is");
+                        }
+                        text
+                    }
+                    None => String::new(),
+                };
+                update.content = self.stops.push(&text);
+            }
+            Text::Chat(_) => {}
         }
         update.content.push_str(&self.stops.flush());
         Ok(update)
@@ -392,6 +431,30 @@ mod tests {
                 }
             }
         })
+    }
+
+    #[test]
+    fn an_answer_outside_the_format_is_still_the_answer() {
+        // Text after `<|end|>` with no header: the lenient parse's answer.
+        let output = [
+            ("", Some(CHANNEL)),
+            ("analysis", Some(MESSAGE)),
+            ("Spam.", Some(END)),
+            ("The content is spam.\n\nAnswer: 1", Some(RETURN)),
+        ];
+        let (reasoning, content, outcome) = chat(&output, &[], Stop::StopToken);
+        assert_eq!(
+            (reasoning.as_str(), content.as_str()),
+            ("Spam.", "The content is spam.\n\nAnswer: 1")
+        );
+        assert_eq!(outcome.finish_reason, "stop");
+        // No harmony message at all: the output as it is.
+        let (reasoning, content, _) = chat(&[("", Some(END)), ("", Some(RETURN))], &[], Stop::StopToken);
+        assert_eq!((reasoning.as_str(), content.as_str()), ("", "<|end|><|return|>"));
+        // Output that did form a message keeps to it.
+        let output = [("", Some(CHANNEL)), ("analysis", Some(MESSAGE)), ("hm", None)];
+        let (reasoning, content, _) = chat(&output, &[], Stop::Length);
+        assert_eq!((reasoning.as_str(), content.as_str()), ("hm", ""));
     }
 
     #[test]
