@@ -209,7 +209,7 @@ pub async fn list(State(state): State<Shared>) -> Result<Json<Value>, ApiError> 
         .iter()
         .map(|p| json!({"name": p.name, "title": p.title()}))
         .collect();
-    let template = policy::template("My Policy", Output::Binary);
+    let template = policy::template("My", Output::Binary);
     Ok(Json(
         json!({"shipped": shipped, "saved": saved, "template": template}),
     ))

@@ -400,7 +400,7 @@ function fillRow(index, r) {
   const row = $("try-table").tBodies[0].rows[index];
   const cells = row.cells;
   cells[2].textContent = r.outcome || "no verdict";
-  cells[3].replaceChildren(el("meter", { min: "0", max: "1", value: String(r.p_violation ?? 0), "aria-label": "P(violation) of item " + (index + 1) }), " " + fmt(r.p_violation));
+  cells[3].replaceChildren(el("meter", { min: "0", max: "1", low: "0.3", high: "0.7", optimum: "0", value: String(r.p_violation ?? 0), "aria-label": "P(violation) of item " + (index + 1) }), " " + fmt(r.p_violation));
   cells[4].textContent = r.policy_category || "—";
   cells[5].textContent = String(r.usage.completion_tokens);
   cells[6].textContent = r.latency_ms + " ms";
@@ -590,7 +590,9 @@ function drawCurve() {
   chart.append(svg("line", { class: "axis", x1: x0, y1: y0, x2: x0 + w, y2: y0 }), svg("line", { class: "axis", x1: x0, y1: y0, x2: x0, y2: y0 - h }));
   const label = (x, y, text, anchor = "middle") => { const t = svg("text", { x, y, "text-anchor": anchor }); t.textContent = text; chart.append(t); };
   label(x0 + w / 2, 234, "recall");
-  label(12, y0 - h / 2, "precision");
+  const side = svg("text", { x: 12, y: y0 - h / 2, "text-anchor": "middle", transform: "rotate(-90 12 " + (y0 - h / 2) + ")" });
+  side.textContent = "precision";
+  chart.append(side);
   for (const v of [0, 0.5, 1]) { label(x0 + v * w, y0 + 12, String(v)); label(x0 - 4, y0 - v * h + 3, String(v), "end"); }
   const thresholds = [...new Set(evaluation.items.map((i) => i.p_violation).filter((p) => p !== null && p !== undefined))].sort((a, b) => b - a);
   const points = thresholds.map(atThreshold).filter((p) => p.precision !== null && p.recall !== null);
