@@ -427,8 +427,10 @@ def auth(keyed: Server) -> None:
 class Page:
     """A chromium page that records console errors, dialogs and every request."""
 
-    def __init__(self, browser, width: int = 1280, height: int = 900):
-        self.context = browser.new_context(viewport={"width": width, "height": height}, accept_downloads=True)
+    def __init__(self, browser, width: int = 1280, height: int = 900, scheme: str = "light"):
+        self.context = browser.new_context(
+            viewport={"width": width, "height": height}, accept_downloads=True, color_scheme=scheme
+        )
         self.errors: list[str] = []
         self.dialogs: list[str] = []
         self.requests: list[str] = []
@@ -614,6 +616,8 @@ def playground(chromium, server: Server, ref: Reference, work: pathlib.Path, out
         page.click("#eval-html")
     check('id="confusion"' in pathlib.Path(download.value.path()).read_text(), "the exported HTML report")
     screenshot(page, out, "eval-1280")
+    # The README's picture (docs/playground.png is a copy): the top of this view.
+    page.screenshot(path=str(out / "readme-eval.png"), full_page=True, clip={"x": 0, "y": 0, "width": 1280, "height": 960})
 
     # The next version against this run: the expected flips.
     tab(page, "policy")
@@ -663,9 +667,9 @@ def playground(chromium, server: Server, ref: Reference, work: pathlib.Path, out
 
 
 def narrow(chromium, server: Server, out: pathlib.Path) -> None:
-    """Each view at 320 px: nothing wider than the screen; and a large screen."""
-    for width, height in [(320, 800), (1920, 1080)]:
-        view = Page(chromium, width, height)
+    """Each view at 320 px: nothing wider than the screen; and a large screen, in the dark theme."""
+    for width, height, scheme in [(320, 800, "light"), (1920, 1080, "dark")]:
+        view = Page(chromium, width, height, scheme)
         page = view.page
         open_page(page, server)
         for name in ["policy", "try", "eval", "export"]:

@@ -595,8 +595,9 @@ function drawCurve() {
   chart.append(side);
   for (const v of [0, 0.5, 1]) { label(x0 + v * w, y0 + 12, String(v)); label(x0 - 4, y0 - v * h + 3, String(v), "end"); }
   const thresholds = [...new Set(evaluation.items.map((i) => i.p_violation).filter((p) => p !== null && p !== undefined))].sort((a, b) => b - a);
-  const points = thresholds.map(atThreshold).filter((p) => p.precision !== null && p.recall !== null);
-  if (points.length) {
+  // From recall 0 at precision 1 (a threshold above every probability), as scikit-learn draws it.
+  const points = [{ precision: 1, recall: 0 }, ...thresholds.map(atThreshold).filter((p) => p.precision !== null && p.recall !== null)];
+  if (points.length > 1) {
     const d = points.map((p, i) => (i ? "L" : "M") + (x0 + p.recall * w).toFixed(1) + " " + (y0 - p.precision * h).toFixed(1)).join(" ");
     chart.append(svg("path", { class: "curve", d }));
   }
