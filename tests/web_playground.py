@@ -576,6 +576,12 @@ def playground(chromium, server: Server, ref: Reference, work: pathlib.Path, out
 
     # Evaluate: the 20-item set equals `safeguard eval --json`.
     tab(page, "eval")
+    upload = work / "upload.tsv"
+    upload.write_text("id\ttext\tlabel\n" + "".join(f"{r['id']}\t{r['text']}\t{r['label']}\n" for r in ref.rows[:3]))
+    page.set_input_files("#eval-file", str(upload))
+    wait_text(page, "#status", "read upload.tsv", starts=False, timeout=10_000)
+    check(page.input_value("#eval-set") == upload.read_text() and page.input_value("#eval-format") == "tsv", "an uploaded set")
+    page.select_option("#eval-format", "jsonl")
     page.fill("#eval-set", jsonl(ref.rows))
     page.click("#eval-run")
     wait_text(page, "#status", "eval finished", starts=True, timeout=60_000)
