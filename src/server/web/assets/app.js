@@ -779,6 +779,7 @@ async function start() {
   $("model-name").textContent = models.data.map((m) => m.id).join(", ");
   const last = localStorage.getItem("safeguard-last-policy");
   await loadList(last || "");
+  showVersions(null, []);
   if (last && !policyText()) await openPolicy(last).catch(() => localStorage.removeItem("safeguard-last-policy"));
   if (!policyText()) {
     $("policy-text").value = policy.template;
