@@ -235,7 +235,7 @@ def api(args) -> None:
     check((c["tp"], c["fp"], c["tn"], c["fn"]) == (len(ref.gold1), len(ref.gold0), 0, 0), f"eval --json confusion {c}")
     server = Server(args.bin, args.fixtures / "scripted")
     reasoning_server = Server(args.bin, args.fixtures / "scripted-reasoning")
-    keyed = Server(args.bin, args.fixtures / "scripted", "--api-key", KEY)
+    keyed = Server(args.bin, args.fixtures / "scripted", "--api-key", KEY, "--cors", "http://app.local")
     try:
         page_and_headers(server)
         lint(args, server, work)
@@ -419,6 +419,13 @@ def auth(keyed: Server) -> None:
         code, _, text = http(method, keyed.url(path), body)
         check(code == 401, f"{method} {path} without the key: {code} {text}")
     ok("GET", keyed.url("/v1/policies"), key=KEY)
+    # With --cors, another origin's page may save and delete policies too.
+    preflight = urllib.request.Request(keyed.url("/v1/policies/a"), method="OPTIONS", headers={
+        "Origin": "http://app.local", "Access-Control-Request-Method": "PUT",
+        "Access-Control-Request-Headers": "authorization,content-type"})
+    with urllib.request.urlopen(preflight, timeout=30) as response:
+        methods = response.headers["access-control-allow-methods"]
+    check("PUT" in methods and "DELETE" in methods, f"CORS preflight allows {methods}")
 
 
 # ---- the page in a browser ----
