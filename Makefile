@@ -36,9 +36,24 @@ FIXTURES := target/fixtures
 FIXTURE_STAMP := $(FIXTURES)/.generated
 PIP := $(VENV)/bin/pip --disable-pip-version-check --quiet
 
-.PHONY: setup fixtures build run test fmt clean bench soak
+.PHONY: setup chromium fixtures build run test fmt clean bench soak
 
-setup: $(SETUP_STAMP)
+setup: $(SETUP_STAMP) chromium
+
+# The browser tests (tests/web.rs) drive Debian's chromium through Playwright
+# (pip, in requirements.txt) with executable_path: Playwright never downloads a
+# browser. On Linux it is installed with apt-get when missing; elsewhere, point
+# SAFEGUARD_CHROMIUM at a Chromium or Chrome binary.
+CHROMIUM ?= $(or $(SAFEGUARD_CHROMIUM),/usr/bin/chromium)
+chromium:
+	@if [ ! -x "$(CHROMIUM)" ] && [ "$$(uname -s)" = Linux ]; then \
+		if ! command -v apt-get >/dev/null 2>&1; then \
+			echo "the browser tests need chromium at $(CHROMIUM), and apt-get is not here: install chromium with this system's package manager (or set SAFEGUARD_CHROMIUM)" >&2; exit 1; \
+		fi; \
+		echo "installing chromium for the browser tests (apt-get)"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	fi
 
 $(SETUP_STAMP): requirements.txt Makefile
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)

@@ -69,6 +69,10 @@ pub struct Args {
     /// Seconds a client gets to send a request's headers, and then as many for its body.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     read_timeout: u64,
+    /// Where the policy playground (the page at `/`) saves policies and their versions
+    /// (default: $XDG_DATA_HOME/safeguard/policies, ~/.local/share/safeguard/policies).
+    #[arg(long, value_name = "DIR")]
+    policies_dir: Option<PathBuf>,
     #[command(flatten)]
     engine: super::EngineArgs,
 }
@@ -88,6 +92,15 @@ pub fn run(args: Args) -> Result<()> {
         Some(spec) => Cors::parse(spec).map_err(|e| usage(anyhow::anyhow!(e)))?,
         None => Cors::Off,
     };
+    let policies_dir = args
+        .policies_dir
+        .clone()
+        .or_else(server::default_policies_dir)
+        .ok_or_else(|| {
+            usage(anyhow::anyhow!(
+                "no home folder to keep saved policies in; give --policies-dir DIR"
+            ))
+        })?;
     let dir: PathBuf = super::resolve_model(&args.model)?;
     if !dir.join("config.json").is_file() {
         return Err(usage(anyhow::anyhow!(
@@ -114,6 +127,7 @@ pub fn run(args: Args) -> Result<()> {
         shutdown_grace: Duration::from_secs(args.shutdown_timeout),
         max_connections: args.max_connections as usize,
         read_timeout: Duration::from_secs(args.read_timeout),
+        policies_dir,
     };
     server::run(&args.model, &dir, options)
 }

@@ -137,6 +137,11 @@ impl ApiError {
         }
     }
 
+    /// 409: what is asked for is not ready yet (an eval still running).
+    pub fn conflict(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, "invalid_request_error", message)
+    }
+
     /// 503: the request was still running when the shutdown grace ran out.
     pub fn cut() -> ApiError {
         ApiError {

@@ -74,7 +74,13 @@ impl Cors {
         Some(
             CorsLayer::new()
                 .allow_origin(allow)
-                .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+                .allow_methods([
+                    Method::GET,
+                    Method::POST,
+                    Method::PUT,
+                    Method::DELETE,
+                    Method::OPTIONS,
+                ])
                 .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
                 .max_age(std::time::Duration::from_secs(600)),
         )
@@ -179,12 +185,15 @@ fn is_json(content_type: &str) -> bool {
     essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
-/// With --api-key, every request but the health check and CORS preflights
-/// must carry `Authorization: Bearer <key>` (the scheme in any case, as
+/// With --api-key, every request but the health check, CORS preflights and
+/// the playground page's own files must carry `Authorization: Bearer <key>` (the scheme in any case, as
 /// RFC 7235 says).
 pub async fn authorize(State(state): State<Shared>, request: Request, next: Next) -> Response {
     if let Some(key) = &state.options().api_key {
-        let open = request.method() == Method::OPTIONS || request.uri().path() == "/health";
+        let path = request.uri().path();
+        let open = request.method() == Method::OPTIONS
+            || path == "/health"
+            || super::web::is_public(request.method(), path);
         let given = request
             .headers()
             .get(header::AUTHORIZATION)

@@ -4,7 +4,9 @@
 //!   `/v1/completions`, `/v1/responses` ([`openai`], [`responses`]);
 //! - LM Studio's REST API: `/api/v0/models`, `/api/v0/chat/completions`,
 //!   `/api/v0/completions` ([`lmstudio`]);
-//! - classification: `/v1/classify` and `/v1/moderations` ([`classify`]).
+//! - classification: `/v1/classify` and `/v1/moderations` ([`classify`]);
+//! - the policy playground: the page at `/` and its API, `/v1/policies`,
+//!   `/v1/try`, `/v1/evals` ([`web`]).
 //!
 //! MLX arrays must stay on the thread that made them, so one engine thread
 //! owns the model ([`crate::engine::scheduler`]) and handlers talk to it over
@@ -20,6 +22,7 @@ mod openai;
 mod responses;
 mod tools;
 mod turn;
+mod web;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -40,6 +43,7 @@ use tokio::sync::watch;
 pub use self::error::ApiError;
 pub use self::guard::Cors;
 use self::turn::Turn;
+pub use self::web::default_dir as default_policies_dir;
 use crate::classify::policy::Policy;
 use crate::engine::generate::GenerateOptions;
 use crate::engine::sampler::SamplerOptions;
@@ -79,6 +83,8 @@ pub struct Options {
     pub max_connections: usize,
     /// How long a client may take to send a request's headers, and then its body.
     pub read_timeout: Duration,
+    /// Where the playground saves policies (`--policies-dir`).
+    pub policies_dir: PathBuf,
 }
 
 /// The model being served, as the listing endpoints describe it.
@@ -126,6 +132,7 @@ pub struct AppState {
     admission: Arc<Admission>,
     /// Set when the shutdown grace has run out: requests still running stop.
     deadline: watch::Sender<bool>,
+    web: web::Web,
 }
 
 pub type Shared = Arc<AppState>;
@@ -154,6 +161,10 @@ impl AppState {
 
     pub fn options(&self) -> &Options {
         &self.options
+    }
+
+    fn web(&self) -> &web::Web {
+        &self.web
     }
 
     /// 404 unless `model` names the served model (absent or empty is fine:
@@ -336,6 +347,7 @@ async fn serve(model_arg: &str, dir: &Path, options: Options) -> anyhow::Result<
             limit: options.max_batch.max(1) + options.queue,
         }),
         model: served,
+        web: web::Web::new(options.policies_dir.clone()),
         options,
         deadline: watch::channel(false).0,
     });
@@ -347,6 +359,7 @@ async fn serve(model_arg: &str, dir: &Path, options: Options) -> anyhow::Result<
     let connections = conn::Connections::new(&limits);
     // Scripts (and the tests) read the address from this line.
     eprintln!("safeguard: serving on http://{address}/v1");
+    eprintln!("safeguard: policy playground at http://{address}/");
     connections
         .serve(listener, router(state.clone()), &limits, signal())
         .await;
@@ -441,6 +454,7 @@ fn router(state: Shared) -> Router {
         .route("/api/v0/models/{*id}", get(lmstudio::model))
         .route("/api/v0/chat/completions", post(lmstudio::chat_completions))
         .route("/api/v0/completions", post(lmstudio::completions))
+        .merge(web::routes())
         .fallback(unknown_endpoint)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn_with_state(state.clone(), guard::authorize));
@@ -450,6 +464,7 @@ fn router(state: Shared) -> Router {
     // The guard comes before CORS, so a preflight from a refused origin is
     // refused too; the log sees every request, refused or not.
     app.layer(middleware::from_fn_with_state(state.clone(), guard::guard))
+        .layer(middleware::from_fn(web::headers))
         .layer(middleware::from_fn(log_request))
         .with_state(state)
 }
