@@ -8,6 +8,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -166,13 +167,18 @@ fn expected_scripted() -> Value {
         .unwrap()
 }
 
-#[test]
-fn the_openai_python_sdk_drives_chat_responses_and_models() {
-    let server = Server::start("scripted", &[]);
+/// Runs an SDK script (`tests/NAME`) against a server on `fixture`; it
+/// prints "ok" last when every check passed.
+fn sdk_script(script: &str, fixture: &str) {
+    let server = Server::start(fixture, &[]);
     let output = Command::new(common::python())
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/server_client.py"))
+        .arg(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("tests")
+                .join(script),
+        )
         .arg(server.url("/v1"))
-        .arg(common::fixture("scripted").join("expected.json"))
+        .arg(common::fixture(fixture).join("expected.json"))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -181,6 +187,16 @@ fn the_openai_python_sdk_drives_chat_responses_and_models() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+#[test]
+fn the_openai_python_sdk_drives_chat_responses_and_models() {
+    sdk_script("server_client.py", "scripted");
+}
+
+#[test]
+fn the_openai_python_sdk_calls_tools_and_sends_their_results_back() {
+    sdk_script("tools_client.py", "scripted-tool-call");
 }
 
 #[test]
