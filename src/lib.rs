@@ -12,6 +12,7 @@
 pub mod bench;
 pub mod classify;
 pub mod cli;
+pub mod distributed;
 pub mod engine;
 pub mod eval;
 pub mod harmony;
