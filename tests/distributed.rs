@@ -167,7 +167,7 @@ fn tensor_parallel_bf16_and_affine_chunked_prefill() {
         2,
         &["--prefill-step", "7"],
     );
-    check_parity("b-q4", "short.float32", "tensor", 2, &[]);
+    check_parity("a-q4", "short.float32", "tensor", 2, &[]);
 }
 
 #[test]
@@ -209,6 +209,29 @@ fn an_impossible_split_is_refused_naming_the_tensor_and_what_works() {
 }
 
 #[test]
+fn quantization_groups_that_do_not_divide_refuse_tensor_parallel() {
+    // b-q4: 192-wide experts in groups of 64 give 3 groups per down row.
+    let model = common::fixture("b-q4");
+    let output = Command::new(env!("CARGO_BIN_EXE_safeguard"))
+        .args(["estimate", "-m"])
+        .arg(&model)
+        .args(["--ranks", "2", "--parallel", "tensor"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let err = stderr(&output);
+    assert!(
+        err.contains(
+            "cannot split the model across 2 ranks with --parallel tensor: \
+             model.layers.0.mlp.experts.down_proj.scales: its 3 quantization groups per row do not divide into 2 \
+             equal parts (quantization groups of 64 inputs stay whole); no rank count above 1 works for this \
+             model with --parallel tensor (try --parallel expert)"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_peer_that_never_starts_is_a_clear_error() {
     let model = common::fixture("a-mxfp4");
     let dir = tempfile::tempdir().unwrap();
@@ -228,32 +251,42 @@ fn a_peer_that_never_starts_is_a_clear_error() {
     );
 }
 
-#[test]
-fn a_killed_peer_ends_the_run_with_an_error() {
+/// Two ranks generating for a long time, once rank 1 has loaded its share
+/// and generation is under way; `extra` goes to both.
+fn long_run(hostfile: &Path, extra: &[&str]) -> (std::process::Child, std::process::Child) {
     let model = common::fixture("a-mxfp4");
-    let dir = tempfile::tempdir().unwrap();
-    let hostfile = ranks::hostfile(dir.path(), 2);
     let long = |r| {
         let mut command = Command::new(env!("CARGO_BIN_EXE_safeguard"));
-        command.args(["generate", "-m"]).arg(&model).args([
-            "--prompt-tokens",
-            "200006,3460",
-            "--max-tokens",
-            "100000",
-            "--parallel",
-            "tensor",
-        ]);
-        ranks::rank_command(command, &hostfile, r)
+        command
+            .args(["generate", "-m"])
+            .arg(&model)
+            .args([
+                "--prompt-tokens",
+                "200006,3460",
+                "--max-tokens",
+                "100000",
+                "--parallel",
+                "tensor",
+            ])
+            .args(extra);
+        ranks::rank_command(command, hostfile, r)
     };
     let rank0 = long(0).spawn().unwrap();
     let mut rank1 = long(1).spawn().unwrap();
-    // Kill rank 1 once it has loaded its share and generation is under way.
     let mut lines = BufReader::new(rank1.stderr.take().unwrap()).lines();
     assert!(
         lines.any(|l| l.unwrap().contains("rank 1/2")),
         "rank 1 never reported its share"
     );
     std::thread::sleep(Duration::from_millis(1500));
+    (rank0, rank1)
+}
+
+#[test]
+fn a_killed_peer_ends_the_run_with_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let hostfile = ranks::hostfile(dir.path(), 2);
+    let (rank0, mut rank1) = long_run(&hostfile, &[]);
     rank1.kill().unwrap();
     rank1.wait().unwrap();
     let output = ranks::wait(
@@ -264,4 +297,29 @@ fn a_killed_peer_ends_the_run_with_an_error() {
     assert!(!output.status.success());
     let err = stderr(&output);
     assert!(err.contains("peer"), "the error should name the lost peer: {err}");
+}
+
+#[test]
+fn a_paused_peer_ends_the_run_at_the_step_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let hostfile = ranks::hostfile(dir.path(), 2);
+    let (rank0, mut rank1) = long_run(&hostfile, &["--step-timeout", "5"]);
+    let stop = Command::new("kill")
+        .args(["-STOP", &rank1.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stop.success());
+    let output = ranks::wait(
+        rank0,
+        Instant::now() + Duration::from_secs(60),
+        "rank 0 with its peer paused",
+    );
+    rank1.kill().unwrap();
+    rank1.wait().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let err = stderr(&output);
+    assert!(
+        err.contains("rank 0: no step finished in 5 s; a peer stopped answering"),
+        "{err}"
+    );
 }

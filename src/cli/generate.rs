@@ -185,6 +185,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     mlx::memory::reset_peak();
     let start = Instant::now();
+    let watchdog = args.distributed.watchdog(rank.as_ref());
     let generation = Generation::new(&model, &prompt, options)?;
     let mut tokens = Vec::new();
     let mut logprobs = Vec::new();
@@ -212,6 +213,9 @@ pub fn run(args: Args) -> Result<()> {
     };
     for step in generation {
         let step = step?;
+        if let Some(watchdog) = &watchdog {
+            watchdog.beat();
+        }
         first_token_at.get_or_insert_with(|| start.elapsed());
         if let Some(k) = args.logprobs {
             logprobs.push(step.top_logprobs(k)?);

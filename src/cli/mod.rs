@@ -83,6 +83,19 @@ pub struct DistributedArgs {
     /// Seconds to wait for every rank to join before giving up.
     #[arg(long, value_name = "SECS", default_value_t = 60, requires = "parallel")]
     peer_timeout: u64,
+    /// Seconds one generation step (the whole prefill included) may take
+    /// before a rank gives up on its peers and exits.
+    #[arg(long, value_name = "SECS", default_value_t = 600, requires = "parallel")]
+    step_timeout: u64,
+}
+
+impl DistributedArgs {
+    /// Under --parallel, a watchdog for `rank` that [`distributed::Watchdog::beat`]s reset.
+    pub(crate) fn watchdog(&self, rank: Option<&Rank>) -> Option<distributed::Watchdog> {
+        rank.map(|r| {
+            distributed::Watchdog::start(std::time::Duration::from_secs(self.step_timeout), r.index())
+        })
+    }
 }
 
 /// The memory guardrail: checked before a model is loaded.

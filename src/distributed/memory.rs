@@ -148,18 +148,20 @@ fn kv_bytes(config: &Config, context: usize, step: usize, kv_heads: u64, dtype: 
 }
 
 /// The largest transient arrays of a prefill chunk of `step` tokens at the
-/// end of the context: attention scores and their softmax over every key,
-/// the experts' inputs and activations per routed pair, the hidden states,
-/// and the last position's logits and log-probabilities.
+/// end of the context: attention scores over every key (MLX's CPU attention
+/// holds four such arrays at once: the scores, masked, with the sinks'
+/// column, and their softmax; measured on the fixtures), the experts' inputs
+/// and activations per routed pair, the hidden states, and the last
+/// position's logits and log-probabilities.
 fn working_bytes(config: &Config, context: usize, step: usize, heads: u64, dtype: u64) -> u64 {
     let l = step.min(context) as u64;
     let keys = context as u64;
     let k = config.num_experts_per_tok.max(1) as u64;
     let hidden = config.hidden_size as u64;
-    let scores = 2 * heads * l * keys * dtype;
+    let scores = 4 * heads * l * keys * dtype;
     let experts = l * k * (hidden + 3 * config.intermediate_size as u64) * dtype;
     let states = 6 * l * hidden * dtype;
-    let logits = 3 * config.vocab_size as u64 * dtype;
+    let logits = 2 * config.vocab_size as u64 * dtype;
     scores + experts + states + logits
 }
 

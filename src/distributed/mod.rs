@@ -146,3 +146,41 @@ pub fn time_collectives(model: &GptOss, rank: &Rank, tokens: usize) -> Result<f6
     }
     Ok(start.elapsed().as_secs_f64() / tokens.max(1) as f64)
 }
+
+/// Ends the process when no step completes within `limit`: a peer that
+/// stops answering without closing its connections (paused, or cut off by
+/// the network) would otherwise block a collective forever.
+pub struct Watchdog {
+    start: std::time::Instant,
+    last_beat_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Watchdog {
+    pub fn start(limit: Duration, rank: i32) -> Watchdog {
+        use std::sync::atomic::Ordering;
+        let start = std::time::Instant::now();
+        let last_beat_ms = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let beats = last_beat_ms.clone();
+        std::thread::spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(200));
+            let idle = start
+                .elapsed()
+                .saturating_sub(Duration::from_millis(beats.load(Ordering::Relaxed)));
+            if idle > limit {
+                eprintln!(
+                    "error: rank {rank}: no step finished in {} s; a peer stopped answering (paused, or \
+                     unreachable); exiting (--step-timeout sets the limit)",
+                    limit.as_secs()
+                );
+                std::process::exit(1);
+            }
+        });
+        Watchdog { start, last_beat_ms }
+    }
+
+    /// A step finished.
+    pub fn beat(&self) {
+        let now = self.start.elapsed().as_millis() as u64;
+        self.last_beat_ms.store(now, std::sync::atomic::Ordering::Relaxed);
+    }
+}

@@ -68,7 +68,7 @@ impl Split {
                 ranks,
                 tensor: tensor.to_string(),
                 why,
-                working: describe_counts(&working),
+                working: describe_counts(&working, parallel),
             })
         };
         if ranks < 1 {
@@ -232,8 +232,12 @@ impl Split {
 }
 
 /// "2, 4 and 8", or what to do when nothing works.
-fn describe_counts(counts: &[i32]) -> String {
+fn describe_counts(counts: &[i32], parallel: Parallel) -> String {
     match counts {
+        [] if parallel == Parallel::Tensor => {
+            "no rank count above 1 works for this model with --parallel tensor (try --parallel expert)"
+                .to_string()
+        }
         [] => "no rank count above 1 works for this model".to_string(),
         [one] => format!("it works with {one} ranks"),
         [init @ .., last] => format!(
