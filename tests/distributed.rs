@@ -241,7 +241,7 @@ fn a_peer_that_never_starts_is_a_clear_error() {
     let child = ranks::rank_command(generate(&model, &[200006], &args), &hostfile, 0)
         .spawn()
         .unwrap();
-    let output = ranks::wait(child, start + Duration::from_secs(60), "rank 0 without its peer");
+    let output = ranks::wait(child, start + Duration::from_secs(180), "rank 0 without its peer");
     assert_eq!(output.status.code(), Some(2));
     let err = stderr(&output);
     assert!(
@@ -322,4 +322,79 @@ fn a_paused_peer_ends_the_run_at_the_step_deadline() {
         err.contains("rank 0: no step finished in 5 s; a peer stopped answering"),
         "{err}"
     );
+}
+
+#[test]
+fn bench_under_two_ranks_reports_collective_time_per_token() {
+    let model = common::fixture("a-mxfp4");
+    let dir = tempfile::tempdir().unwrap();
+    let hostfile = ranks::hostfile(dir.path(), 2);
+    let commands = (0..2)
+        .map(|r| {
+            let mut command = Command::new(env!("CARGO_BIN_EXE_safeguard"));
+            command
+                .args(["bench", "-m"])
+                .arg(&model)
+                .args([
+                    "--prompt-tokens",
+                    "16",
+                    "--gen-tokens",
+                    "4",
+                    "--runs",
+                    "1",
+                    "--no-warmup",
+                ])
+                .args(["--json", "--parallel", "expert", "--backend", "ring"]);
+            ranks::rank_command(command, &hostfile, r)
+        })
+        .collect();
+    let outputs = ranks::run_all(commands, Duration::from_secs(240));
+    for output in &outputs {
+        assert!(output.status.success(), "{}", stderr(output));
+    }
+    assert_eq!(stdout(&outputs[1]), "", "only rank 0 prints");
+    let json: Value = serde_json::from_str(&stdout(&outputs[0])).unwrap();
+    assert_eq!(json["ranks"], 2);
+    assert_eq!(json["parallel"], "expert");
+    let context = &json["contexts"][0];
+    assert_eq!(context["prompt_tokens"], 16);
+    assert!(context["decode_tokens_per_sec"]["median"].as_f64().unwrap() > 0.0);
+    assert!(context["collectives_ms_per_token"].as_f64().unwrap() > 0.0);
+}
+
+/// The MPI backend, where Open MPI is installed (CI images without it skip).
+#[test]
+fn tensor_parallel_under_mpirun() {
+    let Ok(mpirun) = which_mpirun() else {
+        eprintln!("skipped: mpirun is not installed (Open MPI), so the MPI backend cannot be tested here");
+        return;
+    };
+    let model = common::fixture("a-mxfp4");
+    let reference = reference(&model, "short.float32");
+    let mut command = Command::new(mpirun);
+    command
+        .args(["-np", "2", "--oversubscribe"])
+        .arg(env!("CARGO_BIN_EXE_safeguard"))
+        .args(
+            generate(
+                &model,
+                &reference.prompt,
+                &["--parallel", "tensor", "--backend", "mpi"],
+            )
+            .get_args(),
+        );
+    let output = command.output().unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let json: Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+    assert_eq!(tokens(&json), reference.tokens[..TOKENS]);
+}
+
+fn which_mpirun() -> Result<std::path::PathBuf, ()> {
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join("mpirun"))
+                .find(|p| p.is_file())
+        })
+        .ok_or(())
 }

@@ -192,3 +192,23 @@ fn a_model_over_budget_is_refused_unless_forced() {
     ]));
     assert_eq!(shorter["fits"], true, "the context offered must fit: {context}");
 }
+
+#[test]
+fn ls_says_whether_each_catalog_model_fits() {
+    let cache = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_safeguard"))
+        .args(["ls", "--json"])
+        .env("HF_HUB_CACHE", cache.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    let listing = json(&output);
+    let available = listing["available_bytes"].as_u64().unwrap();
+    assert!(available > 0);
+    for model in listing["models"].as_array().unwrap() {
+        // Not downloaded: judged by the catalog's size.
+        let size = model["estimated_size_bytes"].as_u64().unwrap();
+        assert_eq!(model["fits"], size <= available, "{model}");
+        assert_eq!(model["needed_bytes"], size);
+    }
+}

@@ -162,8 +162,15 @@ fn run_split(args: &Args, options: &BenchOptions) -> Result<()> {
         .into());
     }
     let dir = super::resolve_model(model)?;
-    let longest = options.contexts.iter().max().copied().unwrap_or(1) + options.gen_tokens;
-    let (model, rank) = super::load_model(&dir, &args.engine, &args.distributed, &args.memory, longest)?;
+    let longest = options.contexts.iter().max().copied().unwrap_or(1);
+    let (model, rank) = super::load_model(
+        &dir,
+        &args.engine,
+        &args.distributed,
+        &args.memory,
+        longest,
+        options.gen_tokens,
+    )?;
     let rank = rank.expect("--parallel loads a split model");
     let vocab = model.config.vocab_size as u32;
     let mut rows = Vec::new();

@@ -153,9 +153,14 @@ pub fn run(args: Args) -> Result<()> {
     let load_start = Instant::now();
     let tokenizer = Tokenizer::load(&model_dir).map_err(|e| UsageError(e.into()))?;
     let prompt = args.prompt_ids(&tokenizer)?;
-    let context = prompt.len() + args.max_tokens;
-    let (model, rank) =
-        super::load_model(&model_dir, &args.engine, &args.distributed, &args.memory, context)?;
+    let (model, rank) = super::load_model(
+        &model_dir,
+        &args.engine,
+        &args.distributed,
+        &args.memory,
+        prompt.len(),
+        args.max_tokens,
+    )?;
     // Every rank computes the same tokens; one prints them.
     let leader = rank.as_ref().is_none_or(|r| r.is_leader());
     let stops = model::stop_tokens(&model_dir, &model.config).map_err(|e| UsageError(e.into()))?;

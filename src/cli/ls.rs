@@ -47,6 +47,7 @@ fn fits(path: Option<&PathBuf>, catalog_size: Option<u64>, budget: &memory::Budg
             let config = Config::load(dir).ok()?;
             let request = memory::Request {
                 context: FIT_CONTEXT,
+                prompt: None,
                 prefill_step: 2048,
                 load: LoadOptions::default(),
                 split: None,

@@ -157,16 +157,18 @@ fn parse_size(text: &str) -> Result<u64, String> {
 
 /// Loads the model in `dir` whole, or this rank's part of it under
 /// --parallel (each rank then prints its share on stderr), after checking
-/// that it fits with `context` tokens unless --force.
+/// that a `prompt` and `generated` tokens fit unless --force.
 pub(crate) fn load_model(
     dir: &std::path::Path,
     engine: &EngineArgs,
     dist: &DistributedArgs,
     memory: &MemoryArgs,
-    context: usize,
+    prompt: usize,
+    generated: usize,
 ) -> anyhow::Result<(GptOss, Option<Rank>)> {
     let request = distributed::memory::Request {
-        context: memory.context_length.unwrap_or(context),
+        context: memory.context_length.unwrap_or(prompt + generated),
+        prompt: Some(prompt),
         prefill_step: engine.prefill_step,
         load: engine.load_options(),
         split: None,

@@ -54,6 +54,9 @@ impl fmt::Display for Estimate {
 #[derive(Debug, Clone, Copy)]
 pub struct Request {
     pub context: usize,
+    /// The longest prompt prefilled (in chunks of `prefill_step`); None: one
+    /// as long as the context.
+    pub prompt: Option<usize>,
     pub prefill_step: usize,
     pub load: LoadOptions,
     pub split: Option<(Parallel, i32)>,
@@ -121,7 +124,13 @@ pub fn estimate(dir: &Path, config: &Config, request: Request) -> Result<Estimat
     Ok(Estimate {
         weights: total as u64,
         kv_cache: kv_bytes(config, context, step, kv_heads, compute),
-        working: working_bytes(config, context, step, heads, compute),
+        working: working_bytes(
+            config,
+            context,
+            step.min(request.prompt.unwrap_or(context)),
+            heads,
+            compute,
+        ),
         context,
         ranks,
         parallel: request.split.map(|(p, _)| p),
