@@ -311,3 +311,49 @@ impl fmt::Display for Parallel {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expert_split(experts: i32, ranks: i32) -> Split {
+        Split {
+            parallel: Parallel::Expert,
+            ranks,
+            split_heads: false,
+            split_intermediate: false,
+            heads: 8,
+            kv_heads: 2,
+            intermediate: 64,
+            experts,
+            layers: 1,
+        }
+    }
+
+    #[test]
+    fn expert_ranges_cover_every_expert_once_and_differ_by_at_most_one() {
+        for (experts, ranks) in [(8, 3), (32, 2), (128, 7), (4, 4), (5, 2)] {
+            let split = expert_split(experts, ranks);
+            let ranges: Vec<_> = (0..ranks).map(|r| split.experts(r)).collect();
+            assert_eq!(ranges[0].start, 0);
+            assert_eq!(ranges.last().unwrap().end, experts);
+            for pair in ranges.windows(2) {
+                assert_eq!(pair[0].end, pair[1].start, "{ranges:?}");
+            }
+            let sizes: Vec<usize> = ranges.iter().map(|r| r.len()).collect();
+            let (min, max) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+            assert!(max - min <= 1 && *min >= 1, "{experts} over {ranks}: {sizes:?}");
+        }
+        assert_eq!(expert_split(8, 3).experts(2), 6..8);
+    }
+
+    #[test]
+    fn working_rank_counts_read_as_a_list() {
+        assert_eq!(describe_counts(&[2], Parallel::Tensor), "it works with 2 ranks");
+        assert_eq!(
+            describe_counts(&[2, 4, 8], Parallel::Tensor),
+            "it works with 2, 4 or 8 ranks"
+        );
+        assert!(describe_counts(&[], Parallel::Tensor).contains("try --parallel expert"));
+    }
+}
