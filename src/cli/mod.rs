@@ -175,6 +175,12 @@ pub(crate) fn load_model(
     };
     let guard = (!memory.force).then(|| (request, memory.budget()));
     let Some(parallel) = dist.parallel else {
+        if std::env::var_os("MLX_RANK").is_some() {
+            tracing::warn!(
+                "MLX_RANK is set but --parallel is not: this process runs the whole model on its own \
+                 (add --parallel tensor or expert to split it across the ranks)"
+            );
+        }
         if let Some((request, budget)) = &guard {
             let config = crate::model::Config::load(dir).map_err(|e| UsageError(e.into()))?;
             distributed::memory::check(dir, &config, *request, budget).map_err(|e| UsageError(e.into()))?;
