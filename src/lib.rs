@@ -13,6 +13,7 @@ pub mod bench;
 pub mod classify;
 pub mod cli;
 pub mod constrain;
+pub mod distributed;
 pub mod engine;
 pub mod eval;
 pub mod harmony;

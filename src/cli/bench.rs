@@ -58,6 +58,10 @@ pub struct Args {
     no_warmup: bool,
     #[command(flatten)]
     engine: super::EngineArgs,
+    #[command(flatten)]
+    distributed: super::DistributedArgs,
+    #[command(flatten)]
+    memory: super::MemoryArgs,
     /// One JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -85,6 +89,9 @@ pub fn run(args: Args) -> Result<()> {
         profile: args.profile,
         fidelity: args.fidelity,
     };
+    if args.distributed.parallel.is_some() {
+        return run_split(&args, &options);
+    }
     if let Some((_, policy)) = &options.classify {
         crate::classify::policy::Policy::find(policy).map_err(|e| UsageError(e.into()))?;
     }
@@ -139,6 +146,113 @@ pub fn run(args: Args) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
     }
     Ok(())
+}
+
+/// `bench --parallel`: this rank's part of one model; decode and prefill
+/// tok/s as every rank sees them (rank 0 prints), and the time per token the
+/// collectives take when replayed alone.
+fn run_split(args: &Args, options: &BenchOptions) -> Result<()> {
+    let [model] = args.model.as_slice() else {
+        return Err(UsageError(anyhow::anyhow!("--parallel benchmarks one model at a time")).into());
+    };
+    if options.classify.is_some() || args.profile || args.fidelity.is_some() || args.plot.is_some() {
+        return Err(UsageError(anyhow::anyhow!(
+            "--classify, --profile, --fidelity and --plot run on one process; drop them with --parallel"
+        ))
+        .into());
+    }
+    let dir = super::resolve_model(model)?;
+    let longest = options.contexts.iter().max().copied().unwrap_or(1);
+    let (model, rank) = super::load_model(
+        &dir,
+        &args.engine,
+        &args.distributed,
+        &args.memory,
+        longest,
+        options.gen_tokens,
+    )?;
+    let rank = rank.expect("--parallel loads a split model");
+    let vocab = model.config.vocab_size as u32;
+    let mut rows = Vec::new();
+    for &context in &options.contexts {
+        let prompt = bench::synthetic_prompt(context.max(1), vocab, context as u64);
+        if options.warmup {
+            bench::time_generation(&model, &prompt, options.gen_tokens.min(8), options.prefill_step)?;
+        }
+        let runs = (0..options.runs)
+            .map(|_| bench::time_generation(&model, &prompt, options.gen_tokens, options.prefill_step))
+            .collect::<Result<Vec<_>>>()?;
+        let decode = bench::Spread::of(&runs.iter().map(|r| r.decode_tps).collect::<Vec<_>>());
+        let prefill = bench::Spread::of(&runs.iter().map(|r| r.prefill_tps).collect::<Vec<_>>());
+        let collective = crate::distributed::time_collectives(&model, &rank, options.gen_tokens)?;
+        rows.push((context, prefill, decode, collective));
+    }
+    if !rank.is_leader() {
+        return Ok(());
+    }
+    let mut stdout = std::io::stdout().lock();
+    if args.json {
+        let contexts: Vec<_> = rows
+            .iter()
+            .map(|(context, prefill, decode, collective)| {
+                json!({
+                    "prompt_tokens": context,
+                    "prefill_tokens_per_sec": prefill,
+                    "decode_tokens_per_sec": decode,
+                    "collectives_ms_per_token": collective * 1e3,
+                    "collectives_share_of_decode": collective * decode.median,
+                })
+            })
+            .collect();
+        let out = json!({
+            "model": model_name(&dir),
+            "ranks": rank.group.size(),
+            "parallel": rank.split.parallel.to_string(),
+            "device": mlx::default_device().to_string(),
+            "gen_tokens": options.gen_tokens,
+            "runs": options.runs,
+            "contexts": contexts,
+        });
+        writeln!(stdout, "{out}")?;
+        return Ok(());
+    }
+    writeln!(
+        stdout,
+        "{} across {} ranks (--parallel {}), {} on each; {} run(s), {} generated tokens; median [min–max]",
+        model_name(&dir),
+        rank.group.size(),
+        rank.split.parallel,
+        mlx::default_device(),
+        options.runs,
+        options.gen_tokens
+    )?;
+    writeln!(
+        stdout,
+        "  {:>8} {:>24} {:>24} {:>18} {:>8}",
+        "context", "prefill tok/s", "decode tok/s", "collectives ms/tok", "of decode"
+    )?;
+    for (context, prefill, decode, collective) in rows {
+        let f = |s: bench::Spread| format!("{:.1} [{:.1}–{:.1}]", s.median, s.min, s.max);
+        writeln!(
+            stdout,
+            "  {context:>8} {:>24} {:>24} {:>18.3} {:>7.1}%",
+            f(prefill),
+            f(decode),
+            collective * 1e3,
+            collective * decode.median * 100.0
+        )?;
+    }
+    writeln!(
+        stdout,
+        "collectives: the all-sums of one decode token replayed alone (one [1, hidden] sum after each split \
+         attention and expert block)"
+    )?;
+    Ok(())
+}
+
+fn model_name(dir: &std::path::Path) -> String {
+    dir.file_name()
+        .map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned())
 }
 
 fn print_table(

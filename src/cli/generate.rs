@@ -18,7 +18,7 @@ use crate::engine::generate::{GenerateOptions, Generation};
 use crate::engine::sampler::SamplerOptions;
 use crate::harmony::{self, Completion, ControlTokens, Effort, StreamParser};
 use crate::mlx;
-use crate::model::{self, GptOss};
+use crate::model;
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
 /// Generate text from a prompt, or from token ids as given.
@@ -63,6 +63,10 @@ pub struct Args {
     logprobs: Option<usize>,
     #[command(flatten)]
     engine: super::EngineArgs,
+    #[command(flatten)]
+    distributed: super::DistributedArgs,
+    #[command(flatten)]
+    memory: super::MemoryArgs,
     /// One JSON object instead of streamed text.
     #[arg(long)]
     json: bool,
@@ -147,12 +151,21 @@ pub fn run(args: Args) -> Result<()> {
         .into());
     }
     let load_start = Instant::now();
-    let model = GptOss::load(&model_dir, args.engine.load_options()).map_err(|e| UsageError(e.into()))?;
-    let stops = model::stop_tokens(&model_dir, &model.config).map_err(|e| UsageError(e.into()))?;
     let tokenizer = Tokenizer::load(&model_dir).map_err(|e| UsageError(e.into()))?;
+    let prompt = args.prompt_ids(&tokenizer)?;
+    let (model, rank) = super::load_model(
+        &model_dir,
+        &args.engine,
+        &args.distributed,
+        &args.memory,
+        prompt.len(),
+        args.max_tokens,
+    )?;
+    // Every rank computes the same tokens; one prints them.
+    let leader = rank.as_ref().is_none_or(|r| r.is_leader());
+    let stops = model::stop_tokens(&model_dir, &model.config).map_err(|e| UsageError(e.into()))?;
     let load_time = load_start.elapsed();
 
-    let prompt = args.prompt_ids(&tokenizer)?;
     let vocab = model.config.vocab_size as u32;
     if prompt.is_empty() {
         return Err(UsageError(anyhow::anyhow!("the prompt is empty")).into());
@@ -177,18 +190,23 @@ pub fn run(args: Args) -> Result<()> {
     };
     mlx::memory::reset_peak();
     let start = Instant::now();
+    let watchdog = args.distributed.watchdog(rank.as_ref());
     let generation = Generation::new(&model, &prompt, options)?;
     let mut tokens = Vec::new();
     let mut logprobs = Vec::new();
     let mut first_token_at = None;
     let mut stopped = false;
-    let mut stdout = std::io::stdout().lock();
+    let mut stdout: Box<dyn Write> = if leader {
+        Box::new(std::io::stdout().lock())
+    } else {
+        Box::new(std::io::sink())
+    };
     let mut output = if args.chat() {
         Output::Chat {
             stream: Box::new(ChatStream::new(
                 StreamParser::new(&tokenizer)?,
                 !args.json,
-                stdout.is_terminal(),
+                leader && std::io::stdout().is_terminal(),
             )),
             control: ControlTokens::of(&tokenizer)?,
         }
@@ -200,6 +218,9 @@ pub fn run(args: Args) -> Result<()> {
     };
     for step in generation {
         let step = step?;
+        if let Some(watchdog) = &watchdog {
+            watchdog.beat();
+        }
         first_token_at.get_or_insert_with(|| start.elapsed());
         if let Some(k) = args.logprobs {
             logprobs.push(step.top_logprobs(k)?);
@@ -249,7 +270,7 @@ pub fn run(args: Args) -> Result<()> {
             );
         }
         writeln!(stdout, "{out}")?;
-    } else {
+    } else if leader {
         if let Some(chat) = &chat {
             chat::report_issues(chat);
         }

@@ -6,7 +6,9 @@ use anyhow::Result;
 use serde_json::json;
 
 use super::hub_error;
+use crate::distributed::memory;
 use crate::hub::{cache, catalog, human_bytes, HubConfig};
+use crate::model::{Config, LoadOptions};
 
 /// List downloaded models and the catalog's models not downloaded yet.
 #[derive(Debug, clap::Args)]
@@ -30,6 +32,31 @@ struct Row {
     missing: Vec<String>,
     default: bool,
     description: Option<String>,
+    /// Whether it fits this machine at [`FIT_CONTEXT`] tokens, and the estimate.
+    fits: Option<(bool, u64)>,
+}
+
+/// The context `ls` checks each model at (`safeguard estimate` takes any).
+const FIT_CONTEXT: usize = 4096;
+
+/// A downloaded model: its estimate from the headers; one not downloaded
+/// yet: the catalog's size (its weights) alone.
+fn fits(path: Option<&PathBuf>, catalog_size: Option<u64>, budget: &memory::Budget) -> Option<(bool, u64)> {
+    let needed = match path {
+        Some(dir) => {
+            let config = Config::load(dir).ok()?;
+            let request = memory::Request {
+                context: FIT_CONTEXT,
+                prompt: None,
+                prefill_step: 2048,
+                load: LoadOptions::default(),
+                split: None,
+            };
+            memory::estimate(dir, &config, request).ok()?.total()
+        }
+        None => catalog_size?,
+    };
+    Some((needed <= budget.bytes, needed))
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -58,6 +85,7 @@ pub fn run(args: Args) -> Result<()> {
             missing: found.map(|m| m.missing).unwrap_or_default(),
             default: entry.default,
             description: Some(entry.description.clone()),
+            fits: None,
         });
     }
     // Then any other gpt-oss model in the cache; other architectures are not ours to run.
@@ -78,7 +106,17 @@ pub fn run(args: Args) -> Result<()> {
             missing: model.missing,
             default: false,
             description: None,
+            fits: None,
         });
+    }
+    let budget = memory::device_budget();
+    for row in &mut rows {
+        let usable = row.status == "ready";
+        row.fits = fits(
+            row.path.as_ref().filter(|_| usable),
+            row.estimated_size.filter(|_| !usable),
+            &budget,
+        );
     }
     if args.json {
         let models: Vec<_> = rows
@@ -97,14 +135,24 @@ pub fn run(args: Args) -> Result<()> {
                     "missing": r.missing,
                     "default": r.default,
                     "description": r.description,
+                    "fits": r.fits.map(|(fits, _)| fits),
+                    "needed_bytes": r.fits.map(|(_, bytes)| bytes),
                 })
             })
             .collect();
-        println!("{}", json!({"cache_dir": hub.cache_dir, "models": models}));
+        println!(
+            "{}",
+            json!({"cache_dir": hub.cache_dir, "available_bytes": budget.bytes, "available_source": budget.source, "models": models})
+        );
         return Ok(());
     }
     print_table(&rows);
     println!("\n* default model. Cache: {}", hub.cache_dir.display());
+    println!(
+        "FITS: at {FIT_CONTEXT} tokens of context in {} of {} (`safeguard estimate` for other contexts and splits)",
+        human_bytes(budget.bytes),
+        budget.source
+    );
     Ok(())
 }
 
@@ -117,7 +165,7 @@ fn status(model: &cache::CachedModel) -> &'static str {
 }
 
 fn print_table(rows: &[Row]) {
-    let cells: Vec<[String; 6]> = rows
+    let cells: Vec<[String; 7]> = rows
         .iter()
         .map(|r| {
             [
@@ -128,6 +176,12 @@ fn print_table(rows: &[Row]) {
                     (Some(size), _) => human_bytes(size),
                     (None, Some(estimate)) => format!("~{}", human_bytes(estimate)),
                     (None, None) => "?".into(),
+                },
+                match (r.fits, r.status) {
+                    (Some((true, _)), "ready") => "yes".into(),
+                    (Some((false, needed)), "ready") => format!("no ({})", human_bytes(needed)),
+                    (Some((fits, _)), _) => if fits { "~yes" } else { "~no" }.into(),
+                    (None, _) => "?".into(),
                 },
                 r.repo.clone(),
                 match (&r.path, r.status) {
@@ -140,7 +194,7 @@ fn print_table(rows: &[Row]) {
             ]
         })
         .collect();
-    let header = ["NAME", "STATUS", "QUANTIZATION", "SIZE", "REPO", "PATH"].map(String::from);
+    let header = ["NAME", "STATUS", "QUANTIZATION", "SIZE", "FITS", "REPO", "PATH"].map(String::from);
     let mut widths = header.clone().map(|h| h.len());
     for row in &cells {
         for (w, cell) in widths.iter_mut().zip(row) {

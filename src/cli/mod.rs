@@ -2,6 +2,7 @@
 
 mod bench;
 mod classify;
+mod estimate;
 mod eval;
 mod generate;
 mod ls;
@@ -14,10 +15,12 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
+use crate::distributed::{self, Parallel, Rank};
 use crate::hub::{self, HubConfig, HubError};
 use crate::kernels::CpuKernels;
 use crate::mlx;
-use crate::model::{ComputeDtype, LoadOptions};
+use crate::mlx::distributed::Backend;
+use crate::model::{ComputeDtype, GptOss, LoadOptions};
 
 /// Run OpenAI's gpt-oss-safeguard policy classifiers locally on MLX.
 #[derive(Debug, Parser)]
@@ -31,6 +34,7 @@ pub struct Cli {
 enum Command {
     Bench(bench::Args),
     Classify(classify::Args),
+    Estimate(estimate::Args),
     Eval(Box<eval::Args>),
     Generate(generate::Args),
     Policies(policies::Args),
@@ -62,6 +66,143 @@ impl EngineArgs {
             cpu_kernels: self.cpu_kernels,
         }
     }
+}
+
+/// Running one model split across processes that MLX launched (`mlx.launch`,
+/// or `MLX_RANK` + `MLX_HOSTFILE` set per process).
+#[derive(Debug, clap::Args)]
+pub struct DistributedArgs {
+    /// Split the model across the launched ranks: tensor (heads and each
+    /// expert's intermediate dimension, as mlx-lm) or expert (whole experts
+    /// per rank, attention by heads).
+    #[arg(long, value_parser = clap::builder::ValueParser::new(str::parse::<Parallel>))]
+    parallel: Option<Parallel>,
+    /// MLX's communication backend for --parallel: any, ring, mpi, jaccl or nccl.
+    #[arg(long, default_value = "any", requires = "parallel", value_parser = clap::builder::ValueParser::new(str::parse::<Backend>))]
+    backend: Backend,
+    /// Seconds to wait for every rank to join before giving up.
+    #[arg(long, value_name = "SECS", default_value_t = 60, requires = "parallel")]
+    peer_timeout: u64,
+    /// Seconds one generation step (the whole prefill included) may take
+    /// before a rank gives up on its peers and exits.
+    #[arg(long, value_name = "SECS", default_value_t = 600, requires = "parallel")]
+    step_timeout: u64,
+}
+
+impl DistributedArgs {
+    /// Under --parallel, a watchdog for `rank` that [`distributed::Watchdog::beat`]s reset.
+    pub(crate) fn watchdog(&self, rank: Option<&Rank>) -> Option<distributed::Watchdog> {
+        rank.map(|r| {
+            distributed::Watchdog::start(std::time::Duration::from_secs(self.step_timeout), r.index())
+        })
+    }
+}
+
+/// The memory guardrail: checked before a model is loaded.
+#[derive(Debug, clap::Args)]
+pub struct MemoryArgs {
+    /// Tokens of context to budget the KV cache for (default: what the
+    /// command needs, e.g. the prompt plus --max-tokens).
+    #[arg(long, value_name = "N")]
+    context_length: Option<usize>,
+    /// Load even when the estimate exceeds the memory the device gives.
+    #[arg(long)]
+    force: bool,
+    /// The memory to fit in, instead of what the device reports (e.g. 16GB,
+    /// 800MB): to plan for another machine, or keep headroom.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    memory_budget: Option<u64>,
+}
+
+impl MemoryArgs {
+    fn budget(&self) -> distributed::memory::Budget {
+        match self.memory_budget {
+            Some(bytes) => distributed::memory::Budget {
+                bytes,
+                source: "--memory-budget".into(),
+            },
+            None => distributed::memory::device_budget(),
+        }
+    }
+}
+
+/// `800MB`, `16GB`, `1.5G`, `2TiB` or plain bytes.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 800MB, 16GB)"))?;
+    let scale = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} (use B, kB, MB, GB, TB or KiB, MiB, GiB, TiB)"
+            ))
+        }
+    };
+    Ok((value * scale) as u64)
+}
+
+/// Loads the model in `dir` whole, or this rank's part of it under
+/// --parallel (each rank then prints its share on stderr), after checking
+/// that a `prompt` and `generated` tokens fit unless --force.
+pub(crate) fn load_model(
+    dir: &std::path::Path,
+    engine: &EngineArgs,
+    dist: &DistributedArgs,
+    memory: &MemoryArgs,
+    prompt: usize,
+    generated: usize,
+) -> anyhow::Result<(GptOss, Option<Rank>)> {
+    let request = distributed::memory::Request {
+        context: memory.context_length.unwrap_or(prompt + generated),
+        prompt: Some(prompt),
+        prefill_step: engine.prefill_step,
+        load: engine.load_options(),
+        split: None,
+    };
+    let guard = (!memory.force).then(|| (request, memory.budget()));
+    let Some(parallel) = dist.parallel else {
+        if std::env::var_os("MLX_RANK").is_some() {
+            tracing::warn!(
+                "MLX_RANK is set but --parallel is not: this process runs the whole model on its own \
+                 (add --parallel tensor or expert to split it across the ranks)"
+            );
+        }
+        if let Some((request, budget)) = &guard {
+            let config = crate::model::Config::load(dir).map_err(|e| UsageError(e.into()))?;
+            distributed::memory::check(dir, &config, *request, budget).map_err(|e| UsageError(e.into()))?;
+        }
+        let model = GptOss::load(dir, engine.load_options()).map_err(|e| UsageError(e.into()))?;
+        return Ok((model, None));
+    };
+    let (model, rank) = distributed::load(
+        dir,
+        engine.load_options(),
+        parallel,
+        dist.backend,
+        std::time::Duration::from_secs(dist.peer_timeout),
+        guard,
+    )
+    .map_err(|e| UsageError(e.into()))?;
+    eprintln!(
+        "[{}; {:.1} MB of weights]",
+        rank.split.describe(rank.index()),
+        mlx::memory::active() as f64 / 1e6
+    );
+    Ok((model, Some(rank)))
 }
 
 /// An error in what the user asked for (exit code 2), as opposed to a failure
@@ -125,6 +266,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Bench(args) => bench::run(args),
         Command::Classify(args) => classify::run(args),
+        Command::Estimate(args) => estimate::run(args),
         Command::Eval(args) => eval::run(*args),
         Command::Generate(args) => generate::run(args),
         Command::Policies(args) => policies::run(args),

@@ -85,3 +85,9 @@ pub fn synchronize() -> Result<()> {
 pub fn version() -> String {
     ffi::mlx_version()
 }
+
+/// A number from MLX's device info (e.g. `max_recommended_working_set_size`
+/// on Metal), when this backend reports that key.
+pub fn device_info_number(key: &str) -> Option<usize> {
+    ffi::device_info_number(key).ok()
+}

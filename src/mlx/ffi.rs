@@ -11,6 +11,7 @@ pub(crate) mod bridge {
         include!("safeguard-mlx/src/mlx/shim.h");
 
         type Array;
+        type Group;
 
         // Introspection and host transfer.
         fn array_clone(a: &Array) -> UniquePtr<Array>;
@@ -215,5 +216,20 @@ pub(crate) mod bridge {
         fn device_info_number(key: &str) -> Result<usize>;
         fn set_default_device_cpu() -> Result<()>;
         fn synchronize() -> Result<()>;
+
+        // Collectives over a group of processes (mlx::core::distributed).
+        fn distributed_is_available(backend: &str) -> bool;
+        fn distributed_init(backend: &str) -> Result<UniquePtr<Group>>;
+        fn group_rank(group: &Group) -> i32;
+        fn group_size(group: &Group) -> i32;
+        fn all_sum(x: &Array, group: &Group) -> Result<UniquePtr<Array>>;
+        fn all_gather(x: &Array, group: &Group) -> Result<UniquePtr<Array>>;
+        fn send(x: &Array, dst: i32, group: &Group) -> Result<UniquePtr<Array>>;
+        fn recv(shape: &[i32], dtype: u8, src: i32, group: &Group) -> Result<UniquePtr<Array>>;
     }
 }
+
+// A group's handle only wraps MLX's shared state for the communication
+// backend (sockets, an MPI communicator), which is not tied to the thread
+// that made it; init runs on its own thread so that it can time out.
+unsafe impl Send for bridge::Group {}

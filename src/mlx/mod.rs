@@ -7,6 +7,7 @@
 
 mod array;
 mod device;
+pub mod distributed;
 mod dtype;
 mod error;
 pub mod fast;
@@ -18,7 +19,7 @@ pub mod random;
 pub mod safetensors;
 
 pub use array::{async_eval, eval, Array};
-pub use device::{default_device, synchronize, use_cpu, version, Backend, Device};
+pub use device::{default_device, device_info_number, synchronize, use_cpu, version, Backend, Device};
 pub use dtype::{Dtype, Element};
 pub use error::{Error, Result};
 pub use ops::{concatenate, where_};

@@ -308,4 +308,20 @@ size_t device_info_number(rust::Str key) { return std::get<size_t>(mx::device_in
 void set_default_device_cpu() { mx::set_default_device(mx::Device::cpu); }
 void synchronize() { mx::synchronize(); }
 
+namespace dist = mx::distributed;
+
+bool distributed_is_available(rust::Str backend) { return dist::is_available(str(backend)); }
+// Strict: a process launched as a rank must fail rather than run alone.
+std::unique_ptr<Group> distributed_init(rust::Str backend) {
+  return std::make_unique<Group>(dist::init(true, str(backend)));
+}
+int32_t group_rank(const Group& group) { return group.rank(); }
+int32_t group_size(const Group& group) { return group.size(); }
+ArrayPtr all_sum(const Array& x, const Group& group) { return own(dist::all_sum(x, group)); }
+ArrayPtr all_gather(const Array& x, const Group& group) { return own(dist::all_gather(x, group)); }
+ArrayPtr send(const Array& x, int32_t dst, const Group& group) { return own(dist::send(x, dst, group)); }
+ArrayPtr recv(rust::Slice<const int32_t> shape, uint8_t dtype, int32_t src, const Group& group) {
+  return own(dist::recv(to_shape(shape), to_mlx(dtype), src, group));
+}
+
 }  // namespace safeguard_mlx

@@ -14,6 +14,7 @@ namespace safeguard_mlx {
 using Array = mlx::core::array;
 using ArrayPtr = std::unique_ptr<Array>;
 using ArrayList = std::vector<Array>;
+using Group = mlx::core::distributed::Group;
 
 ArrayPtr array_clone(const Array& a);
 rust::Vec<int32_t> array_shape(const Array& a);
@@ -142,5 +143,14 @@ rust::String device_info_string(rust::Str key);
 size_t device_info_number(rust::Str key);
 void set_default_device_cpu();
 void synchronize();
+
+bool distributed_is_available(rust::Str backend);
+std::unique_ptr<Group> distributed_init(rust::Str backend);
+int32_t group_rank(const Group& group);
+int32_t group_size(const Group& group);
+ArrayPtr all_sum(const Array& x, const Group& group);
+ArrayPtr all_gather(const Array& x, const Group& group);
+ArrayPtr send(const Array& x, int32_t dst, const Group& group);
+ArrayPtr recv(rust::Slice<const int32_t> shape, uint8_t dtype, int32_t src, const Group& group);
 
 }  // namespace safeguard_mlx

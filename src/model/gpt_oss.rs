@@ -2,12 +2,14 @@
 //! with learned sinks over alternating sliding-window and full layers, YaRN
 //! RoPE, and a top-k mixture of clamped-SwiGLU experts.
 
+use std::ops::Range;
 use std::path::Path;
 
 use super::config::{Config, LayerType};
 use super::layers::{Embedding, Linear, RmsNorm, SwitchLinear};
 use super::rope::Rope;
-use super::{LoadOptions, Result, Weights};
+use super::{LoadOptions, Result, Shard, Weights};
+use crate::mlx::distributed::Group;
 use crate::mlx::fast::{self, AttentionMask};
 use crate::mlx::{self, Array, Dtype};
 
@@ -80,6 +82,8 @@ struct Attention {
     k_proj: Linear,
     v_proj: Linear,
     o_proj: Linear,
+    /// Set when the heads are split across ranks: o_proj's partial outputs are summed.
+    group: Option<Group>,
     sinks: Array,
     head_dim: i32,
     scale: f32,
@@ -87,9 +91,12 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(weights: &mut Weights, cfg: &Config, prefix: &str) -> Result<Attention> {
+    fn load(weights: &mut Weights, cfg: &Config, prefix: &str, shard: Option<&Shard>) -> Result<Attention> {
         let (hidden, d) = (cfg.hidden_size, cfg.head_dim);
-        let (heads, kv_heads) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let (mut heads, mut kv_heads) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        if let Some(shard) = shard {
+            (heads, kv_heads) = (shard.heads(heads), shard.heads(kv_heads));
+        }
         let q = cfg.quantization.as_ref();
         Ok(Attention {
             q_proj: Linear::load(weights, q, &format!("{prefix}.q_proj"), hidden, heads * d, true)?,
@@ -110,6 +117,7 @@ impl Attention {
                 true,
             )?,
             o_proj: Linear::load(weights, q, &format!("{prefix}.o_proj"), heads * d, hidden, true)?,
+            group: shard.filter(|s| s.split_heads).map(|s| s.group.clone()),
             sinks: weights.take_float(&format!("{prefix}.sinks"), &[heads])?,
             head_dim: d,
             scale: 1.0 / (d as f32).sqrt(),
@@ -144,7 +152,11 @@ impl Attention {
                 .collect::<Result<Vec<_>>>()?;
             mlx::concatenate(&rows.iter().collect::<Vec<_>>(), 0)?
         };
-        self.o_proj.forward(&out.swapaxes(1, 2)?.reshape(&[b, l, -1])?)
+        let out = out.swapaxes(1, 2)?.reshape(&[b, l, -1])?;
+        match &self.group {
+            Some(group) => self.o_proj.forward_all_sum(&out, group),
+            None => self.o_proj.forward(&out),
+        }
     }
 
     /// Attention of `q`, `k`, `v` `[B, heads, L, head_dim]` at the cache's position.
@@ -232,16 +244,27 @@ struct MoeBlock {
     router: Linear,
     experts: Experts,
     top_k: i32,
+    /// Expert parallel: the experts this rank holds, out of all the router scores.
+    local_experts: Option<Range<i32>>,
+    /// Set when the experts are split across ranks: partial outputs are summed.
+    group: Option<Group>,
 }
 
 impl MoeBlock {
-    fn load(weights: &mut Weights, cfg: &Config, prefix: &str) -> Result<MoeBlock> {
+    fn load(weights: &mut Weights, cfg: &Config, prefix: &str, shard: Option<&Shard>) -> Result<MoeBlock> {
         let q = cfg.quantization.as_ref();
-        let (e, hidden, inter) = (cfg.num_local_experts, cfg.hidden_size, cfg.intermediate_size);
+        let (e, hidden) = (cfg.num_local_experts, cfg.hidden_size);
+        let local_experts = shard.filter(|s| s.splits_experts(e)).map(|s| s.experts.clone());
+        let held = local_experts.as_ref().map_or(e, |r| r.end - r.start);
+        let inter = shard.map_or(cfg.intermediate_size, |s| s.intermediate(cfg.intermediate_size));
         let switch = |w: &mut Weights, name: &str, i, o| {
-            SwitchLinear::load(w, q, &format!("{prefix}.experts.{name}"), e, i, o)
+            SwitchLinear::load(w, q, &format!("{prefix}.experts.{name}"), held, i, o)
         };
         Ok(MoeBlock {
+            group: shard
+                .filter(|s| s.split_intermediate || local_experts.is_some())
+                .map(|s| s.group.clone()),
+            local_experts,
             router: Linear::load(weights, q, &format!("{prefix}.router"), hidden, e, true)?,
             experts: Experts {
                 gate_proj: switch(weights, "gate_proj", hidden, inter)?,
@@ -260,9 +283,23 @@ impl MoeBlock {
         let indices = g
             .argpartition(-self.top_k, -1)?
             .slice_axis(-1, -self.top_k, g.dim(-1)?)?;
-        let expert_weights = g.take_along_axis(&indices, -1)?.softmax(&[-1], true)?;
+        let mut expert_weights = g.take_along_axis(&indices, -1)?.softmax(&[-1], true)?;
+        let mut indices = indices;
+        if let Some(held) = &self.local_experts {
+            // Pairs routed to another rank's experts weigh nothing here; their
+            // index only has to name one of ours.
+            let first = Array::scalar_int(held.start.into(), indices.dtype())?;
+            let end = Array::scalar_int(held.end.into(), indices.dtype())?;
+            let mine = indices.greater_equal(&first)?.logical_and(&indices.less(&end)?)?;
+            expert_weights = expert_weights.multiply(&mine.astype(expert_weights.dtype())?)?;
+            indices = mlx::where_(&mine, &indices.subtract(&first)?, &indices.scalar_like(0.0)?)?;
+        }
         let y = self.experts.forward(x, &indices)?; // [B, L, k, hidden]
-        Ok(y.multiply(&expert_weights.expand_dims(-1)?)?.sum(&[-2], false)?)
+        let y = y.multiply(&expert_weights.expand_dims(-1)?)?.sum(&[-2], false)?;
+        match &self.group {
+            Some(group) => Ok(group.all_sum(&y)?),
+            None => Ok(y),
+        }
     }
 }
 
@@ -311,15 +348,21 @@ impl GptOss {
     /// Loads a model folder: config.json and its safetensors shards.
     pub fn load(dir: &Path, options: impl Into<LoadOptions>) -> Result<GptOss> {
         let config = Config::load(dir)?;
-        let mut weights = Weights::open(dir, options)?;
-        let model = GptOss::from_weights(config, &mut weights)?;
+        let weights = Weights::open(dir, options)?;
+        GptOss::assemble(config, weights, None)
+    }
+
+    /// Builds the model (or this rank's `shard` of it, from weights already
+    /// sliced to it) and reads every weight in.
+    pub fn assemble(config: Config, mut weights: Weights, shard: Option<&Shard>) -> Result<GptOss> {
+        let model = GptOss::from_weights(config, &mut weights, shard)?;
         weights.finish()?;
         mlx::eval(&model.parameters())?;
         mlx::memory::wire_recommended_working_set()?;
         Ok(model)
     }
 
-    pub fn from_weights(config: Config, weights: &mut Weights) -> Result<GptOss> {
+    pub fn from_weights(config: Config, weights: &mut Weights, shard: Option<&Shard>) -> Result<GptOss> {
         if weights.contains_original_layout() {
             weights.sanitize_original_layout()?;
         }
@@ -332,8 +375,8 @@ impl GptOss {
             .map(|(i, layer_type)| {
                 let prefix = format!("model.layers.{i}");
                 Ok(TransformerBlock {
-                    self_attn: Attention::load(weights, &config, &format!("{prefix}.self_attn"))?,
-                    mlp: MoeBlock::load(weights, &config, &format!("{prefix}.mlp"))?,
+                    self_attn: Attention::load(weights, &config, &format!("{prefix}.self_attn"), shard)?,
+                    mlp: MoeBlock::load(weights, &config, &format!("{prefix}.mlp"), shard)?,
                     input_layernorm: RmsNorm::load(
                         weights,
                         &format!("{prefix}.input_layernorm"),

@@ -9,6 +9,7 @@ use super::config::{ModuleQuantization, Quantization};
 use super::load::QuantKernel;
 use super::{Error, Result, Weights};
 use crate::kernels;
+use crate::mlx::distributed::Group;
 use crate::mlx::{fast, Array, Dtype, QuantMode, QuantSpec, Quantized};
 
 /// Reads a module's weight as stored: dense `[..lead, out, in]`, or quantized
@@ -179,19 +180,34 @@ impl Linear {
     }
 
     pub(crate) fn forward(&self, x: &Array) -> Result<Array> {
-        Ok(match (&self.weight, &self.bias) {
-            (Matrix::Dense(w), Some(b)) => b.addmm(x, &w.transpose(&[1, 0])?, 1.0, 1.0)?,
-            (Matrix::Dense(w), None) => x.matmul(&w.transpose(&[1, 0])?)?,
-            (Matrix::Quantized(q, kernel), bias) => {
-                let y = match kernel {
-                    QuantKernel::Cpu(precision) => kernels::quantized_matmul(x, q, *precision, None)?,
-                    QuantKernel::Mlx => q.matmul(x, true)?,
-                };
-                match bias {
-                    Some(b) => y.add(b)?,
-                    None => y,
-                }
+        match (&self.weight, &self.bias) {
+            (Matrix::Dense(w), Some(b)) => Ok(b.addmm(x, &w.transpose(&[1, 0])?, 1.0, 1.0)?),
+            _ => self.add_bias(self.project(x)?),
+        }
+    }
+
+    /// The layer when its inputs are split across `group` (each rank holds
+    /// some input columns): the partial products are summed, then the bias
+    /// is added, once.
+    pub(crate) fn forward_all_sum(&self, x: &Array, group: &Group) -> Result<Array> {
+        self.add_bias(group.all_sum(&self.project(x)?)?)
+    }
+
+    /// `x @ W.T`, without the bias.
+    fn project(&self, x: &Array) -> Result<Array> {
+        Ok(match &self.weight {
+            Matrix::Dense(w) => x.matmul(&w.transpose(&[1, 0])?)?,
+            Matrix::Quantized(q, QuantKernel::Cpu(precision)) => {
+                kernels::quantized_matmul(x, q, *precision, None)?
             }
+            Matrix::Quantized(q, QuantKernel::Mlx) => q.matmul(x, true)?,
+        })
+    }
+
+    fn add_bias(&self, y: Array) -> Result<Array> {
+        Ok(match &self.bias {
+            Some(b) => y.add(b)?,
+            None => y,
         })
     }
 }

@@ -231,6 +231,17 @@ impl Weights {
         self.take(name, shape)
     }
 
+    /// Replaces a tensor by `f` of it, keeping the file it came from (a rank
+    /// keeps its slice of a split model's tensors).
+    pub fn replace(&mut self, name: &str, f: impl FnOnce(&Array) -> Result<Array>) -> Result<()> {
+        let tensor = self.tensors.get_mut(name).ok_or_else(|| Error::MissingTensor {
+            tensor: name.to_string(),
+            dir: self.dir.clone(),
+        })?;
+        tensor.array = f(&tensor.array)?;
+        Ok(())
+    }
+
     pub fn peek_shape(&self, name: &str) -> Result<Vec<i32>> {
         Ok(self
             .tensors

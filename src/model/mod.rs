@@ -8,6 +8,7 @@ mod layers;
 mod load;
 mod rope;
 
+use std::ops::Range;
 use std::path::PathBuf;
 
 pub use config::{stop_tokens, Config, LayerType, ModuleQuantization, Quantization, RopeScaling};
@@ -15,7 +16,51 @@ pub use gpt_oss::{AttentionCache, GptOss, Mask, Probe, Stage};
 pub(crate) use load::weight_files;
 pub use load::{ComputeDtype, LoadOptions, Weights};
 
+use crate::mlx::distributed::Group;
 use crate::mlx::{self, Dtype};
+
+/// This process's part of a model split across the ranks of `group`
+/// (`src/distributed/` decides the split and slices the weights to it; the
+/// model sizes its layers by it and sums the partial results).
+#[derive(Debug, Clone)]
+pub struct Shard {
+    pub group: Group,
+    /// Attention heads (and kv heads, whole) are divided evenly among the
+    /// ranks; otherwise every rank runs all of attention.
+    pub split_heads: bool,
+    /// Every expert's intermediate dimension is divided evenly (tensor parallel).
+    pub split_intermediate: bool,
+    /// The experts this rank holds: all of them unless expert parallel.
+    pub experts: Range<i32>,
+}
+
+impl Shard {
+    fn ranks(&self) -> i32 {
+        self.group.size()
+    }
+
+    /// Heads per rank.
+    fn heads(&self, heads: i32) -> i32 {
+        if self.split_heads {
+            heads / self.ranks()
+        } else {
+            heads
+        }
+    }
+
+    fn intermediate(&self, size: i32) -> i32 {
+        if self.split_intermediate {
+            size / self.ranks()
+        } else {
+            size
+        }
+    }
+
+    /// Whether a rank holds only some of the experts.
+    fn splits_experts(&self, experts: i32) -> bool {
+        self.experts != (0..experts)
+    }
+}
 
 /// What can go wrong loading or running a model. Loading errors name the file,
 /// the tensor, and what was expected against what was found.

@@ -2,6 +2,8 @@
 //! and tolerant comparisons.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod ranks;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
