@@ -375,6 +375,7 @@ impl ChatRequest {
                 sampler: self.sampling.options()?,
                 top_logprobs: logprobs.then(|| self.top_logprobs.unwrap_or(0)),
                 watch: Vec::new(),
+                group: None,
             },
             stops: Stops::into_vec(self.stop)?,
             stream: self.stream,
@@ -707,6 +708,7 @@ pub async fn run_completion(
         sampler: request.sampling.options().map_err(bad)?,
         top_logprobs: request.logprobs,
         watch: Vec::new(),
+        group: None,
     };
     let stops = Stops::into_vec(request.stop).map_err(bad)?;
     let slot = state.admit().map_err(bad)?;

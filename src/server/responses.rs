@@ -148,6 +148,7 @@ fn start(state: &Shared, request: ResponsesRequest) -> Result<(Generate, Echo, b
         sampler,
         top_logprobs: None,
         watch: Vec::new(),
+        group: None,
     };
     Ok((generate, echo, request.stream))
 }

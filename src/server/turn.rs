@@ -8,8 +8,8 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::watch;
 
 use super::error::ApiError;
+use crate::engine::driver::{Event, Stop};
 use crate::engine::generate::TokenLogprobs;
-use crate::engine::scheduler::{Event, Stop};
 use crate::harmony::{ControlTokens, StreamParser};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
@@ -283,7 +283,7 @@ impl StopStrings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::scheduler::Token;
+    use crate::engine::driver::Token;
     use tokio::sync::mpsc::unbounded_channel;
 
     fn tokenizer() -> Tokenizer {
