@@ -780,6 +780,17 @@ fn streamed_requests_are_checked_before_the_stream_starts() {
             "vocabulary",
         ),
         ("/v1/completions", json!({"prompt": "", "stream": true}), "empty"),
+        // Too long to fit whatever its tokens: refused before tokenizing.
+        (
+            "/v1/completions",
+            json!({"prompt": "word ".repeat(100_000), "stream": true}),
+            "500000 bytes",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "word ".repeat(100_000)}], "stream": true}),
+            "bytes",
+        ),
         ("/v1/completions", json!({"prompt": [], "stream": true}), "empty"),
         (
             "/v1/responses",

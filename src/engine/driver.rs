@@ -99,12 +99,27 @@ pub enum Stop {
 }
 
 impl Stop {
-    /// OpenAI's `finish_reason` (LM Studio's too; Responses reads `Length`
-    /// as `incomplete`).
+    /// OpenAI's `finish_reason`, which LM Studio's `/api/v0` answers share.
     pub fn reason(self) -> &'static str {
         match self {
             Stop::StopToken => "stop",
             Stop::Length => "length",
+        }
+    }
+
+    /// LM Studio's `stats.stop_reason`.
+    pub fn lm_studio_reason(self) -> &'static str {
+        match self {
+            Stop::StopToken => "eosFound",
+            Stop::Length => "maxPredictedTokensReached",
+        }
+    }
+
+    /// The Responses API's `status` of the response and its last item.
+    pub fn responses_status(self) -> &'static str {
+        match self {
+            Stop::StopToken => "completed",
+            Stop::Length => "incomplete",
         }
     }
 }

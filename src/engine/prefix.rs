@@ -6,8 +6,9 @@
 
 use super::cache::{make_caches, LayerCache};
 use super::generate::prefill;
+use super::Result;
 use crate::mlx::Array;
-use crate::model::{GptOss, Result};
+use crate::model::GptOss;
 
 struct Entry {
     tokens: Vec<u32>,

@@ -128,14 +128,30 @@ async fn classify_items(
         prefill_step: state.options().prefill_step,
         keywords: Keywords::default(),
     };
-    let judge =
-        Judge::new(state.tokenizer(), policy, options).map_err(|e| ApiError::internal(e.to_string()))?;
+    let internal = |e: crate::harmony::Error| ApiError::internal(e.to_string());
+    for (i, item) in items.iter().enumerate() {
+        state.check_text(
+            policy.text.len() + item.content.len(),
+            &format!("input[{i}] with the policy"),
+        )?;
+    }
+    let prompts = {
+        let (policy, options) = (policy.clone(), options.clone());
+        let contents: Vec<String> = items.iter().map(|item| item.content.clone()).collect();
+        state
+            .off_thread(move |state| {
+                let judge = Judge::new(state.tokenizer(), &policy, options).map_err(internal)?;
+                contents
+                    .iter()
+                    .map(|content| judge.prompt(content).map_err(internal))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await?
+    };
+    let judge = Judge::new(state.tokenizer(), policy, options).map_err(internal)?;
     let group = state.group();
     let mut started = Vec::with_capacity(items.len());
-    for item in items {
-        let (prompt, shared) = judge
-            .prompt(&item.content)
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+    for (item, (prompt, shared)) in items.iter().zip(prompts) {
         let prompt_tokens = prompt.len();
         let events = state.generate(Generate {
             prompt,

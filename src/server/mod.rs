@@ -130,6 +130,9 @@ pub struct AppState {
     deadline: watch::Sender<bool>,
     /// The last engine group handed out (see [`AppState::group`]).
     groups: AtomicU64,
+    /// The longest token, in bytes: text longer than the context times this
+    /// cannot fit, which is known before tokenizing it.
+    max_token_bytes: usize,
 }
 
 pub type Shared = Arc<AppState>;
@@ -199,6 +202,33 @@ impl AppState {
             return Err(ApiError::overloaded(1));
         }
         Ok(slot)
+    }
+
+    /// Runs `prepare` (which tokenizes) on the blocking pool, so that a large
+    /// request does not hold up the async workers serving everyone else.
+    pub async fn off_thread<T: Send + 'static>(
+        self: &Arc<Self>,
+        prepare: impl FnOnce(&Shared) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let state = self.clone();
+        tokio::task::spawn_blocking(move || prepare(&state))
+            .await
+            .map_err(|e| ApiError::internal(format!("preparing the request failed: {e}")))?
+    }
+
+    /// 400 for `bytes` of text (in `param`) that cannot fit in the context
+    /// whatever its tokens, found without tokenizing it.
+    pub fn check_text(&self, bytes: usize, param: &str) -> Result<(), ApiError> {
+        let limit = self.model.context_length;
+        let fewest = bytes.div_ceil(self.max_token_bytes.max(1));
+        if fewest >= limit {
+            return Err(ApiError::context_length(format!(
+                "{param} is {bytes} bytes, at least {fewest} tokens, but the context is {limit} tokens \
+                 (prompt and output together); shorten it{}",
+                self.context_hint()
+            )));
+        }
+        Ok(())
     }
 
     /// A new engine group, for one request's generations.
@@ -337,6 +367,11 @@ async fn serve(model_arg: &str, dir: &Path, options: Options) -> anyhow::Result<
             },
         )?
     };
+    let max_token_bytes = (0..config.vocab_size as u32)
+        .filter_map(|id| tokenizer.token_bytes(id))
+        .map(|bytes| bytes.len())
+        .max()
+        .unwrap_or(1);
     let served = describe(model_arg, dir, config, stop_tokens, &options);
     tracing::info!(
         model = %served.id,
@@ -370,6 +405,7 @@ async fn serve(model_arg: &str, dir: &Path, options: Options) -> anyhow::Result<
         options,
         deadline: watch::channel(false).0,
         groups: AtomicU64::new(0),
+        max_token_bytes,
     });
     let grace = state.options.shutdown_grace;
     let limits = conn::Limits {

@@ -93,7 +93,7 @@ fn turns(request: &ResponsesRequest) -> Result<Vec<(String, String)>, ApiError> 
 }
 
 pub async fn create(State(state): State<Shared>, Body(request): Body<ResponsesRequest>) -> Response {
-    match start(&state, request) {
+    match state.off_thread(|state| start(state, request)).await {
         Ok((generate, echo, stream)) => run(state, generate, echo, stream).await,
         Err(e) => e.into_response(),
     }
@@ -299,11 +299,7 @@ fn response_object(
 
 /// The response's status, which is also its last item's.
 fn status_of(outcome: &Outcome) -> &'static str {
-    if outcome.finish_reason == "length" {
-        "incomplete"
-    } else {
-        "completed"
-    }
+    outcome.finish_reason.responses_status()
 }
 
 async fn run(state: Shared, generate: Generate, echo: Echo, stream: bool) -> Response {

@@ -26,8 +26,8 @@ pub struct Update {
 
 #[derive(Debug, Clone)]
 pub struct Outcome {
-    /// `stop` (a stop token or string) or `length` (the token limit).
-    pub finish_reason: &'static str,
+    /// A stop token or string, or the token limit.
+    pub finish_reason: Stop,
     pub prompt_tokens: usize,
     pub cached_tokens: usize,
     pub completion_tokens: usize,
@@ -136,16 +136,12 @@ impl<'t> Turn<'t> {
                     self.first_token.get_or_insert_with(|| self.submitted.elapsed());
                     self.completion_tokens += 1;
                     let update = self.push(token.id, token.logprobs)?;
-                    let outcome = self.stops.matched.then(|| self.finish("stop"));
+                    let outcome = self.stops.matched.then(|| self.finish(Stop::StopToken));
                     return Ok((update, outcome));
                 }
                 Some(Event::Finished(stop)) => {
-                    let reason = match stop {
-                        Stop::StopToken => "stop",
-                        Stop::Length => "length",
-                    };
                     let update = self.flush()?;
-                    return Ok((update, Some(self.finish(reason))));
+                    return Ok((update, Some(self.finish(stop))));
                 }
                 Some(Event::Failed(message)) => {
                     self.done = true;
@@ -201,7 +197,7 @@ impl<'t> Turn<'t> {
         Ok(update)
     }
 
-    fn finish(&mut self, reason: &'static str) -> Outcome {
+    fn finish(&mut self, reason: Stop) -> Outcome {
         self.done = true;
         // Dropping the receiver tells the engine to stop (a stop string).
         self.events = None;
@@ -351,7 +347,7 @@ mod tests {
         let (reasoning, content, outcome) = chat(&output, &[], Stop::StopToken);
         assert_eq!(reasoning, thought);
         assert_eq!(content, "1 (spam)");
-        assert_eq!(outcome.finish_reason, "stop");
+        assert_eq!(outcome.finish_reason, Stop::StopToken);
         assert_eq!(outcome.cached_tokens, 3);
         let thought_tokens = tokenizer().encode_ordinary(thought).unwrap().len();
         assert_eq!(outcome.reasoning_tokens, thought_tokens);
@@ -364,12 +360,12 @@ mod tests {
         // A stop string ends the answer (and only the answer) before it.
         let (reasoning, content, outcome) = chat(&output, &[" (sp"], Stop::StopToken);
         assert_eq!((reasoning.as_str(), content.as_str()), (thought, "1"));
-        assert_eq!(outcome.finish_reason, "stop");
+        assert_eq!(outcome.finish_reason, Stop::StopToken);
 
         // Cut off while reasoning: no answer, and the limit is the reason.
         let (reasoning, content, outcome) = chat(&output[..3], &[], Stop::Length);
         assert_eq!((reasoning.as_str(), content.as_str()), (thought, ""));
-        assert_eq!(outcome.finish_reason, "length");
+        assert_eq!(outcome.finish_reason, Stop::Length);
     }
 
     fn run(stops: &[&str], pieces: &[&str]) -> (String, bool) {
