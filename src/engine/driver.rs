@@ -7,9 +7,9 @@
 //! groups (one client request is one group) so that a request with many
 //! items cannot take every slot; (2) queues one decode forward for every
 //! slot whose prompt is in; (3) runs one prompt chunk (`prefill_step`
-//! tokens) of one prefilling slot, taking those in turn, so a long prompt
-//! never holds up the streams in flight or a short prompt behind it for
-//! more than a chunk; (4) reads the previous decode forward and reports
+//! tokens) of the prefilling slot with the fewest chunks left (the earliest
+//! among equals), so a long prompt never holds up the streams in flight
+//! for more than a chunk, nor a shorter prompt behind it at all; (4) reads the previous decode forward and reports
 //! its tokens, with every log-probability read of the step evaluated at once.
 //!
 //! Decoding is continuous batching as mlx-lm's `BatchGenerator`, but unlike
@@ -179,8 +179,6 @@ pub struct Driver<'m> {
     slots: Vec<Slot>,
     pending: Option<Pending>,
     next_id: u64,
-    /// The slot whose prompt chunk ran last, so the next one goes to another.
-    last_prefilled: Option<JobId>,
 }
 
 impl<'m> Driver<'m> {
@@ -193,7 +191,6 @@ impl<'m> Driver<'m> {
             slots: Vec::new(),
             pending: None,
             next_id: 0,
-            last_prefilled: None,
         }
     }
 
@@ -353,15 +350,16 @@ impl<'m> Driver<'m> {
         }
     }
 
-    /// One prompt chunk of the prefilling slot after the one served last.
+    /// One prompt chunk of the prefilling slot closest to done, earliest
+    /// first among equals (which keeps equal prompts in arrival order).
     fn prefill_chunk(&mut self, out: &mut Vec<(JobId, Event)>) {
-        let prefilling = || self.slots.iter().enumerate().filter(|(_, s)| !s.decoding());
-        let after_last = prefilling().find(|(_, s)| self.last_prefilled.is_none_or(|l| s.id > l));
-        let Some(index) = after_last.or_else(|| prefilling().next()).map(|(i, _)| i) else {
+        let Some(index) = (0..self.slots.len())
+            .filter(|&i| !self.slots[i].decoding())
+            .min_by_key(|&i| (self.slots[i].chunks.len(), self.slots[i].id))
+        else {
             return;
         };
         let slot = &mut self.slots[index];
-        self.last_prefilled = Some(slot.id);
         let chunk = slot.chunks.pop_front().expect("a prefilling slot has chunks");
         let end = chunk.end;
         if let Err(e) = prefill(self.model, &mut slot.caches, &slot.prompt[chunk], usize::MAX) {
