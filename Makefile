@@ -112,9 +112,20 @@ $(PERF_STAMP): benches/perf_fixture.py
 	$(VENV)/bin/python benches/perf_fixture.py $(PERF_FIXTURE) $(FIXTURES)/tokenizer $(PERF_LAYERS)
 	@touch $@
 
+# LOAD=1 runs benches/load.py instead: `serve` under streams, long-prompt
+# arrivals and short requests (sizes via LOAD_* env, see the script;
+# LOAD_MODEL=DIR for another model, LOAD_BINARY=PATH for another build).
+export LOAD ?= 0
+LOAD_MODEL ?= $(PERF_FIXTURE)
+LOAD_BINARY ?= ./target/release/safeguard
+
 bench: $(SETUP_STAMP) $(PERF_STAMP)
 	$(CARGO) build --release
+ifeq ($(LOAD),1)
+	$(VENV)/bin/python benches/load.py $(LOAD_MODEL) $(LOAD_BINARY)
+else
 	$(VENV)/bin/python benches/compare.py $(PERF_FIXTURE) ./target/release/safeguard
+endif
 
 # Mixed traffic against `safeguard serve` for SOAK_SECONDS (default 300),
 # memory sampled throughout; fails if it keeps growing after warm-up.

@@ -1,18 +1,22 @@
-//! Batched decoding equals decoding alone, bit for bit: greedy and sampled
-//! tokens and every log-probability, for sequences of different lengths that
-//! start from one shared prefix, join and leave mid-batch (at their token
-//! limit, or removed while their next step is already computing) and cross
-//! sliding windows.
+//! The batch driver equals decoding alone, bit for bit: greedy and sampled
+//! tokens and every log-probability, for jobs of different lengths that
+//! share one prefix (from the prefix cache), join and leave mid-batch (at
+//! their token limit, or cancelled while their next step is already
+//! computing), cross sliding windows, and arrive with long prompts that are
+//! prefilled in chunks between the decode steps of the others. The order of
+//! events shows what chunked admission and slot sharing promise: streams in
+//! flight get a token at every step of an admission, a short prompt is not
+//! held up by a long one, a cancelled prefill stops, and a new request gets
+//! the next free slot ahead of another request's remaining items.
 
 mod common;
 
 use std::collections::HashMap;
 
-use safeguard_mlx::engine::batch::BatchGeneration;
-use safeguard_mlx::engine::cache::{make_caches, LayerCache};
-use safeguard_mlx::engine::generate::{GenerateOptions, Generation};
+use safeguard_mlx::engine::cache::make_caches;
+use safeguard_mlx::engine::driver::{Driver, DriverOptions, Event, Job, JobId};
+use safeguard_mlx::engine::generate::{prefill, GenerateOptions, Generation};
 use safeguard_mlx::engine::sampler::SamplerOptions;
-use safeguard_mlx::mlx::{self, Array};
 use safeguard_mlx::model::{ComputeDtype, GptOss};
 
 /// Token ids in the text range of the vocabulary, from a simple LCG.
@@ -30,36 +34,24 @@ fn tokens(len: usize, seed: u64) -> Vec<u32> {
         .collect()
 }
 
-fn prefill(model: &GptOss, prefix: &[u32]) -> Vec<LayerCache> {
-    let mut caches = make_caches(model);
-    model
-        .forward(
-            &Array::from_slice(prefix, &[1, prefix.len() as i32]).unwrap(),
-            &mut caches,
-        )
-        .unwrap();
-    let state: Vec<&Array> = caches.iter().flat_map(LayerCache::state).collect();
-    mlx::eval(&state).unwrap();
-    caches
-}
-
+/// Generated tokens and each step's whole distribution.
 type Run = (Vec<u32>, Vec<Vec<f32>>);
 
-/// Decodes `budget` tokens after `prefix` + `suffix` alone.
-fn alone(
-    model: &GptOss,
-    prefix: &[LayerCache],
-    suffix: &[u32],
-    budget: usize,
-    sampler: SamplerOptions,
-) -> Run {
+fn model(name: &str) -> GptOss {
+    GptOss::load(&common::fixture(name), ComputeDtype::Float32).unwrap()
+}
+
+/// Decodes `budget` tokens after `prefix` + `suffix` alone: the prefix
+/// prefilled by itself (as a prefix cache holds it), then the suffix.
+fn alone(model: &GptOss, prefix: &[u32], suffix: &[u32], budget: usize, options: GenerateOptions) -> Run {
+    let mut caches = make_caches(model);
+    prefill(model, &mut caches, prefix, options.prefill_step).unwrap();
     let options = GenerateOptions {
         max_tokens: budget,
-        sampler,
-        ..Default::default()
+        ..options
     };
     let mut run = (Vec::new(), Vec::new());
-    for step in Generation::with_caches(model, prefix.to_vec(), suffix, options).unwrap() {
+    for step in Generation::with_caches(model, caches, suffix, options).unwrap() {
         let step = step.unwrap();
         run.0.push(step.token);
         run.1.push(step.logprobs.to_vec::<f32>().unwrap());
@@ -67,84 +59,122 @@ fn alone(
     run
 }
 
-/// Decodes every `(suffix, budget)` in batches of at most `batch_size`, each
-/// leaving at its own budget and the next joining in its place. Even items
-/// leave by their token limit, odd ones are removed by the caller.
-fn batched(
-    model: &GptOss,
-    prefix: &[LayerCache],
-    items: &[(Vec<u32>, usize)],
-    batch_size: usize,
-    sampler: &dyn Fn(usize) -> SamplerOptions,
-) -> Vec<Run> {
-    let mut batch = BatchGeneration::new(model);
-    let mut runs: HashMap<usize, Run> = HashMap::new();
-    let (mut next, mut peak, mut joined_mid_batch) = (0, 0, false);
-    loop {
-        while batch.len() < batch_size && next < items.len() {
-            joined_mid_batch |= !batch.is_empty() && next >= batch_size;
-            let options = GenerateOptions {
-                max_tokens: items[next].1 + (next % 2) * 5,
-                sampler: sampler(next),
-                ..Default::default()
-            };
-            batch
-                .insert(next, prefix.to_vec(), &items[next].0, options)
-                .unwrap();
-            runs.insert(next, (Vec::new(), Vec::new()));
-            next += 1;
-        }
-        peak = peak.max(batch.len());
-        if batch.is_empty() {
-            break;
-        }
-        for (id, step) in batch.step().unwrap() {
-            let run = runs.get_mut(&id).unwrap();
-            run.0.push(step.token);
-            run.1.push(step.logprobs.to_vec::<f32>().unwrap());
-            if run.0.len() == items[id].1 {
-                batch.remove(id);
-            }
-        }
+/// A job for `prefix` + `suffix` that reports the whole distribution of
+/// every step (every id watched).
+fn job(model: &GptOss, prefix: &[u32], suffix: &[u32], options: GenerateOptions, group: u64) -> Job {
+    Job {
+        prompt: prefix.iter().chain(suffix).copied().collect(),
+        cache_prefix: prefix.len(),
+        options,
+        stop_tokens: Vec::new(),
+        top_logprobs: None,
+        watch: (0..model.config.vocab_size as u32).collect(),
+        group,
     }
-    assert_eq!(peak, batch_size.min(items.len()));
-    assert!(joined_mid_batch || items.len() <= batch_size);
-    (0..items.len()).map(|i| runs.remove(&i).unwrap()).collect()
 }
 
-fn check(name: &str, prefix_len: usize, suffix_lens: &[usize], budgets: &[usize], batch_size: usize) {
-    check_sampled(name, prefix_len, suffix_lens, budgets, batch_size, &|_| {
-        SamplerOptions::default()
+fn driver(model: &GptOss, slots: usize) -> Driver<'_> {
+    Driver::new(
+        model,
+        DriverOptions {
+            max_slots: slots,
+            prefix_cache_bytes: 64 << 20,
+        },
+    )
+}
+
+fn assert_same(name: &str, i: usize, got: &Run, want: &Run) {
+    assert_eq!(got.0, want.0, "{name} item {i}: tokens");
+    assert_eq!(got.1.len(), want.1.len());
+    for (t, (a, b)) in got.1.iter().zip(&want.1).enumerate() {
+        assert!(
+            a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{name} item {i} step {t}: log-probabilities differ"
+        );
+    }
+}
+
+/// Collects runs from driver events; true for a job's last event.
+fn record(runs: &mut HashMap<JobId, Run>, id: JobId, event: Event) -> bool {
+    match event {
+        Event::Started { .. } => false,
+        Event::Token(token) => {
+            let run = runs.entry(id).or_default();
+            run.0.push(token.id);
+            run.1.push(token.watched);
+            false
+        }
+        Event::Finished(_) => true,
+        Event::Failed(message) => panic!("job {id:?} failed: {message}"),
+    }
+}
+
+/// Runs every `(suffix, budget)` through a driver of `slots` slots, all
+/// submitted at once. Even items leave by their token limit, odd ones are
+/// cancelled by the caller at their budget.
+fn batched(
+    model: &GptOss,
+    prefix: &[u32],
+    items: &[(Vec<u32>, usize)],
+    slots: usize,
+    options: &dyn Fn(usize) -> GenerateOptions,
+) -> Vec<Run> {
+    let mut driver = driver(model, slots);
+    let ids: Vec<JobId> = items
+        .iter()
+        .enumerate()
+        .map(|(i, (suffix, budget))| {
+            let options = GenerateOptions {
+                max_tokens: budget + (i % 2) * 5,
+                ..options(i)
+            };
+            driver.submit(job(model, prefix, suffix, options, 0))
+        })
+        .collect();
+    let index = |id: JobId| ids.iter().position(|&j| j == id).unwrap();
+    let mut runs = HashMap::new();
+    let (mut peak, mut done) = (0, 0);
+    while !driver.is_idle() {
+        for (id, event) in driver.step() {
+            done += usize::from(record(&mut runs, id, event));
+            let run = runs.entry(id).or_default();
+            if run.0.len() == items[index(id)].1 && index(id) % 2 == 1 {
+                driver.cancel(id);
+                done += 1;
+            }
+        }
+        peak = peak.max(driver.running());
+    }
+    assert_eq!(done, items.len());
+    assert_eq!(peak, slots.min(items.len()));
+    ids.iter().map(|id| runs.remove(id).unwrap()).collect()
+}
+
+fn check(name: &str, prefix_len: usize, suffix_lens: &[usize], budgets: &[usize], slots: usize) {
+    check_with(name, prefix_len, suffix_lens, budgets, slots, &|_| {
+        GenerateOptions::default()
     });
 }
 
-fn check_sampled(
+fn check_with(
     name: &str,
     prefix_len: usize,
     suffix_lens: &[usize],
     budgets: &[usize],
-    batch_size: usize,
-    sampler: &dyn Fn(usize) -> SamplerOptions,
+    slots: usize,
+    options: &dyn Fn(usize) -> GenerateOptions,
 ) {
-    let model = GptOss::load(&common::fixture(name), ComputeDtype::Float32).unwrap();
-    let prefix = prefill(&model, &tokens(prefix_len, 1));
+    let model = model(name);
+    let prefix = tokens(prefix_len, 1);
     let items: Vec<(Vec<u32>, usize)> = suffix_lens
         .iter()
         .zip(budgets)
         .enumerate()
         .map(|(i, (&len, &budget))| (tokens(len, 100 + i as u64), budget))
         .collect();
-    let together = batched(&model, &prefix, &items, batch_size, sampler);
+    let together = batched(&model, &prefix, &items, slots, options);
     for (i, ((suffix, budget), run)) in items.iter().zip(&together).enumerate() {
-        let single = alone(&model, &prefix, suffix, *budget, sampler(i));
-        assert_eq!(run.0, single.0, "{name} item {i}: tokens");
-        assert_eq!(run.1.len(), single.1.len());
-        for (t, (a, b)) in run.1.iter().zip(&single.1).enumerate() {
-            assert!(
-                a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
-                "{name} item {i} step {t}: log-probabilities differ"
-            );
-        }
+        assert_same(name, i, run, &alone(&model, &prefix, suffix, *budget, options(i)));
     }
 }
 
@@ -178,13 +208,221 @@ fn batches_large_enough_to_sort_experts_change_nothing() {
 #[test]
 fn sampled_sequences_draw_in_a_batch_what_they_draw_alone() {
     // Each sequence has its own seed and filters; greedy ones mix in.
-    check_sampled("a-mxfp4", 12, &[2, 5, 1, 8, 3], &[9, 6, 11, 4, 7], 3, &|i| {
-        SamplerOptions {
-            temperature: if i == 2 { 0.0 } else { 0.7 + 0.1 * i as f32 },
-            top_p: if i % 2 == 0 { 0.9 } else { 0.0 },
-            top_k: if i == 3 { 20 } else { 0 },
-            min_p: 0.0,
-            seed: 1000 + i as u64,
+    check_with("a-mxfp4", 12, &[2, 5, 1, 8, 3], &[9, 6, 11, 4, 7], 3, &|i| {
+        GenerateOptions {
+            sampler: SamplerOptions {
+                temperature: if i == 2 { 0.0 } else { 0.7 + 0.1 * i as f32 },
+                top_p: if i % 2 == 0 { 0.9 } else { 0.0 },
+                top_k: if i == 3 { 20 } else { 0 },
+                min_p: 0.0,
+                seed: 1000 + i as u64,
+            },
+            ..Default::default()
         }
     });
+}
+
+#[test]
+fn prompts_prefilled_in_chunks_between_steps_equal_prefilling_alone() {
+    // Chunks of 3 cut the prefix and the suffixes (up to 40 tokens) across
+    // window 8 many times, while the other slots decode.
+    check_with(
+        "a-mxfp4",
+        17,
+        &[40, 2, 25, 1, 33, 9],
+        &[6, 14, 9, 12, 5, 8],
+        3,
+        &|i| GenerateOptions {
+            prefill_step: 3,
+            sampler: SamplerOptions {
+                temperature: if i % 3 == 0 { 0.0 } else { 0.8 },
+                seed: 7 + i as u64,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    );
+}
+
+/// What happened at each step: the jobs that got a token, and the jobs
+/// whose prompt went in.
+#[derive(Default)]
+struct Step {
+    tokens: Vec<JobId>,
+    started: Vec<JobId>,
+    ended: Vec<JobId>,
+}
+
+fn step(driver: &mut Driver<'_>, runs: &mut HashMap<JobId, Run>) -> Step {
+    let mut seen = Step::default();
+    for (id, event) in driver.step() {
+        match &event {
+            Event::Started { .. } => seen.started.push(id),
+            Event::Token(_) => seen.tokens.push(id),
+            Event::Finished(_) | Event::Failed(_) => seen.ended.push(id),
+        }
+        record(runs, id, event);
+    }
+    seen
+}
+
+#[test]
+fn streams_keep_decoding_while_long_prompts_arrive_and_short_ones_pass_them() {
+    let model = model("a-mxfp4");
+    let step_tokens = 4;
+    let options = |max_tokens| GenerateOptions {
+        max_tokens,
+        prefill_step: step_tokens,
+        ..Default::default()
+    };
+    let prefix = tokens(6, 1);
+    let streams = [tokens(3, 10), tokens(5, 11)];
+    let long = [tokens(60, 12), tokens(45, 13)];
+    let short = tokens(2, 14);
+    let mut driver = driver(&model, 6);
+    let mut runs = HashMap::new();
+    let running: Vec<JobId> = streams
+        .iter()
+        .enumerate()
+        .map(|(i, s)| driver.submit(job(&model, &prefix, s, options(60), i as u64)))
+        .collect();
+    while running
+        .iter()
+        .any(|id| runs.get(id).is_none_or(|r: &Run| r.0.len() < 3))
+    {
+        step(&mut driver, &mut runs);
+    }
+    // Two long prompts arrive mid-stream, then a short one behind them.
+    let arrivals: Vec<JobId> = long
+        .iter()
+        .enumerate()
+        .map(|(i, l)| driver.submit(job(&model, &prefix, l, options(5), 10 + i as u64)))
+        .collect();
+    let late = driver.submit(job(&model, &prefix, &short, options(5), 20));
+    let mut admission = Vec::new();
+    loop {
+        let seen = step(&mut driver, &mut runs);
+        let all_in = arrivals
+            .iter()
+            .all(|a| seen.started.contains(a) || admission.iter().any(|s: &Step| s.started.contains(a)));
+        admission.push(seen);
+        if all_in {
+            break;
+        }
+    }
+    // 60 and 45 prompt tokens in chunks of 4: at least 26 steps, every one
+    // of which gave each running stream its next token.
+    assert!(
+        admission.len() >= (59 + 44) / step_tokens,
+        "{} steps",
+        admission.len()
+    );
+    for (n, seen) in admission.iter().enumerate() {
+        for id in &running {
+            assert!(
+                seen.tokens.contains(id),
+                "stream {id:?} got no token at step {n} of the admission"
+            );
+        }
+    }
+    let started_at = |id: JobId| admission.iter().position(|s| s.started.contains(&id)).unwrap();
+    assert!(
+        started_at(late) < 4,
+        "the short prompt waited for the long ones ({} steps)",
+        started_at(late)
+    );
+    while !driver.is_idle() {
+        step(&mut driver, &mut runs);
+    }
+    for (i, (suffix, id)) in streams.iter().zip(&running).enumerate() {
+        assert_same(
+            "stream",
+            i,
+            &runs[id],
+            &alone(&model, &prefix, suffix, 60, options(60)),
+        );
+    }
+    for (i, (suffix, id)) in long
+        .iter()
+        .chain([&short])
+        .zip(arrivals.iter().chain([&late]))
+        .enumerate()
+    {
+        assert_same(
+            "arrival",
+            i,
+            &runs[id],
+            &alone(&model, &prefix, suffix, 5, options(5)),
+        );
+    }
+    // One prefix, prefilled once: the first job stored it, the others hit it.
+    assert_eq!(driver.prefix_cache().stats(), (4, 1));
+}
+
+#[test]
+fn a_cancelled_prompt_stops_prefilling_at_the_next_chunk() {
+    let model = model("a-mxfp4");
+    let mut driver = driver(&model, 2);
+    let options = GenerateOptions {
+        max_tokens: 4,
+        prefill_step: 2,
+        ..Default::default()
+    };
+    let mut runs = HashMap::new();
+    let long = driver.submit(job(&model, &[], &tokens(200, 3), options, 0));
+    let seen = step(&mut driver, &mut runs);
+    assert!(seen.started.is_empty() && seen.tokens.is_empty());
+    assert_eq!(driver.prefilling(), 1);
+    driver.cancel(long);
+    assert_eq!((driver.prefilling(), driver.running()), (0, 0));
+    assert!(driver.is_idle());
+    let seen = step(&mut driver, &mut runs);
+    assert!(seen.started.is_empty() && seen.tokens.is_empty() && seen.ended.is_empty());
+}
+
+#[test]
+fn a_new_request_gets_the_next_free_slot_ahead_of_another_requests_items() {
+    let model = model("a-mxfp4");
+    let options = |max_tokens| GenerateOptions {
+        max_tokens,
+        ..Default::default()
+    };
+    let prefix = tokens(5, 1);
+    let mut driver = driver(&model, 2);
+    let mut runs = HashMap::new();
+    // One request of eight items fills both slots, and alone keeps them full.
+    let items: Vec<JobId> = (0..8)
+        .map(|i| {
+            driver.submit(job(
+                &model,
+                &prefix,
+                &tokens(2, 30 + i),
+                options(3 + i as usize % 2),
+                1,
+            ))
+        })
+        .collect();
+    // (The second waits one step for the first to store the shared prefix.)
+    while driver.running() < 2 {
+        step(&mut driver, &mut runs);
+    }
+    assert_eq!(driver.waiting(), 6);
+    let chat = driver.submit(job(&model, &prefix, &tokens(3, 99), options(4), 2));
+    let mut started = Vec::new();
+    let mut ended = Vec::new();
+    while !driver.is_idle() {
+        let seen = step(&mut driver, &mut runs);
+        started.extend(seen.started);
+        ended.extend(seen.ended);
+    }
+    // The chat starts before any item that was still waiting when it came.
+    let position = |id: &JobId| started.iter().position(|s| s == id).unwrap();
+    for id in &items[2..] {
+        assert!(
+            position(&chat) < position(id),
+            "item {id:?} started before the chat: {started:?}"
+        );
+    }
+    assert_eq!(ended.len(), 9);
+    assert!(runs.values().all(|r| !r.0.is_empty()));
 }

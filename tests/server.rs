@@ -816,6 +816,17 @@ fn streamed_requests_are_checked_before_the_stream_starts() {
             "vocabulary",
         ),
         ("/v1/completions", json!({"prompt": "", "stream": true}), "empty"),
+        // Too long to fit whatever its tokens: refused before tokenizing.
+        (
+            "/v1/completions",
+            json!({"prompt": "word ".repeat(100_000), "stream": true}),
+            "500000 bytes",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "word ".repeat(100_000)}], "stream": true}),
+            "bytes",
+        ),
         ("/v1/completions", json!({"prompt": [], "stream": true}), "empty"),
         (
             "/v1/responses",
@@ -989,5 +1000,220 @@ fn a_second_signal_ends_the_server_at_once() {
     assert!(
         !rest.contains("[DONE]"),
         "the stream was not meant to finish: {rest}"
+    );
+}
+
+/// Events as the test saw them, in order, from several threads.
+#[derive(Clone, Default)]
+struct Log(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Log {
+    fn note(&self, what: &str) {
+        self.0.lock().unwrap().push(what.to_string());
+    }
+
+    fn count(&self, what: &str) -> usize {
+        self.0.lock().unwrap().iter().filter(|e| *e == what).count()
+    }
+
+    fn position(&self, what: &str) -> usize {
+        let events = self.0.lock().unwrap();
+        events
+            .iter()
+            .position(|e| e == what)
+            .unwrap_or_else(|| panic!("no {what} in {events:?}"))
+    }
+
+    /// How many `what` came between `from` and `to`.
+    fn between(&self, what: &str, from: &str, to: &str) -> usize {
+        let (from, to) = (self.position(from), self.position(to));
+        self.0.lock().unwrap()[from..to]
+            .iter()
+            .filter(|e| *e == what)
+            .count()
+    }
+}
+
+/// Waits (bounded) until `/health` shows `field` at least `count`.
+fn wait_health(server: &Server, field: &str, count: u64) {
+    let start = Instant::now();
+    loop {
+        let health = server.get("/health").json();
+        if health[field].as_u64().unwrap() >= count {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "never {count} {field}: {health}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Token ids of the text range, `n` of them.
+fn token_ids(n: usize, seed: usize) -> Vec<usize> {
+    (0..n)
+        .map(|i| 1000 + (i * 7919 + seed * 104_729) % 100_000)
+        .collect()
+}
+
+#[test]
+fn long_prompts_arriving_mid_stream_neither_pause_streams_nor_hold_up_short_requests() {
+    let server = Server::start("a-mxfp4", &["--max-batch", "4", "--prefill-step", "8"]);
+    let log = Log::default();
+    // A greedy stream whose every token is an event (log-probabilities asked).
+    let stream_body = |max_tokens: usize, stream: bool| json!({"prompt": "Once upon a time", "max_tokens": max_tokens, "stream": stream, "logprobs": 0, "temperature": 0});
+    let stream = send_raw(&server, "/v1/completions", &stream_body(100_000, true));
+    let closer = stream.try_clone().unwrap();
+    let reader = {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            let mut tokens = Vec::new();
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                if let Some(data) = line.strip_prefix("data: {") {
+                    let event: Value = serde_json::from_str(&format!("{{{data}")).unwrap();
+                    let logprobs = &event["choices"][0]["logprobs"];
+                    tokens.extend(logprobs["tokens"].as_array().unwrap().iter().cloned());
+                    tokens.extend(logprobs["token_logprobs"].as_array().unwrap().iter().cloned());
+                    log.note("stream token");
+                }
+            }
+            tokens
+        })
+    };
+    while log.count("stream token") < 3 {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // 3,000 prompt tokens: 375 chunks of 8.
+    let long_body = json!({"prompt": token_ids(3000, 1), "max_tokens": 3, "temperature": 0, "logprobs": 2});
+    let short_body = json!({"prompt": "Hi there", "max_tokens": 3, "temperature": 0, "logprobs": 2});
+    let long = std::thread::scope(|scope| {
+        log.note("long sent");
+        let long = scope.spawn(|| {
+            let reply = server.post("/v1/completions", &long_body).json();
+            log.note("long done");
+            reply
+        });
+        wait_health(&server, "prefilling", 1);
+        log.note("short sent");
+        let short = server.post("/v1/completions", &short_body).json();
+        log.note("short done");
+        let long = long.join().unwrap();
+        (long, short)
+    });
+    closer.shutdown(std::net::Shutdown::Both).unwrap();
+    let streamed = reader.join().unwrap();
+    // The stream kept going while the long prompt went in, a token per chunk.
+    let during = log.between("stream token", "long sent", "long done");
+    assert!(
+        during >= 50,
+        "the stream gave {during} tokens during the long admission"
+    );
+    // The short request did not wait for the long prompt.
+    assert!(log.position("short done") < log.position("long done"));
+    // Each answer is the one it gets alone.
+    server.wait_idle(Duration::from_secs(10));
+    let (long, short) = long;
+    assert_eq!(
+        server.post("/v1/completions", &long_body).json()["choices"],
+        long["choices"]
+    );
+    assert_eq!(
+        server.post("/v1/completions", &short_body).json()["choices"],
+        short["choices"]
+    );
+    let n = streamed.len() / 2;
+    let alone = server.post("/v1/completions", &stream_body(n, false)).json();
+    let alone = &alone["choices"][0]["logprobs"];
+    // The stream's events carry a token each; the answer alone has them all.
+    let mut expected = Vec::new();
+    let (tokens, logprobs) = (
+        alone["tokens"].as_array().unwrap(),
+        alone["token_logprobs"].as_array().unwrap(),
+    );
+    for (t, l) in tokens.iter().zip(logprobs) {
+        expected.extend([t.clone(), l.clone()]);
+    }
+    assert_eq!(streamed, expected);
+}
+
+#[test]
+fn a_prompt_whose_client_left_stops_prefilling() {
+    let server = Server::start("a-mxfp4", &["--prefill-step", "16"]);
+    // 100,000 prompt tokens in chunks of 16: minutes of prefill if it went on.
+    let client = send_raw(
+        &server,
+        "/v1/completions",
+        &json!({"prompt": token_ids(100_000, 2), "max_tokens": 1}),
+    );
+    wait_health(&server, "prefilling", 1);
+    drop(client);
+    server.wait_idle(Duration::from_secs(10));
+    assert_eq!(server.get("/health").json()["prefilling"], 0);
+    let reply = server.post("/v1/completions", &json!({"prompt": "hello", "max_tokens": 2}));
+    assert_eq!(reply.status, 200);
+}
+
+#[test]
+fn a_classify_call_shares_slots_and_counts_its_items() {
+    let server = Server::start("a-mxfp4", &["--max-batch", "2", "--queue", "30"]);
+    // Items count against the places (2 decoding + 30 queued).
+    let items = |n: usize| (0..n).map(|i| format!("item {i}")).collect::<Vec<_>>();
+    let message = server
+        .post("/v1/classify", &json!({"policy": "spam", "input": items(33)}))
+        .error(400);
+    assert!(
+        message.contains("33 items") && message.contains("--queue"),
+        "{message}"
+    );
+    let log = Log::default();
+    std::thread::scope(|scope| {
+        let classify = scope.spawn(|| {
+            // The random model never answers: each item runs to max_tokens.
+            let reply = server.post(
+                "/v1/classify",
+                &json!({"policy": "spam", "input": items(32), "max_tokens": 40, "effort": "low"}),
+            );
+            log.note("classify done");
+            reply
+        });
+        wait_health(&server, "waiting", 20);
+        // Every place is taken now.
+        server
+            .post("/v1/completions", &json!({"prompt": "hello", "max_tokens": 2}))
+            .error(503);
+        assert_eq!(classify.join().unwrap().status, 200);
+    });
+    std::thread::scope(|scope| {
+        let classify = scope.spawn(|| {
+            let reply = server.post(
+                "/v1/classify",
+                &json!({"policy": "spam", "input": items(20), "max_tokens": 40, "effort": "low"}),
+            );
+            log.note("classify done");
+            reply
+        });
+        wait_health(&server, "waiting", 10);
+        let chat = server.post("/v1/completions", &json!({"prompt": "hello", "max_tokens": 2}));
+        let waiting = server.get("/health").json()["waiting"].as_u64().unwrap();
+        log.note("chat done");
+        assert_eq!(chat.status, 200);
+        // The chat took the next free slot, ahead of the call's other items.
+        assert!(
+            waiting >= 5,
+            "{waiting} items still waiting when the chat was answered"
+        );
+        assert_eq!(classify.join().unwrap().status, 200);
+    });
+    assert!(
+        log.position("chat done")
+            < log
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .rposition(|e| e == "classify done")
+                .unwrap()
     );
 }

@@ -11,10 +11,8 @@ use serde_json::{json, Value};
 use super::input::Item;
 use super::policy::{Policy, RuleIds};
 use super::verdict::{self, Keywords, Verdict};
-use crate::engine::batch::BatchGeneration;
-use crate::engine::cache::{make_caches, LayerCache};
-use crate::engine::generate::{GenerateOptions, Generation, Step};
-use crate::engine::prefix::PrefixCache;
+use crate::engine::driver::{Driver, DriverOptions, Event, Job, JobId, Token};
+use crate::engine::generate::GenerateOptions;
 use crate::engine::sampler::SamplerOptions;
 use crate::harmony::{
     self, ControlTokens, Conversation, Effort, Finish, Message, StreamParser, SystemContent,
@@ -223,6 +221,20 @@ impl<'t> Judge<'t> {
         }
     }
 
+    /// The engine job classifying an item whose prompt is `prompt`, of
+    /// which the first `shared` tokens are the shared prefix.
+    pub fn job(&self, prompt: Vec<u32>, shared: usize, group: u64) -> Job {
+        Job {
+            prompt,
+            cache_prefix: shared,
+            options: self.generate_options(),
+            stop_tokens: self.control.generation_stops().to_vec(),
+            top_logprobs: None,
+            watch: self.digits.to_vec(),
+            group,
+        }
+    }
+
     /// Starts reading the output for `item`, whose prompt has
     /// `prompt_tokens` tokens of which `cached_tokens` came from a cache.
     pub fn start(
@@ -244,9 +256,9 @@ impl<'t> Judge<'t> {
 }
 
 pub struct Classifier<'a> {
-    model: &'a GptOss,
     judge: Judge<'a>,
-    prefixes: PrefixCache,
+    /// Kept across calls, with the policy prefix in its cache.
+    driver: Driver<'a>,
 }
 
 /// Room for a handful of policies' KV state.
@@ -260,40 +272,24 @@ impl<'a> Classifier<'a> {
         options: ClassifyOptions,
     ) -> Result<Classifier<'a>, harmony::Error> {
         Ok(Classifier {
-            model,
             judge: Judge::new(tokenizer, policy, options)?,
-            prefixes: PrefixCache::new(PREFIX_CACHE_BYTES),
+            driver: Driver::new(
+                model,
+                DriverOptions {
+                    max_slots: 1,
+                    prefix_cache_bytes: PREFIX_CACHE_BYTES,
+                },
+            ),
         })
     }
 
-    /// The item's run and where its generation starts: caches holding the
-    /// policy prefix (shared, computed once) and the tokens after it.
-    fn start(&mut self, item: &Item) -> anyhow::Result<(ItemRun<'a>, Vec<LayerCache>, Vec<u32>)> {
-        let (prompt, shared) = self.judge.prompt(&item.content)?;
-        let (caches, cached) = if shared > 0 {
-            let (caches, hit) =
-                self.prefixes
-                    .caches_for(self.model, &prompt[..shared], self.judge.options.prefill_step)?;
-            (caches, if hit { shared } else { 0 })
-        } else {
-            (make_caches(self.model), 0)
-        };
-        let run = self.judge.start(item, prompt.len(), cached)?;
-        Ok((run, caches, prompt[shared..].to_vec()))
-    }
-
     pub fn classify(&mut self, item: &Item) -> anyhow::Result<Classification> {
-        let (mut run, caches, rest) = self.start(item)?;
-        let generation = Generation::with_caches(self.model, caches, &rest, self.judge.generate_options())?;
-        for step in generation {
-            let step = step?;
-            if run.push(&self.judge, step.token, |digits| {
-                digit_probabilities(&step, digits)
-            })? {
-                break;
-            }
-        }
-        run.finish(&self.judge)
+        let mut result = None;
+        self.classify_batched(&[item], 1, |_, c| {
+            result = Some(c);
+            Ok(())
+        })?;
+        Ok(result.expect("every item gets a result"))
     }
 
     /// Classifies `items`, decoding up to `batch_size` of them together
@@ -306,47 +302,53 @@ impl<'a> Classifier<'a> {
         batch_size: usize,
         mut done: impl FnMut(usize, Classification) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
-        if batch_size <= 1 || self.judge.options.max_tokens == 0 {
-            for (i, item) in items.iter().enumerate() {
-                done(i, self.classify(item)?)?;
-            }
-            return Ok(());
+        self.driver.set_max_slots(batch_size);
+        let mut runs: HashMap<JobId, (usize, ItemRun<'a>)> = HashMap::new();
+        let result = self.drive(items, batch_size.max(1), &mut runs, &mut done);
+        // After a failure, the items still running have no one to report to.
+        for id in runs.keys() {
+            self.driver.cancel(*id);
         }
-        let mut batch = BatchGeneration::new(self.model);
-        let mut runs: HashMap<usize, ItemRun<'a>> = HashMap::new();
+        result
+    }
+
+    /// Submits items as slots free up (so an item's latency starts when it
+    /// is admitted) and steps the driver until every item is done.
+    fn drive(
+        &mut self,
+        items: &[&Item],
+        in_flight: usize,
+        runs: &mut HashMap<JobId, (usize, ItemRun<'a>)>,
+        done: &mut impl FnMut(usize, Classification) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
         let mut next = 0;
         loop {
-            while batch.len() < batch_size && next < items.len() {
-                let (run, caches, rest) = self.start(items[next])?;
-                batch.insert(next, caches, &rest, self.judge.generate_options())?;
-                runs.insert(next, run);
+            while runs.len() < in_flight && next < items.len() {
+                let (prompt, shared) = self.judge.prompt(&items[next].content)?;
+                let run = self.judge.start(items[next], prompt.len(), 0)?;
+                let id = self.driver.submit(self.judge.job(prompt, shared, 0));
+                runs.insert(id, (next, run));
                 next += 1;
             }
-            if batch.is_empty() {
-                break;
+            if runs.is_empty() {
+                return Ok(());
             }
-            for (id, step) in batch.step()? {
-                let run = runs.get_mut(&id).expect("every sequence has a run");
-                let stop = run.push(&self.judge, step.token, |digits| {
-                    digit_probabilities(&step, digits)
-                })?;
-                if stop {
-                    batch.remove(id);
-                }
-                if stop || run.generated.len() >= self.judge.options.max_tokens {
-                    let run = runs.remove(&id).expect("present");
-                    done(id, run.finish(&self.judge)?)?;
+            for (id, event) in self.driver.step() {
+                let (index, run) = runs.get_mut(&id).expect("every job is an item's");
+                match event {
+                    Event::Started { cached_tokens } => run.set_cached_tokens(cached_tokens),
+                    Event::Token(token) => run.push(&self.judge, &token),
+                    Event::Finished(_) => {
+                        let (index, run) = runs.remove(&id).expect("present");
+                        done(index, run.finish(&self.judge)?)?;
+                    }
+                    Event::Failed(message) => {
+                        anyhow::bail!("item {} ({}): generation failed: {message}", *index + 1, run.id)
+                    }
                 }
             }
         }
-        Ok(())
     }
-}
-
-/// P("0") and P("1") at a step.
-fn digit_probabilities(step: &Step, digits: &[u32; 2]) -> anyhow::Result<(f32, f32)> {
-    let p = step.logprobs_of(digits)?.exp()?.to_vec::<f32>()?;
-    Ok((p[0], p[1]))
 }
 
 /// One item's generation as it goes: the parsed harmony stream and the
@@ -362,23 +364,18 @@ pub struct ItemRun<'t> {
 }
 
 impl ItemRun<'_> {
-    /// Takes one generated token; true when it ends generation.
-    /// `probabilities` gives P("0"), P("1") at this token; it is asked for
-    /// only at the digit that states the verdict.
-    pub fn push(
-        &mut self,
-        judge: &Judge<'_>,
-        token: u32,
-        probabilities: impl FnOnce(&[u32; 2]) -> anyhow::Result<(f32, f32)>,
-    ) -> anyhow::Result<bool> {
-        self.generated.push(token);
+    /// Takes one generated token of the job [`Judge::job`] made, whose
+    /// watched log-probabilities are those of "0" and "1".
+    pub fn push(&mut self, judge: &Judge<'_>, token: &Token) {
+        self.generated.push(token.id);
         let in_answer = self.parser.current().is_some_and(|m| m.is_final());
-        self.parser.push(token);
+        self.parser.push(token.id);
         // The first digit written in the answer states the verdict.
-        if in_answer && self.verdict_probabilities.is_none() && judge.digits.contains(&token) {
-            self.verdict_probabilities = Some(probabilities(&judge.digits)?);
+        if in_answer && self.verdict_probabilities.is_none() && judge.digits.contains(&token.id) {
+            if let [p0, p1] = token.watched[..] {
+                self.verdict_probabilities = Some((p0.exp(), p1.exp()));
+            }
         }
-        Ok(judge.control.stops_generation(token))
     }
 
     /// Prompt tokens that turned out to come from a prefix cache.

@@ -80,7 +80,7 @@ pub fn run(args: Args) -> Result<()> {
         gen_tokens: args.gen_tokens.max(1),
         runs: args.runs.max(1),
         warmup: !args.no_warmup,
-        prefill_step: args.engine.prefill_step,
+        prefill_step: args.engine.prefill_step(),
         load: args.engine.load_options(),
         classify: args.classify.zip(args.policy.clone()),
         classify_max_tokens: args.classify_max_tokens,

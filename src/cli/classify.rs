@@ -86,7 +86,7 @@ impl RunArgs {
                 seed: self.seed,
                 ..Default::default()
             },
-            prefill_step: self.engine.prefill_step,
+            prefill_step: self.engine.prefill_step(),
             keywords: Keywords::default(),
         }
     }

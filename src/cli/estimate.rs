@@ -41,7 +41,7 @@ pub fn run(args: Args) -> Result<()> {
     let request = Request {
         context: args.context_length.max(1),
         prompt: None,
-        prefill_step: args.engine.prefill_step,
+        prefill_step: args.engine.prefill_step(),
         load: args.engine.load_options(),
         split: args.parallel.map(|p| (p, args.ranks)),
     };

@@ -179,7 +179,7 @@ pub fn run(args: Args) -> Result<()> {
 
     let options = GenerateOptions {
         max_tokens: args.max_tokens,
-        prefill_step: args.engine.prefill_step,
+        prefill_step: args.engine.prefill_step(),
         sampler: SamplerOptions {
             temperature: args.temperature,
             top_p: args.top_p,

@@ -49,9 +49,10 @@ pub struct EngineArgs {
     /// Compute dtype: auto (float32 on CPU, the model's on GPU), float32, bfloat16, float16.
     #[arg(long, default_value = "auto", value_parser = clap::builder::ValueParser::new(str::parse::<ComputeDtype>))]
     dtype: ComputeDtype,
-    /// Prompt tokens per prefill step.
-    #[arg(long, default_value_t = 2048)]
-    prefill_step: usize,
+    /// Prompt tokens per prefill step (default 2048 as mlx-lm; `serve`: 512,
+    /// the most a new prompt delays the streams in flight by per step).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    prefill_step: Option<u64>,
     /// Quantized matmuls on the CPU: exact (ours, float32 activations, equal to
     /// MLX's to rounding), fast (ours, int8 activations as llama.cpp) or mlx
     /// (MLX's own kernels, for comparison).
@@ -59,7 +60,19 @@ pub struct EngineArgs {
     cpu_kernels: CpuKernels,
 }
 
+/// mlx-lm's prefill chunk: one-shot commands keep its numerics.
+const PREFILL_STEP: usize = 2048;
+
 impl EngineArgs {
+    /// `--prefill-step`, else `default`.
+    fn prefill_step_or(&self, default: usize) -> usize {
+        self.prefill_step.map_or(default, |n| n as usize)
+    }
+
+    fn prefill_step(&self) -> usize {
+        self.prefill_step_or(PREFILL_STEP)
+    }
+
     fn load_options(&self) -> LoadOptions {
         LoadOptions {
             compute: self.dtype,
@@ -169,7 +182,7 @@ pub(crate) fn load_model(
     let request = distributed::memory::Request {
         context: memory.context_length.unwrap_or(prompt + generated),
         prompt: Some(prompt),
-        prefill_step: engine.prefill_step,
+        prefill_step: engine.prefill_step(),
         load: engine.load_options(),
         split: None,
     };

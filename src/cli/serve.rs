@@ -34,8 +34,9 @@ pub struct Args {
     /// Requests decoded together.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     max_batch: u32,
-    /// Requests that may wait for a place beyond those decoding; more get 503.
-    #[arg(long, default_value_t = 32)]
+    /// Requests that may wait for a place beyond those decoding (each item of
+    /// a /v1/classify call counts as one); more get 503.
+    #[arg(long, default_value_t = 256)]
     queue: u32,
     /// Tokens of prompt and output together, at most (default: the model's).
     #[arg(long)]
@@ -76,6 +77,14 @@ pub struct Args {
     #[command(flatten)]
     engine: super::EngineArgs,
 }
+
+/// Prompt tokens per chunk while serving: a new prompt goes in one chunk per
+/// decode step of the streams in flight, so a chunk's forward is the longest
+/// pause they see, while every chunk also costs the newcomer a decode step
+/// of the others (chunks of 16 took a 2,000-token prompt ~54 s to admit on
+/// the small fixture, see README). 512 keeps the chunk a matmul-sized batch
+/// for the CPU kernels at a quarter of mlx-lm's 2048.
+const SERVE_PREFILL_STEP: usize = 512;
 
 pub fn run(args: Args) -> Result<()> {
     let usage = |e: anyhow::Error| anyhow::Error::from(UsageError(e));
@@ -120,7 +129,7 @@ pub fn run(args: Args) -> Result<()> {
         max_tokens_cap: args.max_tokens_cap.map(|n| n as usize),
         max_body_bytes: args.max_body_mib << 20,
         prefix_cache_bytes: args.prefix_cache_mib << 20,
-        prefill_step: args.engine.prefill_step,
+        prefill_step: args.engine.prefill_step_or(SERVE_PREFILL_STEP),
         load: args.engine.load_options(),
         policy,
         effort: args.effort,

@@ -5,8 +5,9 @@
 
 use super::cache::{make_caches, LayerCache};
 use super::sampler::{Sampler, SamplerOptions};
+use super::{Error, Result};
 use crate::mlx::{self, Array};
-use crate::model::{GptOss, Result};
+use crate::model::GptOss;
 
 #[derive(Debug, Clone, Copy)]
 pub struct GenerateOptions {
@@ -134,12 +135,7 @@ impl<'m> Generation<'m> {
         prompt: &[u32],
         options: GenerateOptions,
     ) -> Result<Generation<'m>> {
-        let (last, rest) = prompt.split_last().ok_or_else(|| {
-            crate::model::Error::Mlx(mlx::Error::Invalid {
-                op: "generate",
-                message: "the prompt is empty".into(),
-            })
-        })?;
+        let (last, rest) = prompt.split_last().ok_or(Error::EmptyPrompt)?;
         prefill(model, &mut caches, rest, options.prefill_step)?;
         let mut generation = Generation {
             model,

@@ -6,8 +6,9 @@
 
 use super::cache::{make_caches, LayerCache};
 use super::generate::prefill;
+use super::Result;
 use crate::mlx::Array;
-use crate::model::{GptOss, Result};
+use crate::model::GptOss;
 
 struct Entry {
     tokens: Vec<u32>,
@@ -35,39 +36,59 @@ impl PrefixCache {
         }
     }
 
-    /// Caches holding `prefix` (prefilled now unless stored), as a private
-    /// copy, and whether they were stored.
+    /// Caches holding `prefix` as a private copy and the tokens they hold
+    /// (`prefix.len()`), or empty caches and 0 when it is not stored; the
+    /// caller prefills it then and may [`PrefixCache::store`] it.
+    pub fn lookup(&mut self, model: &GptOss, prefix: &[u32]) -> (Vec<LayerCache>, usize) {
+        self.clock += 1;
+        if let Some(entry) = self.entries.iter_mut().find(|e| e.tokens == prefix) {
+            entry.last_used = self.clock;
+            self.hits += 1;
+            return (entry.caches.clone(), prefix.len());
+        }
+        self.misses += 1;
+        (make_caches(model), 0)
+    }
+
+    /// Keeps `caches`, which hold exactly `prefix`, unless they alone exceed
+    /// the capacity; older entries make room.
+    pub fn store(&mut self, prefix: &[u32], caches: &[LayerCache]) {
+        if self.entries.iter().any(|e| e.tokens == prefix) {
+            return;
+        }
+        let bytes = caches.iter().flat_map(LayerCache::state).map(Array::nbytes).sum();
+        if bytes > self.capacity_bytes {
+            return;
+        }
+        while self.bytes() + bytes > self.capacity_bytes {
+            let oldest = (0..self.entries.len())
+                .min_by_key(|&i| self.entries[i].last_used)
+                .expect("over capacity means some entry exists");
+            self.entries.swap_remove(oldest);
+        }
+        self.entries.push(Entry {
+            tokens: prefix.to_vec(),
+            caches: caches.to_vec(),
+            bytes,
+            last_used: self.clock,
+        });
+    }
+
+    /// Caches holding `prefix` (prefilled now, `prefill_step` tokens per
+    /// forward, and stored, unless it was), as a private copy, and how many
+    /// of its tokens came from the cache.
     pub fn caches_for(
         &mut self,
         model: &GptOss,
         prefix: &[u32],
         prefill_step: usize,
-    ) -> Result<(Vec<LayerCache>, bool)> {
-        self.clock += 1;
-        if let Some(entry) = self.entries.iter_mut().find(|e| e.tokens == prefix) {
-            entry.last_used = self.clock;
-            self.hits += 1;
-            return Ok((entry.caches.clone(), true));
+    ) -> Result<(Vec<LayerCache>, usize)> {
+        let (mut caches, cached) = self.lookup(model, prefix);
+        if cached == 0 {
+            prefill(model, &mut caches, prefix, prefill_step)?;
+            self.store(prefix, &caches);
         }
-        self.misses += 1;
-        let mut caches = make_caches(model);
-        prefill(model, &mut caches, prefix, prefill_step)?;
-        let bytes = caches.iter().flat_map(LayerCache::state).map(Array::nbytes).sum();
-        if bytes <= self.capacity_bytes {
-            while self.entries.iter().map(|e| e.bytes).sum::<usize>() + bytes > self.capacity_bytes {
-                let oldest = (0..self.entries.len())
-                    .min_by_key(|&i| self.entries[i].last_used)
-                    .expect("over capacity means some entry exists");
-                self.entries.swap_remove(oldest);
-            }
-            self.entries.push(Entry {
-                tokens: prefix.to_vec(),
-                caches: caches.clone(),
-                bytes,
-                last_used: self.clock,
-            });
-        }
-        Ok((caches, false))
+        Ok((caches, cached))
     }
 
     /// (hits, misses) so far.

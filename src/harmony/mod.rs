@@ -261,6 +261,11 @@ impl ControlTokens {
     /// does not stop it, since the model writes its reasoning, `<|end|>`, then
     /// the answer in one completion.
     pub fn stops_generation(&self, token: u32) -> bool {
-        token == self.return_ || token == self.call
+        self.generation_stops().contains(&token)
+    }
+
+    /// The ids of [`ControlTokens::stops_generation`].
+    pub fn generation_stops(&self) -> [u32; 2] {
+        [self.return_, self.call]
     }
 }

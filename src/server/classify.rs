@@ -18,8 +18,8 @@ use crate::classify::input::Item;
 use crate::classify::policy::{shipped_names, Policy};
 use crate::classify::run::{Classification, ClassifyOptions, Judge};
 use crate::classify::verdict::Keywords;
+use crate::engine::driver::Event;
 use crate::engine::sampler::SamplerOptions;
-use crate::engine::scheduler::Event;
 use crate::harmony::Finish;
 
 /// Items per request, at most: larger jobs belong to `safeguard classify --input`.
@@ -128,13 +128,30 @@ async fn classify_items(
         prefill_step: state.options().prefill_step,
         keywords: Keywords::default(),
     };
-    let judge =
-        Judge::new(state.tokenizer(), policy, options).map_err(|e| ApiError::internal(e.to_string()))?;
+    let internal = |e: crate::harmony::Error| ApiError::internal(e.to_string());
+    for (i, item) in items.iter().enumerate() {
+        state.check_text(
+            policy.text.len() + item.content.len(),
+            &format!("input[{i}] with the policy"),
+        )?;
+    }
+    let prompts = {
+        let (policy, options) = (policy.clone(), options.clone());
+        let contents: Vec<String> = items.iter().map(|item| item.content.clone()).collect();
+        state
+            .off_thread(move |state| {
+                let judge = Judge::new(state.tokenizer(), &policy, options).map_err(internal)?;
+                contents
+                    .iter()
+                    .map(|content| judge.prompt(content).map_err(internal))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await?
+    };
+    let judge = Judge::new(state.tokenizer(), policy, options).map_err(internal)?;
+    let group = state.group();
     let mut started = Vec::with_capacity(items.len());
-    for item in items {
-        let (prompt, shared) = judge
-            .prompt(&item.content)
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+    for (item, (prompt, shared)) in items.iter().zip(prompts) {
         let prompt_tokens = prompt.len();
         let events = state.generate(Generate {
             prompt,
@@ -144,6 +161,7 @@ async fn classify_items(
             sampler: SamplerOptions::default(),
             top_logprobs: None,
             watch: judge.digits().to_vec(),
+            group: Some(group),
         })?;
         let run = judge
             .start(item, prompt_tokens, 0)
@@ -160,11 +178,7 @@ async fn classify_items(
             };
             match event {
                 Some(Event::Started { cached_tokens }) => run.set_cached_tokens(cached_tokens),
-                Some(Event::Token(token)) => {
-                    let watched = &token.watched;
-                    run.push(&judge, token.id, |_| Ok((watched[0].exp(), watched[1].exp())))
-                        .map_err(|e| ApiError::internal(e.to_string()))?;
-                }
+                Some(Event::Token(token)) => run.push(&judge, &token),
                 Some(Event::Finished(_)) => break,
                 Some(Event::Failed(message)) => {
                     return Err(ApiError::internal(format!("generation failed: {message}")))
@@ -239,7 +253,7 @@ pub async fn classify(State(state): State<Shared>, Body(request): Body<ClassifyR
         )?;
         let (max_tokens, _) = token_limit(&[("max_tokens", request.max_tokens)])?;
         let items = request.input.into_items()?;
-        let _slot = state.admit()?;
+        let _slot = state.admit_items(items.len(), "input")?;
         let results = classify_items(&state, &policy, effort, max_tokens, &items).await?;
         let body = json!({
             "object": "classification",
@@ -277,7 +291,7 @@ pub async fn moderations(State(state): State<Shared>, Body(request): Body<Modera
         let effort = parse_effort(request.effort.as_deref(), "effort")?;
         let (max_tokens, _) = token_limit(&[("max_tokens", request.max_tokens)])?;
         let items = request.input.into_items()?;
-        let _slot = state.admit()?;
+        let _slot = state.admit_items(items.len(), "input")?;
         let results = classify_items(&state, &policy, effort, max_tokens, &items).await?;
         // A moderation client reads `flagged: false` as "safe": an item
         // without a verdict must not look like one, so the request fails.

@@ -84,7 +84,7 @@ fn downloaded(state: &Shared) -> Vec<(String, Value)> {
 }
 
 pub async fn chat_completions(State(state): State<Shared>, Body(request): Body<ChatRequest>) -> Response {
-    match request.into_chat(&state) {
+    match state.off_thread(|state| request.into_chat(state)).await {
         Ok(chat) => openai::run_chat(state, chat, Flavour::LmStudio).await,
         Err(e) => e.into_response(),
     }
@@ -99,10 +99,7 @@ pub async fn completions(State(state): State<Shared>, Body(request): Body<Comple
 /// `stats`, `model_info` and `runtime` of an `/api/v0` completion.
 pub fn extras(state: &Shared, outcome: &Outcome) -> Vec<(&'static str, Value)> {
     let m = state.model();
-    let stop_reason = match outcome.finish_reason {
-        "length" => "maxPredictedTokensReached",
-        _ => "eosFound",
-    };
+    let stop_reason = outcome.finish_reason.lm_studio_reason();
     vec![
         (
             "stats",

@@ -10,8 +10,10 @@
 //!
 //! MLX arrays must stay on the thread that made them, so one engine thread
 //! owns the model ([`crate::engine::scheduler`]) and handlers talk to it over
-//! channels. A request takes an admission slot (decoding or queued) before
-//! it reaches the engine; when none is left it gets 503 with `Retry-After`.
+//! channels. A request takes an admission place (decoding or queued; one per
+//! item of a classification) before it reaches the engine; when none is left
+//! it gets 503 with `Retry-After`. Each request is a group of its own in the
+//! engine's [`crate::engine::driver`], which shares its slots between groups.
 
 mod classify;
 mod conn;
@@ -26,7 +28,7 @@ mod web;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -45,9 +47,10 @@ pub use self::guard::Cors;
 use self::turn::Turn;
 pub use self::web::default_dir as default_policies_dir;
 use crate::classify::policy::Policy;
+use crate::engine::driver::{DriverOptions, Event, Job};
 use crate::engine::generate::GenerateOptions;
 use crate::engine::sampler::SamplerOptions;
-use crate::engine::scheduler::{Engine, EngineOptions, Event, Request as EngineRequest};
+use crate::engine::scheduler::{Engine, Request as EngineRequest};
 use crate::harmony::Effort;
 use crate::model::{self, Config, GptOss, LoadOptions};
 use crate::tokenizer::Tokenizer;
@@ -114,13 +117,13 @@ struct Admission {
     limit: usize,
 }
 
-/// A request's place; freed when dropped (the response is done or the
+/// A request's places; freed when dropped (the response is done or the
 /// client left).
-pub struct Slot(Arc<Admission>);
+pub struct Slot(Arc<Admission>, usize);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.taken.fetch_sub(1, Ordering::SeqCst);
+        self.0.taken.fetch_sub(self.1, Ordering::SeqCst);
     }
 }
 
@@ -133,6 +136,11 @@ pub struct AppState {
     /// Set when the shutdown grace has run out: requests still running stop.
     deadline: watch::Sender<bool>,
     web: web::Web,
+    /// The last engine group handed out (see [`AppState::group`]).
+    groups: AtomicU64,
+    /// The longest token, in bytes: text longer than the context times this
+    /// cannot fit, which is known before tokenizing it.
+    max_token_bytes: usize,
 }
 
 pub type Shared = Arc<AppState>;
@@ -148,6 +156,9 @@ pub struct Generate {
     pub sampler: SamplerOptions,
     pub top_logprobs: Option<usize>,
     pub watch: Vec<u32>,
+    /// The engine group of the request ([`AppState::group`]), which the
+    /// generations of one request share; a group of its own when None.
+    pub group: Option<u64>,
 }
 
 impl AppState {
@@ -180,13 +191,61 @@ impl AppState {
 
     /// A place for one request, or 503.
     pub fn admit(&self) -> Result<Slot, ApiError> {
+        self.admit_items(1, "input")
+    }
+
+    /// Places for a request of `items` generations (`param` holds them):
+    /// 503 when they are not free now, 400 when they never could be.
+    pub fn admit_items(&self, items: usize, param: &str) -> Result<Slot, ApiError> {
         let a = &self.admission;
-        let taken = a.taken.fetch_add(1, Ordering::SeqCst);
-        let slot = Slot(a.clone());
-        if taken >= a.limit {
+        if items > a.limit {
+            return Err(ApiError::invalid_param(
+                param,
+                format!(
+                    "{items} items is more than this server runs or queues at once ({}, \
+                     --max-batch plus --queue); send fewer per request, or raise --queue",
+                    a.limit
+                ),
+            ));
+        }
+        let taken = a.taken.fetch_add(items, Ordering::SeqCst);
+        let slot = Slot(a.clone(), items);
+        if taken + items > a.limit {
             return Err(ApiError::overloaded(1));
         }
         Ok(slot)
+    }
+
+    /// Runs `prepare` (which tokenizes) on the blocking pool, so that a large
+    /// request does not hold up the async workers serving everyone else.
+    pub async fn off_thread<T: Send + 'static>(
+        self: &Arc<Self>,
+        prepare: impl FnOnce(&Shared) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let state = self.clone();
+        tokio::task::spawn_blocking(move || prepare(&state))
+            .await
+            .map_err(|e| ApiError::internal(format!("preparing the request failed: {e}")))?
+    }
+
+    /// 400 for `bytes` of text (in `param`) that cannot fit in the context
+    /// whatever its tokens, found without tokenizing it.
+    pub fn check_text(&self, bytes: usize, param: &str) -> Result<(), ApiError> {
+        let limit = self.model.context_length;
+        let fewest = bytes.div_ceil(self.max_token_bytes.max(1));
+        if fewest >= limit {
+            return Err(ApiError::context_length(format!(
+                "{param} is {bytes} bytes, at least {fewest} tokens, but the context is {limit} tokens \
+                 (prompt and output together); shorten it{}",
+                self.context_hint()
+            )));
+        }
+        Ok(())
+    }
+
+    /// A new engine group, for one request's generations.
+    pub fn group(&self) -> u64 {
+        self.groups.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Checks `request` against the context and starts it.
@@ -233,16 +292,19 @@ impl AppState {
         let (events, receiver) = unbounded_channel();
         self.engine
             .submit(EngineRequest {
-                prompt: request.prompt,
-                cache_prefix: request.cache_prefix,
-                options: GenerateOptions {
-                    max_tokens,
-                    prefill_step: self.options.prefill_step,
-                    sampler: request.sampler,
+                job: Job {
+                    prompt: request.prompt,
+                    cache_prefix: request.cache_prefix,
+                    options: GenerateOptions {
+                        max_tokens,
+                        prefill_step: self.options.prefill_step,
+                        sampler: request.sampler,
+                    },
+                    stop_tokens: self.model.stop_tokens.clone(),
+                    top_logprobs: request.top_logprobs,
+                    watch: request.watch,
+                    group: request.group.unwrap_or_else(|| self.group()),
                 },
-                stop_tokens: self.model.stop_tokens.clone(),
-                top_logprobs: request.top_logprobs,
-                watch: request.watch,
                 events,
             })
             .map_err(|e| ApiError::internal(e.to_string()))?;
@@ -311,12 +373,17 @@ async fn serve(model_arg: &str, dir: &Path, options: Options) -> anyhow::Result<
                 let config = model.config.clone();
                 Ok((model, (config, stops)))
             },
-            EngineOptions {
-                max_batch: options.max_batch,
+            DriverOptions {
+                max_slots: options.max_batch,
                 prefix_cache_bytes: options.prefix_cache_bytes,
             },
         )?
     };
+    let max_token_bytes = (0..config.vocab_size as u32)
+        .filter_map(|id| tokenizer.token_bytes(id))
+        .map(|bytes| bytes.len())
+        .max()
+        .unwrap_or(1);
     let served = describe(model_arg, dir, config, stop_tokens, &options);
     tracing::info!(
         model = %served.id,
@@ -350,6 +417,8 @@ async fn serve(model_arg: &str, dir: &Path, options: Options) -> anyhow::Result<
         web: web::Web::new(options.policies_dir.clone()),
         options,
         deadline: watch::channel(false).0,
+        groups: AtomicU64::new(0),
+        max_token_bytes,
     });
     let grace = state.options.shutdown_grace;
     let limits = conn::Limits {
@@ -476,6 +545,8 @@ async fn health(State(state): State<Shared>) -> Json<serde_json::Value> {
         "model": state.model.id,
         "requests": a.taken.load(Ordering::SeqCst),
         "decoding": state.engine.decoding(),
+        "prefilling": state.engine.prefilling(),
+        "waiting": state.engine.waiting(),
         "capacity": a.limit,
     }))
 }

@@ -407,6 +407,7 @@ impl ChatRequest {
             let turn = message.turn(i, &turns)?;
             turns.push(turn);
         }
+        state.check_text(turns.iter().map(Turn::text_len).sum(), "messages")?;
         let effort = parse_effort(
             self.reasoning_effort
                 .as_deref()
@@ -435,6 +436,7 @@ impl ChatRequest {
                 sampler: self.sampling.options()?,
                 top_logprobs: logprobs.then(|| self.top_logprobs.unwrap_or(0)),
                 watch: Vec::new(),
+                group: None,
             },
             stops: Stops::into_vec(self.stop)?,
             stream: self.stream,
@@ -445,7 +447,7 @@ impl ChatRequest {
 }
 
 pub async fn chat_completions(State(state): State<Shared>, Body(request): Body<ChatRequest>) -> Response {
-    match request.into_chat(&state) {
+    match state.off_thread(|state| request.into_chat(state)).await {
         Ok(chat) => run_chat(state, chat, Flavour::OpenAi).await,
         Err(e) => e.into_response(),
     }
@@ -512,7 +514,7 @@ pub async fn run_chat(state: Shared, chat: Chat, flavour: Flavour) -> Response {
                     }
                 }
                 if let Some(outcome) = outcome {
-                    let mut last = chunk(json!({}), Some(outcome.finish_reason), None);
+                    let mut last = chunk(json!({}), Some(outcome.finish_reason.reason()), None);
                     if flavour == Flavour::LmStudio {
                         add_lmstudio_fields(&state, &mut last, &outcome);
                     }
@@ -580,7 +582,7 @@ pub async fn run_chat(state: Shared, chat: Chat, flavour: Flavour) -> Response {
             "index": 0,
             "message": message,
             "logprobs": chat.logprobs.then(|| json!({"content": logprobs})),
-            "finish_reason": outcome.finish_reason,
+            "finish_reason": outcome.finish_reason.reason(),
         }],
         "usage": usage_json(&outcome),
     });
@@ -659,7 +661,7 @@ pub fn log_stream(outcome: &Outcome) {
         completion_tokens = outcome.completion_tokens,
         tok_s = format_args!("{:.1}", outcome.tokens_per_second()),
         latency_ms = format_args!("{:.0}", outcome.elapsed.as_secs_f64() * 1e3),
-        finish_reason = outcome.finish_reason,
+        finish_reason = outcome.finish_reason.reason(),
         "stream finished"
     );
 }
@@ -758,7 +760,7 @@ pub async fn completions(State(state): State<Shared>, Body(request): Body<Comple
 
 pub async fn run_completion(
     state: Shared,
-    request: CompletionRequest,
+    mut request: CompletionRequest,
     flavour: Flavour,
 ) -> Result<Response, Response> {
     let bad = |e: ApiError| e.into_response();
@@ -774,21 +776,30 @@ pub async fn run_completion(
             "logprobs must be at most 20",
         )));
     }
-    let prompt = match &request.prompt {
-        Prompt::Text(text) => state
-            .tokenizer()
-            .encode_ordinary(text)
-            .map_err(|e| bad(ApiError::internal(e.to_string())))?,
-        Prompt::Tokens(ids) => ids.clone(),
-        Prompt::Texts(texts) if texts.len() == 1 => state
-            .tokenizer()
-            .encode_ordinary(&texts[0])
-            .map_err(|e| bad(ApiError::internal(e.to_string())))?,
+    let text = match std::mem::replace(&mut request.prompt, Prompt::Tokens(Vec::new())) {
+        Prompt::Tokens(ids) => Err(ids),
+        Prompt::Text(text) => Ok(text),
+        Prompt::Texts(mut texts) if texts.len() == 1 => Ok(texts.remove(0)),
         Prompt::Texts(_) => {
             return Err(bad(ApiError::invalid_param(
                 "prompt",
                 "send one prompt per request",
             )))
+        }
+    };
+    let prompt = match text {
+        Err(ids) => ids,
+        Ok(text) => {
+            state.check_text(text.len(), "prompt").map_err(bad)?;
+            state
+                .off_thread(move |state| {
+                    state
+                        .tokenizer()
+                        .encode_ordinary(&text)
+                        .map_err(|e| ApiError::internal(e.to_string()))
+                })
+                .await
+                .map_err(bad)?
         }
     };
     let (max_tokens, max_tokens_param) = token_limit(&[("max_tokens", request.max_tokens)]).map_err(bad)?;
@@ -800,6 +811,7 @@ pub async fn run_completion(
         sampler: request.sampling.options().map_err(bad)?,
         top_logprobs: request.logprobs,
         watch: Vec::new(),
+        group: None,
     };
     let stops = Stops::into_vec(request.stop).map_err(bad)?;
     let slot = state.admit().map_err(bad)?;
@@ -842,7 +854,7 @@ pub async fn run_completion(
                 if let Some(outcome) = outcome {
                     let mut last = json!({
                         "id": id, "object": "text_completion", "created": created, "model": state.model().id,
-                        "choices": [{"index": 0, "text": "", "logprobs": null, "finish_reason": outcome.finish_reason}],
+                        "choices": [{"index": 0, "text": "", "logprobs": null, "finish_reason": outcome.finish_reason.reason()}],
                     });
                     if flavour == Flavour::LmStudio {
                         add_lmstudio_fields(&state, &mut last, &outcome);
@@ -877,7 +889,7 @@ pub async fn run_completion(
         "choices": [{
             "index": 0, "text": text,
             "logprobs": with_logprobs.then(|| logprobs.to_json()),
-            "finish_reason": outcome.finish_reason,
+            "finish_reason": outcome.finish_reason.reason(),
         }],
         "usage": usage_json(&outcome),
     });

@@ -156,7 +156,7 @@ fn reasoning_text(item: &Value) -> String {
 }
 
 pub async fn create(State(state): State<Shared>, Body(request): Body<ResponsesRequest>) -> Response {
-    match start(&state, request) {
+    match state.off_thread(|state| start(state, request)).await {
         Ok((generate, echo, stream)) => run(state, generate, echo, stream).await,
         Err(e) => e.into_response(),
     }
@@ -209,6 +209,7 @@ fn start(state: &Shared, request: ResponsesRequest) -> Result<(Generate, Echo, b
         sampler,
         top_logprobs: None,
         watch: Vec::new(),
+        group: None,
     };
     Ok((generate, echo, request.stream))
 }
@@ -408,11 +409,7 @@ fn response_object(
 
 /// The response's status, which is also its last item's.
 fn status_of(outcome: &Outcome) -> &'static str {
-    if outcome.finish_reason == "length" {
-        "incomplete"
-    } else {
-        "completed"
-    }
+    outcome.finish_reason.responses_status()
 }
 
 async fn run(state: Shared, generate: Generate, echo: Echo, stream: bool) -> Response {

@@ -32,6 +32,24 @@ pub enum Turn {
     },
 }
 
+impl Turn {
+    /// The bytes of text it holds: a size known before tokenizing.
+    pub fn text_len(&self) -> usize {
+        match self {
+            Turn::Instructions(text) | Turn::User(text) => text.len(),
+            Turn::Assistant {
+                reasoning,
+                calls,
+                content,
+            } => {
+                let calls: usize = calls.iter().map(|c| c.name.len() + c.arguments.len()).sum();
+                reasoning.as_ref().map_or(0, String::len) + calls + content.as_ref().map_or(0, String::len)
+            }
+            Turn::ToolResult { name, content } => name.len() + content.len(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ToolCall {
     pub id: String,

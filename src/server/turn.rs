@@ -8,8 +8,8 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::watch;
 
 use super::error::ApiError;
+use crate::engine::driver::{Event, Stop};
 use crate::engine::generate::TokenLogprobs;
-use crate::engine::scheduler::{Event, Stop};
 use crate::harmony::{ControlTokens, Message, Role, StreamParser};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
@@ -39,9 +39,8 @@ pub struct CallDelta {
 
 #[derive(Debug, Clone)]
 pub struct Outcome {
-    /// `stop` (a stop token or string), `length` (the token limit) or
-    /// `tool_calls` (the model stopped to call a tool).
-    pub finish_reason: &'static str,
+    /// A stop token or string, the token limit, or a call to a tool.
+    pub finish_reason: Stop,
     pub prompt_tokens: usize,
     pub cached_tokens: usize,
     pub completion_tokens: usize,
@@ -163,19 +162,20 @@ impl<'t> Turn<'t> {
                     self.first_token.get_or_insert_with(|| self.submitted.elapsed());
                     self.completion_tokens += 1;
                     let update = self.push(token.id, token.logprobs)?;
-                    let outcome = self.stops.matched.then(|| self.finish("stop"));
+                    let outcome = self.stops.matched.then(|| self.finish(Stop::StopToken));
                     return Ok((update, outcome));
                 }
                 Some(Event::Finished(stop)) => {
-                    let reason = match stop {
+                    // The engine stops on <|call|> as on any stop token; a
+                    // call is this layer's reading of it.
+                    let stop = match stop {
                         Stop::StopToken if self.calls > 0 && self.last_token == Some(self.control.call) => {
-                            "tool_calls"
+                            Stop::ToolCalls
                         }
-                        Stop::StopToken => "stop",
-                        Stop::Length => "length",
+                        other => other,
                     };
                     let update = self.flush()?;
-                    return Ok((update, Some(self.finish(reason))));
+                    return Ok((update, Some(self.finish(stop))));
                 }
                 Some(Event::Failed(message)) => {
                     self.done = true;
@@ -286,7 +286,7 @@ impl<'t> Turn<'t> {
         Ok(update)
     }
 
-    fn finish(&mut self, reason: &'static str) -> Outcome {
+    fn finish(&mut self, reason: Stop) -> Outcome {
         self.done = true;
         // Dropping the receiver tells the engine to stop (a stop string).
         self.events = None;
@@ -375,7 +375,7 @@ impl StopStrings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::scheduler::Token;
+    use crate::engine::driver::Token;
     use tokio::sync::mpsc::unbounded_channel;
 
     fn tokenizer() -> Tokenizer {
@@ -447,7 +447,7 @@ mod tests {
             (reasoning.as_str(), content.as_str()),
             ("Spam.", "The content is spam.\n\nAnswer: 1")
         );
-        assert_eq!(outcome.finish_reason, "stop");
+        assert_eq!(outcome.finish_reason, Stop::StopToken);
         // No harmony message at all: the output as it is.
         let (reasoning, content, _) = chat(&[("", Some(END)), ("", Some(RETURN))], &[], Stop::StopToken);
         assert_eq!((reasoning.as_str(), content.as_str()), ("", "<|end|><|return|>"));
@@ -477,7 +477,7 @@ mod tests {
         ];
         let (reasoning, content, calls, outcome) = chat_with_calls(&output, &[], Stop::StopToken);
         assert_eq!((reasoning.as_str(), content.as_str()), ("Two lookups.", ""));
-        assert_eq!(outcome.finish_reason, "tool_calls");
+        assert_eq!(outcome.finish_reason, Stop::ToolCalls);
         let named: Vec<(usize, Option<&str>)> = calls.iter().map(|c| (c.index, c.name.as_deref())).collect();
         assert_eq!(named[0], (0, Some("get_weather")));
         assert_eq!(
@@ -498,7 +498,7 @@ mod tests {
 
         // A call cut off by the token limit is a length stop, not a call.
         let (_, _, calls, outcome) = chat_with_calls(&output[..8], &[], Stop::Length);
-        assert_eq!(outcome.finish_reason, "length");
+        assert_eq!(outcome.finish_reason, Stop::Length);
         assert_eq!(calls[0].name.as_deref(), Some("get_weather"));
     }
 
@@ -523,7 +523,7 @@ mod tests {
         let (reasoning, content, outcome) = chat(&output, &[], Stop::StopToken);
         assert_eq!(reasoning, thought);
         assert_eq!(content, "1 (spam)");
-        assert_eq!(outcome.finish_reason, "stop");
+        assert_eq!(outcome.finish_reason, Stop::StopToken);
         assert_eq!(outcome.cached_tokens, 3);
         let thought_tokens = tokenizer().encode_ordinary(thought).unwrap().len();
         assert_eq!(outcome.reasoning_tokens, thought_tokens);
@@ -536,12 +536,12 @@ mod tests {
         // A stop string ends the answer (and only the answer) before it.
         let (reasoning, content, outcome) = chat(&output, &[" (sp"], Stop::StopToken);
         assert_eq!((reasoning.as_str(), content.as_str()), (thought, "1"));
-        assert_eq!(outcome.finish_reason, "stop");
+        assert_eq!(outcome.finish_reason, Stop::StopToken);
 
         // Cut off while reasoning: no answer, and the limit is the reason.
         let (reasoning, content, outcome) = chat(&output[..3], &[], Stop::Length);
         assert_eq!((reasoning.as_str(), content.as_str()), (thought, ""));
-        assert_eq!(outcome.finish_reason, "length");
+        assert_eq!(outcome.finish_reason, Stop::Length);
     }
 
     fn run(stops: &[&str], pieces: &[&str]) -> (String, bool) {

@@ -319,10 +319,11 @@ async fn execute(state: &AppState, plan: &Plan, job: &Job) -> Result<Finished, A
     let window = state.options().max_batch.max(1) * 2;
     let mut fresh: HashMap<String, Value> = HashMap::new();
     let mut done = 0;
+    let group = state.group();
     for chunk in todo.chunks(window) {
         let pending = chunk
             .iter()
-            .map(|item| judge::submit(state, &judge, item))
+            .map(|item| judge::submit(state, &judge, item, group))
             .collect::<Result<Vec<_>, _>>()?;
         for (item, pending) in chunk.iter().zip(pending) {
             let result = pending.finish(state, &judge, |_| {}).await?;

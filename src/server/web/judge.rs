@@ -8,8 +8,8 @@ use crate::classify::input::Item;
 use crate::classify::policy::Policy;
 use crate::classify::run::{Classification, ClassifyOptions, ItemRun, Judge};
 use crate::classify::verdict::Keywords;
+use crate::engine::driver::Event;
 use crate::engine::sampler::SamplerOptions;
-use crate::engine::scheduler::Event;
 use crate::harmony::{Effort, StreamParser};
 use crate::server::error::ApiError;
 use crate::server::turn::past;
@@ -43,8 +43,14 @@ pub struct Pending<'t> {
     run: ItemRun<'t>,
 }
 
-/// Hands `item` to the engine.
-pub fn submit<'t>(state: &AppState, judge: &Judge<'t>, item: &Item) -> Result<Pending<'t>, ApiError> {
+/// Hands `item` to the engine. `group`: the request (a Try, an eval) it
+/// belongs to, so the engine shares its places fairly between requests.
+pub fn submit<'t>(
+    state: &AppState,
+    judge: &Judge<'t>,
+    item: &Item,
+    group: u64,
+) -> Result<Pending<'t>, ApiError> {
     let (prompt, shared) = judge.prompt(&item.content).map_err(internal)?;
     let prompt_tokens = prompt.len();
     let events = state.generate(Generate {
@@ -55,6 +61,7 @@ pub fn submit<'t>(state: &AppState, judge: &Judge<'t>, item: &Item) -> Result<Pe
         sampler: SamplerOptions::default(),
         top_logprobs: None,
         watch: judge.digits().to_vec(),
+        group: Some(group),
     })?;
     let run = judge.start(item, prompt_tokens, 0).map_err(internal)?;
     Ok(Pending { events, run })
@@ -81,10 +88,7 @@ impl Pending<'_> {
             match event {
                 Some(Event::Started { cached_tokens }) => self.run.set_cached_tokens(cached_tokens),
                 Some(Event::Token(token)) => {
-                    let watched = &token.watched;
-                    self.run
-                        .push(judge, token.id, |_| Ok((watched[0].exp(), watched[1].exp())))
-                        .map_err(internal)?;
+                    self.run.push(judge, &token);
                     if let Some(delta) = parser.push(token.id) {
                         let analysis = parser
                             .message(delta.index)

@@ -76,9 +76,10 @@ pub async fn create(
             let run = async {
                 let judge = Judge::new(state.tokenizer(), &policy, options)
                     .map_err(|e| ApiError::internal(e.to_string()))?;
+                let group = state.group();
                 let pending = items
                     .iter()
-                    .map(|item| judge::submit(&state, &judge, item))
+                    .map(|item| judge::submit(&state, &judge, item, group))
                     .collect::<Result<Vec<_>, _>>()?;
                 for (index, (item, pending)) in items.iter().zip(pending).enumerate() {
                     let _ = events.send(json!({"type": "start", "index": index, "id": item.id}));
