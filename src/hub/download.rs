@@ -272,8 +272,16 @@ impl Layout {
         if let Some(parent) = link.parent() {
             std::fs::create_dir_all(parent).map_err(|e| write_error(parent, e))?;
         }
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(&target, &link).map_err(|e| write_error(&link, e))
+        // Made aside and renamed over the link, so that concurrent pulls of the same
+        // snapshot each succeed instead of racing a remove against a create (EEXIST).
+        let name = link.file_name().map_or_else(Default::default, |n| n.to_string_lossy().into_owned());
+        let tmp = link.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&target, &tmp).map_err(|e| write_error(&tmp, e))?;
+        std::fs::rename(&tmp, &link).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            write_error(&link, e)
+        })
     }
 
     /// `refs/<revision>` = commit, written atomically, without a newline.
