@@ -91,7 +91,7 @@ pub fn run(args: Args) -> Result<()> {
     // Then any other gpt-oss model in the cache; other architectures are not ours to run.
     for model in cached
         .into_iter()
-        .filter(|m| m.model_type.as_deref() == Some("gpt_oss"))
+        .filter(|m| m.is_gpt_oss())
     {
         rows.push(Row {
             name: model.repo.clone(),

@@ -98,6 +98,13 @@ pub struct CachedModel {
     pub quantization: Option<String>,
 }
 
+impl CachedModel {
+    /// Whether this is a model `safeguard` runs (other architectures share the cache).
+    pub fn is_gpt_oss(&self) -> bool {
+        self.model_type.as_deref() == Some(crate::model::MODEL_TYPE)
+    }
+}
+
 /// Every model repo in the cache that has a snapshot, sorted by repo id. A cache folder
 /// that does not exist holds nothing.
 pub fn scan(cache_dir: &Path) -> Result<Vec<CachedModel>, HubError> {

@@ -29,6 +29,7 @@ use ureq::Body;
 
 use super::cache::{self, repo_folder};
 use super::{valid_repo_id, HubConfig, HubError};
+use crate::model::MODEL_TYPE;
 
 /// The files a model needs, at the top of the repo; everything else (README, LICENSE,
 /// `original/`, `metal/`, …) is skipped.
@@ -168,11 +169,11 @@ fn check_model_type(repo: &str, config: &Path) -> Result<(), HubError> {
     let value: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| not_a_model(repo, &format!("config.json is not JSON: {e}")))?;
     match value.get("model_type").and_then(|t| t.as_str()) {
-        Some("gpt_oss") => Ok(()),
+        Some(t) if t == MODEL_TYPE => Ok(()),
         other => Err(not_a_model(
             repo,
             &format!(
-                "config.json says model_type {}; safeguard runs gpt-oss (gpt_oss) models only",
+                "config.json says model_type {}; safeguard runs gpt-oss ({MODEL_TYPE}) models only",
                 other.map_or("(none)".to_string(), |t| format!("{t:?}"))
             ),
         )),

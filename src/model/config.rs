@@ -10,6 +10,9 @@ use serde_json::Value;
 use super::Error;
 use crate::mlx::{QuantMode, QuantSpec};
 
+/// The `model_type` this program runs: every place that accepts or lists a model asks this.
+pub const MODEL_TYPE: &str = "gpt_oss";
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct Config {
     pub model_type: String,
@@ -270,7 +273,7 @@ impl Config {
             path: path.clone(),
             message: format!("invalid JSON: {e}"),
         })?;
-        if config.model_type != "gpt_oss" {
+        if config.model_type != MODEL_TYPE {
             return Err(Error::UnsupportedModel {
                 path,
                 model_type: config.model_type,

@@ -62,7 +62,7 @@ fn downloaded(state: &Shared) -> Vec<(String, Value)> {
     };
     models
         .into_iter()
-        .filter(|m| m.missing.is_empty() && m.model_type.as_deref() == Some("gpt_oss"))
+        .filter(|m| m.missing.is_empty() && m.is_gpt_oss())
         .filter(|m| !state.model().answers_to(&m.repo) && m.snapshot != state.model().path)
         .filter_map(|m| {
             let config = Config::load(&m.snapshot).ok()?;
