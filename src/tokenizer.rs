@@ -6,7 +6,6 @@
 
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
 use tokenizers::decoders::DecoderWrapper;
 
 #[derive(Debug, thiserror::Error)]
@@ -24,7 +23,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 pub struct Tokenizer {
     /// With the added (special) tokens: decodes them and finds their ids.
     full: tokenizers::Tokenizer,
-    /// Without added tokens, so encoding never produces a control token.
+    /// Reads special tokens as text, so encoding never produces a control token.
     ordinary: tokenizers::Tokenizer,
     /// Whether vocabulary entries are byte-level BPE strings (GPT-2's byte
     /// alphabet), as in every gpt-oss tokenizer.json.
@@ -46,10 +45,19 @@ impl Tokenizer {
             message,
         };
         let full = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| invalid(e.to_string()))?;
-        let mut json: Value = serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
-        json["added_tokens"] = Value::Array(Vec::new());
-        let ordinary = tokenizers::Tokenizer::from_bytes(json.to_string().as_bytes())
-            .map_err(|e| invalid(e.to_string()))?;
+        // Parsing the 27 MB file is most of a start-up, so the plain-text tokenizer is a
+        // copy told to read special tokens as text, not a second parse without them. That
+        // covers every added token only when all are special, as in every gpt-oss file.
+        let decoder = full.get_added_tokens_decoder();
+        if let Some(token) = decoder.values().find(|t| !t.special) {
+            return Err(invalid(format!(
+                "added token {:?} is not marked special; gpt-oss tokenizers mark every added token \
+                 special (user text must never encode to one)",
+                token.content
+            )));
+        }
+        let mut ordinary = full.clone();
+        ordinary.set_encode_special_tokens(true);
         let byte_level = matches!(full.get_decoder(), Some(DecoderWrapper::ByteLevel(_)));
         Ok(Tokenizer {
             full,
