@@ -89,10 +89,7 @@ pub fn run(args: Args) -> Result<()> {
         });
     }
     // Then any other gpt-oss model in the cache; other architectures are not ours to run.
-    for model in cached
-        .into_iter()
-        .filter(|m| m.is_gpt_oss())
-    {
+    for model in cached.into_iter().filter(|m| m.is_gpt_oss()) {
         rows.push(Row {
             name: model.repo.clone(),
             alias: None,

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use super::config::{Config, LayerType};
 use super::layers::{Embedding, Linear, RmsNorm, SwitchLinear};
+use super::load::Scope;
 use super::rope::Rope;
 use super::{LoadOptions, Result, Shard, Weights};
 use crate::mlx::distributed::Group;
@@ -91,34 +92,19 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(weights: &mut Weights, cfg: &Config, prefix: &str, shard: Option<&Shard>) -> Result<Attention> {
+    fn load(mut s: Scope, cfg: &Config, shard: Option<&Shard>) -> Result<Attention> {
         let (hidden, d) = (cfg.hidden_size, cfg.head_dim);
         let (mut heads, mut kv_heads) = (cfg.num_attention_heads, cfg.num_key_value_heads);
         if let Some(shard) = shard {
             (heads, kv_heads) = (shard.heads(heads), shard.heads(kv_heads));
         }
-        let q = cfg.quantization.as_ref();
         Ok(Attention {
-            q_proj: Linear::load(weights, q, &format!("{prefix}.q_proj"), hidden, heads * d, true)?,
-            k_proj: Linear::load(
-                weights,
-                q,
-                &format!("{prefix}.k_proj"),
-                hidden,
-                kv_heads * d,
-                true,
-            )?,
-            v_proj: Linear::load(
-                weights,
-                q,
-                &format!("{prefix}.v_proj"),
-                hidden,
-                kv_heads * d,
-                true,
-            )?,
-            o_proj: Linear::load(weights, q, &format!("{prefix}.o_proj"), heads * d, hidden, true)?,
+            q_proj: Linear::load(s.pp("q_proj"), hidden, heads * d, true)?,
+            k_proj: Linear::load(s.pp("k_proj"), hidden, kv_heads * d, true)?,
+            v_proj: Linear::load(s.pp("v_proj"), hidden, kv_heads * d, true)?,
+            o_proj: Linear::load(s.pp("o_proj"), heads * d, hidden, true)?,
             group: shard.filter(|s| s.split_heads).map(|s| s.group.clone()),
-            sinks: weights.take_float(&format!("{prefix}.sinks"), &[heads])?,
+            sinks: s.take_float("sinks", &[heads])?,
             head_dim: d,
             scale: 1.0 / (d as f32).sqrt(),
             rope: Rope::new(d, cfg.rope_theta, cfg.rope_scaling.as_ref())?,
@@ -251,25 +237,23 @@ struct MoeBlock {
 }
 
 impl MoeBlock {
-    fn load(weights: &mut Weights, cfg: &Config, prefix: &str, shard: Option<&Shard>) -> Result<MoeBlock> {
-        let q = cfg.quantization.as_ref();
+    fn load(mut s: Scope, cfg: &Config, shard: Option<&Shard>) -> Result<MoeBlock> {
         let (e, hidden) = (cfg.num_local_experts, cfg.hidden_size);
         let local_experts = shard.filter(|s| s.splits_experts(e)).map(|s| s.experts.clone());
         let held = local_experts.as_ref().map_or(e, |r| r.end - r.start);
         let inter = shard.map_or(cfg.intermediate_size, |s| s.intermediate(cfg.intermediate_size));
-        let switch = |w: &mut Weights, name: &str, i, o| {
-            SwitchLinear::load(w, q, &format!("{prefix}.experts.{name}"), held, i, o)
-        };
+        let router = Linear::load(s.pp("router"), hidden, e, true)?;
+        let mut experts = s.pp("experts");
         Ok(MoeBlock {
             group: shard
                 .filter(|s| s.split_intermediate || local_experts.is_some())
                 .map(|s| s.group.clone()),
             local_experts,
-            router: Linear::load(weights, q, &format!("{prefix}.router"), hidden, e, true)?,
+            router,
             experts: Experts {
-                gate_proj: switch(weights, "gate_proj", hidden, inter)?,
-                up_proj: switch(weights, "up_proj", hidden, inter)?,
-                down_proj: switch(weights, "down_proj", inter, hidden)?,
+                gate_proj: SwitchLinear::load(experts.pp("gate_proj"), held, hidden, inter)?,
+                up_proj: SwitchLinear::load(experts.pp("up_proj"), held, hidden, inter)?,
+                down_proj: SwitchLinear::load(experts.pp("down_proj"), held, inter, hidden)?,
                 limit: cfg.swiglu_limit,
             },
             top_k: cfg.num_experts_per_tok,
@@ -366,26 +350,22 @@ impl GptOss {
         if weights.contains_original_layout() {
             weights.sanitize_original_layout()?;
         }
-        let q = config.quantization.as_ref();
         let (vocab, hidden, eps) = (config.vocab_size, config.hidden_size, config.rms_norm_eps);
+        let dtype = weights.compute_dtype();
+        let mut root = Scope::root(weights, config.quantization.as_ref());
+        let mut model = root.pp("model");
         let layers = config
             .layer_types()
             .into_iter()
             .enumerate()
             .map(|(i, layer_type)| {
-                let prefix = format!("model.layers.{i}");
+                let mut layer = model.pp(format_args!("layers.{i}"));
                 Ok(TransformerBlock {
-                    self_attn: Attention::load(weights, &config, &format!("{prefix}.self_attn"), shard)?,
-                    mlp: MoeBlock::load(weights, &config, &format!("{prefix}.mlp"), shard)?,
-                    input_layernorm: RmsNorm::load(
-                        weights,
-                        &format!("{prefix}.input_layernorm"),
-                        hidden,
-                        eps,
-                    )?,
+                    self_attn: Attention::load(layer.pp("self_attn"), &config, shard)?,
+                    mlp: MoeBlock::load(layer.pp("mlp"), &config, shard)?,
+                    input_layernorm: RmsNorm::load(layer.pp("input_layernorm"), hidden, eps)?,
                     post_attention_layernorm: RmsNorm::load(
-                        weights,
-                        &format!("{prefix}.post_attention_layernorm"),
+                        layer.pp("post_attention_layernorm"),
                         hidden,
                         eps,
                     )?,
@@ -393,12 +373,15 @@ impl GptOss {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        let embed_tokens = Embedding::load(model.pp("embed_tokens"), vocab, hidden)?;
+        let norm = RmsNorm::load(model.pp("norm"), hidden, eps)?;
+        let lm_head = Linear::load(root.pp("lm_head"), hidden, vocab, false)?;
         Ok(GptOss {
-            embed_tokens: Embedding::load(weights, q, "model.embed_tokens", vocab, hidden)?,
-            norm: RmsNorm::load(weights, "model.norm", hidden, eps)?,
-            lm_head: Linear::load(weights, q, "lm_head", hidden, vocab, false)?,
+            embed_tokens,
             layers,
-            dtype: weights.compute_dtype(),
+            norm,
+            lm_head,
+            dtype,
             config,
         })
     }

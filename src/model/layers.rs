@@ -5,8 +5,8 @@
 //! op for op, so results match mlx-lm's bit for bit — or, where our CPU
 //! kernels compute the quantized products, to float32 rounding.
 
-use super::config::{ModuleQuantization, Quantization};
-use super::load::QuantKernel;
+use super::config::ModuleQuantization;
+use super::load::{QuantKernel, Scope};
 use super::{Error, Result, Weights};
 use crate::kernels;
 use crate::mlx::distributed::Group;
@@ -21,14 +21,8 @@ pub(crate) enum Matrix {
 
 impl Matrix {
     /// `lead` are leading axes (the experts), `[out, in]` the matrix.
-    pub(crate) fn load(
-        weights: &mut Weights,
-        map: Option<&Quantization>,
-        path: &str,
-        lead: &[i32],
-        out_dims: i32,
-        in_dims: i32,
-    ) -> Result<Matrix> {
+    pub(crate) fn load(scope: &mut Scope, lead: &[i32], out_dims: i32, in_dims: i32) -> Result<Matrix> {
+        let (weights, map, path) = (&mut *scope.weights, scope.quantization, scope.path.as_str());
         let weight_name = format!("{path}.weight");
         let scales_name = format!("{path}.scales");
         let mut shape = lead.to_vec();
@@ -159,18 +153,9 @@ pub(crate) struct Linear {
 }
 
 impl Linear {
-    pub(crate) fn load(
-        weights: &mut Weights,
-        map: Option<&Quantization>,
-        path: &str,
-        in_dims: i32,
-        out_dims: i32,
-        bias: bool,
-    ) -> Result<Linear> {
-        let weight = Matrix::load(weights, map, path, &[], out_dims, in_dims)?;
-        let bias = bias
-            .then(|| weights.take_float(&format!("{path}.bias"), &[out_dims]))
-            .transpose()?;
+    pub(crate) fn load(mut scope: Scope, in_dims: i32, out_dims: i32, bias: bool) -> Result<Linear> {
+        let weight = Matrix::load(&mut scope, &[], out_dims, in_dims)?;
+        let bias = bias.then(|| scope.take_float("bias", &[out_dims])).transpose()?;
         Ok(Linear { weight, bias })
     }
 
@@ -218,15 +203,9 @@ pub(crate) struct Embedding {
 }
 
 impl Embedding {
-    pub(crate) fn load(
-        weights: &mut Weights,
-        map: Option<&Quantization>,
-        path: &str,
-        vocab: i32,
-        hidden: i32,
-    ) -> Result<Embedding> {
+    pub(crate) fn load(mut scope: Scope, vocab: i32, hidden: i32) -> Result<Embedding> {
         Ok(Embedding {
-            weight: Matrix::load(weights, map, path, &[], vocab, hidden)?,
+            weight: Matrix::load(&mut scope, &[], vocab, hidden)?,
         })
     }
 
@@ -258,17 +237,10 @@ pub(crate) struct SwitchLinear {
 }
 
 impl SwitchLinear {
-    pub(crate) fn load(
-        weights: &mut Weights,
-        map: Option<&Quantization>,
-        path: &str,
-        experts: i32,
-        in_dims: i32,
-        out_dims: i32,
-    ) -> Result<SwitchLinear> {
+    pub(crate) fn load(mut scope: Scope, experts: i32, in_dims: i32, out_dims: i32) -> Result<SwitchLinear> {
         Ok(SwitchLinear {
-            weight: Matrix::load(weights, map, path, &[experts], out_dims, in_dims)?,
-            bias: weights.take_float(&format!("{path}.bias"), &[experts, out_dims])?,
+            weight: Matrix::load(&mut scope, &[experts], out_dims, in_dims)?,
+            bias: scope.take_float("bias", &[experts, out_dims])?,
         })
     }
 
@@ -299,9 +271,9 @@ pub(crate) struct RmsNorm {
 }
 
 impl RmsNorm {
-    pub(crate) fn load(weights: &mut Weights, path: &str, dims: i32, eps: f32) -> Result<RmsNorm> {
+    pub(crate) fn load(mut scope: Scope, dims: i32, eps: f32) -> Result<RmsNorm> {
         Ok(RmsNorm {
-            weight: weights.take_float(&format!("{path}.weight"), &[dims])?,
+            weight: scope.take_float("weight", &[dims])?,
             eps,
         })
     }

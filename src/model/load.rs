@@ -7,6 +7,7 @@ use std::str::FromStr;
 
 use serde::Deserialize;
 
+use super::config::Quantization;
 use super::{Error, Result};
 use crate::kernels::{self, CpuKernels, Precision};
 use crate::mlx::{self, Array, Dtype, QuantSpec};
@@ -78,6 +79,47 @@ pub(crate) enum QuantKernel {
 struct Tensor {
     array: Array,
     file: usize,
+}
+
+/// A module's place in the checkpoint's name tree (candle's `VarBuilder::pp`
+/// idea): each module loads from the scope its parent hands it, so the model
+/// builds one line per submodule and only this type joins tensor names.
+pub(crate) struct Scope<'a> {
+    pub(super) weights: &'a mut Weights,
+    pub(super) quantization: Option<&'a Quantization>,
+    pub(super) path: String,
+}
+
+impl<'a> Scope<'a> {
+    pub(crate) fn root(weights: &'a mut Weights, quantization: Option<&'a Quantization>) -> Scope<'a> {
+        Scope {
+            weights,
+            quantization,
+            path: String::new(),
+        }
+    }
+
+    /// The scope of the submodule `name`.
+    pub(crate) fn pp(&mut self, name: impl std::fmt::Display) -> Scope<'_> {
+        Scope {
+            path: self.name(&name.to_string()),
+            weights: self.weights,
+            quantization: self.quantization,
+        }
+    }
+
+    /// The checkpoint name of this module's tensor `leaf`.
+    pub(crate) fn name(&self, leaf: &str) -> String {
+        match self.path.as_str() {
+            "" => leaf.to_string(),
+            path => format!("{path}.{leaf}"),
+        }
+    }
+
+    pub(crate) fn take_float(&mut self, leaf: &str, shape: &[i32]) -> Result<Array> {
+        let name = self.name(leaf);
+        self.weights.take_float(&name, shape)
+    }
 }
 
 /// The tensors of one checkpoint, handed out by name exactly once.

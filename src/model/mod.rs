@@ -11,7 +11,7 @@ mod rope;
 use std::ops::Range;
 use std::path::PathBuf;
 
-pub use config::{stop_tokens, Config, MODEL_TYPE, LayerType, ModuleQuantization, Quantization, RopeScaling};
+pub use config::{stop_tokens, Config, LayerType, ModuleQuantization, Quantization, RopeScaling, MODEL_TYPE};
 pub use gpt_oss::{AttentionCache, GptOss, Mask, Probe, Stage};
 pub(crate) use load::weight_files;
 pub use load::{ComputeDtype, LoadOptions, Weights};
