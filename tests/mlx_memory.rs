@@ -64,7 +64,7 @@ fn loading_safetensors_is_lazy_until_evaluation() {
 #[test]
 fn wiring_memory_is_metal_only() {
     let _alone = ALONE.lock().unwrap();
-    let wired = memory::wire_recommended_working_set().unwrap();
+    let wired = memory::WiredLimit::recommended();
     let metal = safeguard_mlx::mlx::default_device().backend == safeguard_mlx::mlx::Backend::Metal;
-    assert_eq!(wired.is_some(), metal);
+    assert_eq!(wired.limit().is_some(), metal);
 }

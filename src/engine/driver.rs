@@ -36,6 +36,7 @@ use super::generate::{prefill, GenerateOptions, LogprobsQuery, Step, TokenLogpro
 use super::prefix::PrefixCache;
 use super::sampler::Sampler;
 use super::{Error, Result};
+use crate::mlx::memory::WiredLimit;
 use crate::mlx::{self, Array};
 use crate::model::GptOss;
 
@@ -184,6 +185,7 @@ pub struct Driver<'m> {
     slots: Vec<Slot>,
     pending: Option<Pending>,
     next_id: u64,
+    _wired: WiredLimit,
 }
 
 impl<'m> Driver<'m> {
@@ -196,6 +198,7 @@ impl<'m> Driver<'m> {
             slots: Vec::new(),
             pending: None,
             next_id: 0,
+            _wired: WiredLimit::recommended(),
         }
     }
 

@@ -6,6 +6,7 @@
 use super::cache::{make_caches, LayerCache};
 use super::sampler::{Sampler, SamplerOptions};
 use super::{Error, Result};
+use crate::mlx::memory::WiredLimit;
 use crate::mlx::{self, Array};
 use crate::model::GptOss;
 
@@ -117,6 +118,7 @@ pub struct Generation<'m> {
     pending: Option<(Array, Array)>,
     produced: usize,
     max_tokens: usize,
+    _wired: WiredLimit,
 }
 
 impl<'m> Generation<'m> {
@@ -136,6 +138,7 @@ impl<'m> Generation<'m> {
         options: GenerateOptions,
     ) -> Result<Generation<'m>> {
         let (last, rest) = prompt.split_last().ok_or(Error::EmptyPrompt)?;
+        let wired = WiredLimit::recommended();
         prefill(model, &mut caches, rest, options.prefill_step)?;
         let mut generation = Generation {
             model,
@@ -144,6 +147,7 @@ impl<'m> Generation<'m> {
             pending: None,
             produced: 0,
             max_tokens: options.max_tokens,
+            _wired: wired,
         };
         if options.max_tokens > 0 {
             generation.pending = Some(generation.step(&tokens_array(&[*last])?)?);

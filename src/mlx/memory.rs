@@ -40,16 +40,45 @@ pub fn set_wired_limit(bytes: usize) -> Result<usize> {
     ffi::set_wired_limit(bytes).op("set_wired_limit")
 }
 
-/// On Metal, lets MLX keep up to the GPU's recommended working set wired, as
-/// mlx-lm does while a model runs, so the weights are not paged out between
-/// steps. Returns the limit set, or None on backends without wired memory.
-pub fn wire_recommended_working_set() -> Result<Option<usize>> {
-    if super::default_device().backend != super::Backend::Metal {
-        return Ok(None);
+/// mlx-lm's `wired_limit`: while a model generates, Metal may keep up to the
+/// GPU's recommended working set wired, so the weights are not paged out
+/// between steps; the previous limit comes back when this is dropped, after
+/// the work in flight. Nothing on backends without wired memory.
+pub struct WiredLimit {
+    /// (limit set, limit before).
+    set: Option<(usize, usize)>,
+}
+
+impl WiredLimit {
+    pub fn recommended() -> WiredLimit {
+        if super::default_device().backend != super::Backend::Metal {
+            return WiredLimit { set: None };
+        }
+        let wire = || -> Result<(usize, usize)> {
+            let recommended =
+                ffi::device_info_number("max_recommended_working_set_size").op("device_info")?;
+            Ok((recommended, set_wired_limit(recommended)?))
+        };
+        // Wiring is an optimisation: generating without it is slower, not wrong.
+        let set = wire()
+            .inspect_err(|e| tracing::warn!("could not wire the model's memory: {e}"))
+            .ok();
+        WiredLimit { set }
     }
-    let recommended = ffi::device_info_number("max_recommended_working_set_size").op("device_info")?;
-    set_wired_limit(recommended)?;
-    Ok(Some(recommended))
+
+    /// The limit in force while this lives, if one was set.
+    pub fn limit(&self) -> Option<usize> {
+        self.set.map(|(limit, _)| limit)
+    }
+}
+
+impl Drop for WiredLimit {
+    fn drop(&mut self) {
+        if let Some((_, before)) = self.set {
+            let _ = super::synchronize();
+            let _ = set_wired_limit(before);
+        }
+    }
 }
 
 /// Returns the buffer cache to the system.

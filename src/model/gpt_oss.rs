@@ -6,7 +6,7 @@ use std::ops::Range;
 use std::path::Path;
 
 use super::config::{Config, LayerType};
-use super::layers::{Embedding, Linear, RmsNorm, SwitchLinear};
+use super::layers::{Embedding, Linear, Param, RmsNorm, SwitchLinear};
 use super::load::Scope;
 use super::rope::Rope;
 use super::{LoadOptions, Result, Shard, Weights};
@@ -341,8 +341,7 @@ impl GptOss {
     pub fn assemble(config: Config, mut weights: Weights, shard: Option<&Shard>) -> Result<GptOss> {
         let model = GptOss::from_weights(config, &mut weights, shard)?;
         weights.finish()?;
-        mlx::eval(&model.parameters())?;
-        mlx::memory::wire_recommended_working_set()?;
+        mlx::eval(&model.parameters().iter().map(|p| p.array).collect::<Vec<_>>())?;
         Ok(model)
     }
 
@@ -448,7 +447,16 @@ impl GptOss {
     }
 
     /// Every weight array, e.g. to evaluate them all after loading.
-    fn parameters(&self) -> Vec<&Array> {
+    /// Logical parameters (see [`Param::logical`]): all of them, and the
+    /// experts' share — counted from the matrices as loaded, so by the same
+    /// quantization rule the loader applied.
+    pub fn parameter_counts(&self) -> (u64, u64) {
+        self.parameters().iter().fold((0, 0), |(all, experts), p| {
+            (all + p.logical, experts + if p.expert { p.logical } else { 0 })
+        })
+    }
+
+    fn parameters(&self) -> Vec<Param<'_>> {
         let mut params = Vec::new();
         self.embed_tokens.collect(&mut params);
         for layer in &self.layers {
@@ -456,7 +464,7 @@ impl GptOss {
             for linear in [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &layer.mlp.router] {
                 linear.collect(&mut params);
             }
-            params.push(&a.sinks);
+            params.push(Param::plain(&a.sinks));
             for switch in [
                 &layer.mlp.experts.gate_proj,
                 &layer.mlp.experts.up_proj,

@@ -95,13 +95,41 @@ impl Matrix {
     }
 }
 
+/// One array a module holds, with what it counts for in parameter counts.
+pub(crate) struct Param<'a> {
+    pub array: &'a Array,
+    /// Logical weights: a quantized matrix counts its unpacked codes, its
+    /// scales and biases count nothing (mlx-lm's and llama.cpp's convention).
+    pub logical: u64,
+    /// Held by an expert (a token uses only k of E of these).
+    pub expert: bool,
+}
+
+impl<'a> Param<'a> {
+    pub(crate) fn plain(array: &'a Array) -> Param<'a> {
+        Param {
+            array,
+            logical: array.size() as u64,
+            expert: false,
+        }
+    }
+}
+
 impl Matrix {
-    fn collect<'a>(&'a self, out: &mut Vec<&'a Array>) {
+    fn collect<'a>(&'a self, out: &mut Vec<Param<'a>>) {
         match self {
-            Matrix::Dense(w) => out.push(w),
+            Matrix::Dense(w) => out.push(Param::plain(w)),
             Matrix::Quantized(q, _) => {
-                out.extend([&q.weight, &q.scales]);
-                out.extend(q.biases.as_ref());
+                out.push(Param {
+                    logical: q.weight.size() as u64 * 32 / q.spec.bits as u64,
+                    ..Param::plain(&q.weight)
+                });
+                for extra in std::iter::once(&q.scales).chain(q.biases.as_ref()) {
+                    out.push(Param {
+                        logical: 0,
+                        ..Param::plain(extra)
+                    });
+                }
             }
         }
     }
@@ -159,9 +187,9 @@ impl Linear {
         Ok(Linear { weight, bias })
     }
 
-    pub(crate) fn collect<'a>(&'a self, out: &mut Vec<&'a Array>) {
+    pub(crate) fn collect<'a>(&'a self, out: &mut Vec<Param<'a>>) {
         self.weight.collect(out);
-        out.extend(self.bias.as_ref());
+        out.extend(self.bias.as_ref().map(Param::plain));
     }
 
     pub(crate) fn forward(&self, x: &Array) -> Result<Array> {
@@ -209,7 +237,7 @@ impl Embedding {
         })
     }
 
-    pub(crate) fn collect<'a>(&'a self, out: &mut Vec<&'a Array>) {
+    pub(crate) fn collect<'a>(&'a self, out: &mut Vec<Param<'a>>) {
         self.weight.collect(out);
     }
 
@@ -244,9 +272,13 @@ impl SwitchLinear {
         })
     }
 
-    pub(crate) fn collect<'a>(&'a self, out: &mut Vec<&'a Array>) {
+    pub(crate) fn collect<'a>(&'a self, out: &mut Vec<Param<'a>>) {
+        let start = out.len();
         self.weight.collect(out);
-        out.push(&self.bias);
+        out.push(Param::plain(&self.bias));
+        for param in &mut out[start..] {
+            param.expert = true;
+        }
     }
 
     /// `x [.., 1, in]` with `indices` naming each row's expert → `[.., 1, out]`.
@@ -278,8 +310,8 @@ impl RmsNorm {
         })
     }
 
-    pub(crate) fn collect<'a>(&'a self, out: &mut Vec<&'a Array>) {
-        out.push(&self.weight);
+    pub(crate) fn collect<'a>(&'a self, out: &mut Vec<Param<'a>>) {
+        out.push(Param::plain(&self.weight));
     }
 
     pub(crate) fn forward(&self, x: &Array) -> Result<Array> {
