@@ -133,26 +133,12 @@ fn the_scripted_model_gives_the_known_confusion_matrix_and_probabilities() {
     assert_eq!(manifest["effort"], "low");
     assert_eq!(manifest["max_tokens"], 4096);
     let set_bytes = std::fs::read(env.path("set.jsonl")).unwrap();
-    assert_eq!(manifest["dataset"]["sha256"], sha256_by_python(&set_bytes));
+    assert_eq!(
+        manifest["dataset"]["sha256"],
+        common::sha256_by_python(&set_bytes)
+    );
     assert_eq!(report["cost"]["classified"], 7);
     assert_eq!(report["cost"]["completion_tokens"], 7 * 5);
-}
-
-fn sha256_by_python(bytes: &[u8]) -> String {
-    let output = Command::new(common::python())
-        .args([
-            "-c",
-            "import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            child.stdin.take().unwrap().write_all(bytes)?;
-            child.wait_with_output()
-        })
-        .unwrap();
-    String::from_utf8(output.stdout).unwrap().trim().to_string()
 }
 
 #[test]
@@ -590,7 +576,7 @@ fn a_shipped_policy_is_evaluated_on_its_own_set_by_default() {
     let shipped = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/spam.eval.jsonl")).unwrap();
     assert_eq!(
         report["manifest"]["dataset"]["sha256"],
-        sha256_by_python(&shipped)
+        common::sha256_by_python(&shipped)
     );
 
     // A policy file has no built-in set.

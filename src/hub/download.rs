@@ -274,7 +274,9 @@ impl Layout {
         }
         // Made aside and renamed over the link, so that concurrent pulls of the same
         // snapshot each succeed instead of racing a remove against a create (EEXIST).
-        let name = link.file_name().map_or_else(Default::default, |n| n.to_string_lossy().into_owned());
+        let name = link
+            .file_name()
+            .map_or_else(Default::default, |n| n.to_string_lossy().into_owned());
         let tmp = link.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
         let _ = std::fs::remove_file(&tmp);
         std::os::unix::fs::symlink(&target, &tmp).map_err(|e| write_error(&tmp, e))?;
