@@ -589,20 +589,24 @@ fn several_policies_give_each_verdict_and_the_combined_one() {
     let p_one = expected["confidence"].as_f64().unwrap();
     let model = scripted.to_str().unwrap();
     // (policies, combined outcome, P(violation) of the whole when defined)
-    let cases: [(&[&(String, &str)], &str, Option<f64>); 6] = [
-        (&[flags, clears], "violates", Some(p_one)),
-        (&[clears, escalates], "escalate", None),
-        (&[clears, clears_too], "safe", Some(p_one)),
-        (&[escalates, wants_json], "none", None),
-        (&[wants_json, flags], "violates", None),
-        (&[clears, wants_json, escalates], "none", None),
+    let with_policies = |policies: &[&str], rest: &[&str]| {
+        let mut args = vec!["classify", "-m", model];
+        for policy in policies {
+            args.extend(["--policy", policy]);
+        }
+        run(&[&args[..], rest].concat())
+    };
+    let cases = [
+        (&[flags, clears][..], "violates", Some(p_one)),
+        (&[clears, escalates][..], "escalate", None),
+        (&[clears, clears_too][..], "safe", Some(p_one)),
+        (&[escalates, wants_json][..], "none", None),
+        (&[wants_json, flags][..], "violates", None),
+        (&[clears, wants_json, escalates][..], "none", None),
     ];
     for (chosen, combined, p_violation) in cases {
-        let mut args = vec!["classify", "-m", model, "--json", "Win a free phone!"];
-        for (path, _) in chosen {
-            args.extend(["--policy", path.as_str()]);
-        }
-        let output = run(&args);
+        let paths: Vec<&str> = chosen.iter().map(|(p, _)| p.as_str()).collect();
+        let output = with_policies(&paths, &["--json", "Win a free phone!"]);
         assert!(
             output.status.success(),
             "{}",
@@ -667,17 +671,7 @@ fn several_policies_give_each_verdict_and_the_combined_one() {
     }
 
     // The text output shows the whole and then each policy's verdict.
-    let output = run(&[
-        "classify",
-        "-m",
-        model,
-        "--policy",
-        &flags.0,
-        "--policy",
-        &escalates.0,
-        "--fail-on-violation",
-        "hi",
-    ]);
+    let output = with_policies(&[&flags.0, &escalates.0], &["--fail-on-violation", "hi"]);
     assert_eq!(output.status.code(), Some(1));
     let text = String::from_utf8_lossy(&output.stdout);
     let lines: Vec<&str> = text.lines().collect();
@@ -693,16 +687,7 @@ fn several_policies_give_each_verdict_and_the_combined_one() {
     std::fs::create_dir(&other).unwrap();
     let twin = other.join("flags.md");
     std::fs::write(&twin, "# other\nAnswer 0 or 1.\n").unwrap();
-    let output = run(&[
-        "classify",
-        "-m",
-        model,
-        "--policy",
-        &flags.0,
-        "--policy",
-        twin.to_str().unwrap(),
-        "x",
-    ]);
+    let output = with_policies(&[&flags.0, twin.to_str().unwrap()], &["x"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("names two different policies"));
 }

@@ -41,15 +41,50 @@ impl Env {
         self.eval_with(&scripted(), &["spam"], extra)
     }
 
-    /// `eval --json` of `model` on this test's set under each of `policies`.
-    fn eval_with(&self, model: &str, policies: &[&str], extra: &[&str]) -> Value {
+    /// `classify --output OUT` of `model` on this test's set under each of `policies`.
+    fn classify_to(&self, model: &str, policies: &[&str], out: &Path) {
         let set = self.path("set.jsonl");
-        let mut args = vec!["eval", "-m", model, "--input", set.to_str().unwrap(), "--json"];
+        let mut args = vec!["classify", "-m", model, "--input", set.to_str().unwrap()];
+        for policy in policies {
+            args.extend(["--policy", policy]);
+        }
+        args.extend(["--output", out.to_str().unwrap(), "--json"]);
+        let output = self.run(&args);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// The error of `eval --results RESULTS` on this test's set, which must exit 2.
+    fn refused_results(&self, policies: &[&str], results: &Path) -> String {
+        let set = self.path("set.jsonl");
+        let mut args = vec!["eval", "--input", set.to_str().unwrap()];
+        for policy in policies {
+            args.extend(["--policy", policy]);
+        }
+        args.extend(["--results", results.to_str().unwrap()]);
+        let output = self.run(&args);
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        stderr
+    }
+
+    /// `eval` of `model` on this test's set under each of `policies`.
+    fn eval_output(&self, model: &str, policies: &[&str], extra: &[&str]) -> Output {
+        let set = self.path("set.jsonl");
+        let mut args = vec!["eval", "-m", model, "--input", set.to_str().unwrap()];
         for policy in policies {
             args.extend(["--policy", policy]);
         }
         args.extend_from_slice(extra);
-        let output = self.run(&args);
+        self.run(&args)
+    }
+
+    /// `eval --json` of `model` on this test's set under each of `policies`.
+    fn eval_with(&self, model: &str, policies: &[&str], extra: &[&str]) -> Value {
+        let output = self.eval_output(model, policies, &[extra, &["--json"]].concat());
         assert!(
             output.status.success(),
             "{}",
@@ -147,23 +182,7 @@ fn rescoring_a_classify_output_equals_the_full_run() {
     let full = env.eval_json(&[]);
     let out = env.path("out.jsonl");
     let model = scripted();
-    let output = env.run(&[
-        "classify",
-        "-m",
-        &model,
-        "--policy",
-        "spam",
-        "--input",
-        set.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--json",
-    ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    env.classify_to(&model, &["spam"], &out);
     // No model: a -m that does not exist is never looked at.
     let output = env.run(&[
         "eval",
@@ -197,17 +216,7 @@ fn rescoring_a_classify_output_equals_the_full_run() {
         .collect();
     let partial = env.path("partial.jsonl");
     std::fs::write(&partial, lines[..5].join("\n") + "\n").unwrap();
-    let output = env.run(&[
-        "eval",
-        "--policy",
-        "spam",
-        "--input",
-        set.to_str().unwrap(),
-        "--results",
-        partial.to_str().unwrap(),
-    ]);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let stderr = env.refused_results(&["spam"], &partial);
     assert!(
         stderr.contains("no result for 2 of 7 examples (s2, s3)"),
         "{stderr}"
@@ -1052,19 +1061,7 @@ fn several_policies_are_scored_together_and_each_alone() {
     assert_eq!(report["cost"]["completion_tokens"], 14 * 5);
 
     // The summary lists each policy under the whole.
-    let set = env.path("set.jsonl");
-    let args = [
-        "eval",
-        "-m",
-        &model,
-        "--policy",
-        "spam",
-        "--policy",
-        &clears,
-        "--input",
-        set.to_str().unwrap(),
-    ];
-    let text = String::from_utf8(env.run(&args).stdout).unwrap();
+    let text = String::from_utf8(env.eval_output(&model, &["spam", &clears], &[]).stdout).unwrap();
     let table = text
         .split("each policy alone\n")
         .nth(1)
@@ -1077,25 +1074,7 @@ fn several_policies_are_scored_together_and_each_alone() {
 
     // A classify --output file of the same policies scores to the same numbers.
     let out = env.path("out.jsonl");
-    let output = env.run(&[
-        "classify",
-        "-m",
-        &model,
-        "--policy",
-        "spam",
-        "--policy",
-        &clears,
-        "--input",
-        set.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--json",
-    ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    env.classify_to(&model, &["spam", &clears], &out);
     let rescored = env.eval_with(
         "/no/such/model",
         &["spam", &clears],
@@ -1107,30 +1086,8 @@ fn several_policies_are_scored_together_and_each_alone() {
     }
     // One written for spam alone has no verdict of the other policy: named, not guessed.
     let single = env.path("single.jsonl");
-    env.run(&[
-        "classify",
-        "-m",
-        &model,
-        "--policy",
-        "spam",
-        "--input",
-        set.to_str().unwrap(),
-        "--output",
-        single.to_str().unwrap(),
-    ]);
-    let output = env.run(&[
-        "eval",
-        "--policy",
-        "spam",
-        "--policy",
-        &clears,
-        "--input",
-        set.to_str().unwrap(),
-        "--results",
-        single.to_str().unwrap(),
-    ]);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    env.classify_to(&model, &["spam"], &single);
+    let stderr = env.refused_results(&["spam", &clears], &single);
     assert!(stderr.contains("has no verdict of policy \"spam\""), "{stderr}");
 }
 

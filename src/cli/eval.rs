@@ -200,6 +200,9 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+/// Results by example id.
+type Outcomes = HashMap<String, Outcome>;
+
 /// One run at one effort: results from `--results`, the cache or the model,
 /// scored; with several policies, their combined verdict, and each alone.
 fn evaluate(
@@ -259,7 +262,7 @@ fn evaluate(
         target_recall: args.target_recall,
         ..Default::default()
     };
-    let alone = |policy: &Policy, outcomes: &HashMap<String, Outcome>| {
+    let alone = |policy: &Policy, outcomes: &Outcomes| {
         let mut manifest = manifest.clone();
         manifest.policy = policy_info(policy);
         manifest.effort = run::effort(policy, &options).to_string();
@@ -400,14 +403,13 @@ fn default_cache_dir() -> Option<PathBuf> {
 /// same text was judged under the same run key, else from the model
 /// (through the same classifier as `safeguard classify`), cached as each
 /// finishes; and their combination.
-#[allow(clippy::type_complexity)]
 fn classify(
     args: &Args,
     policies: &[Policy],
     examples: &[Example],
     options: ClassifyOptions,
     manifest: &mut Manifest,
-) -> Result<(Vec<HashMap<String, Outcome>>, HashMap<String, Outcome>, Cost)> {
+) -> Result<(Vec<Outcomes>, Outcomes, Cost)> {
     let usage = |e: anyhow::Error| UsageError(e);
     let model_dir = super::resolve_model(&args.run.model)?;
     let fingerprint = manifest::model_fingerprint(&model_dir)
@@ -510,7 +512,7 @@ fn classify(
             manifest.cache.as_deref().unwrap_or("the cache")
         )
     };
-    let mut each: Vec<HashMap<String, Outcome>> = vec![HashMap::new(); policies.len()];
+    let mut each: Vec<Outcomes> = vec![HashMap::new(); policies.len()];
     let mut combined = HashMap::new();
     for example in examples {
         let id = &example.item.id;
