@@ -1060,8 +1060,20 @@ fn several_policies_are_scored_together_and_each_alone() {
     assert_eq!(report["cost"]["classified"], 14);
     assert_eq!(report["cost"]["completion_tokens"], 14 * 5);
 
-    // The summary lists each policy under the whole.
-    let text = String::from_utf8(env.eval_output(&model, &["spam", &clears], &[]).stdout).unwrap();
+    // The summary and the report list each policy under the whole.
+    let page = env.path("report.html");
+    let output = env.eval_output(&model, &["spam", &clears], &["--report", page.to_str().unwrap()]);
+    let text = String::from_utf8(output.stdout).unwrap();
+    let page = std::fs::read_to_string(page).unwrap();
+    let table = page
+        .split("<table id=\"policies\">")
+        .nth(1)
+        .expect("a per-policy table");
+    let table = table.split("</table>").next().unwrap();
+    assert!(
+        table.contains("<td class=\"l\">clears</td><td>0.429</td><td>—</td><td>0.000</td>"),
+        "{table}"
+    );
     let table = text
         .split("each policy alone\n")
         .nth(1)

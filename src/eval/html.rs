@@ -109,6 +109,9 @@ fn body(e: &Evaluation) -> String {
     }
     metric_table(&mut out, m);
     confusion_table(&mut out, m);
+    if !e.policies.is_empty() {
+        policies_table(&mut out, &e.policies);
+    }
     if let Some(c) = &e.categories {
         category_tables(&mut out, c);
     }
@@ -119,6 +122,26 @@ fn body(e: &Evaluation) -> String {
     mistakes(&mut out, e);
     cost_and_manifest(&mut out, e);
     out
+}
+
+/// Each policy of a combined run scored alone.
+fn policies_table(out: &mut String, policies: &[Evaluation]) {
+    out.push_str("<h2>Each policy alone</h2>\n<table id=\"policies\"><tr><th class=\"l\">policy</th><th>accuracy</th><th>precision</th><th>recall</th><th>F1</th><th>no verdict</th><th>escalated</th></tr>\n");
+    for e in policies {
+        let m = &e.metrics;
+        let _ = writeln!(
+            out,
+            "<tr><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&e.manifest.policy.name),
+            cell(m.accuracy.value),
+            cell(m.precision.value),
+            cell(m.recall.value),
+            cell(m.f1.value),
+            m.parse_failures + m.cut_off,
+            m.escalated
+        );
+    }
+    out.push_str("</table>\n");
 }
 
 fn cell(value: Option<f64>) -> String {
@@ -473,10 +496,14 @@ fn cost_and_manifest(out: &mut String, e: &Evaluation) {
     let ms = |v: Option<f64>| v.map_or_else(|| "—".into(), |v| format!("{v:.0}"));
     let _ = writeln!(
         out,
-        "<h2>Cost</h2>\n<p>{} prompt tokens ({} cached), {} completion tokens; latency per item mean {} ms, p50 {} ms, p95 {} ms; {} classified by this run{}, {} from the cache.</p>",
+        "<h2>Cost</h2>\n<p>{} prompt tokens ({} cached), {} completion tokens{}; latency per item mean {} ms, p50 {} ms, p95 {} ms; {} classified by this run{}, {} from the cache.</p>",
         c.prompt_tokens,
         c.cached_tokens,
         c.completion_tokens,
+        match (c.reasoning_tokens, c.answer_tokens) {
+            (Some(r), Some(a)) => format!(" ({r} reasoning, {a} answer)"),
+            _ => String::new(),
+        },
         ms(c.latency_ms.mean),
         ms(c.latency_ms.p50),
         ms(c.latency_ms.p95),
