@@ -420,6 +420,12 @@ fn a_verdict_is_read_scored_and_acted_on() {
         result["usage"]["completion_tokens"],
         expected["completion"].as_array().unwrap().len()
     );
+    // All of it is the final message: `<|channel|>final<|message|>1<|return|>`.
+    assert_eq!(
+        result["usage"]["answer_tokens"],
+        result["usage"]["completion_tokens"]
+    );
+    assert_eq!(result["usage"]["reasoning_tokens"], 0);
     let confidence = result["confidence"].as_f64().unwrap();
     let want = expected["confidence"].as_f64().unwrap();
     assert!(
@@ -735,6 +741,29 @@ fn two_policies_give_what_each_gives_alone() {
         json_lines(&output.stdout)
     };
     let both = classify(&["spam", "pii"]);
+    // A dry run shows each item's prompt under each policy, saying which.
+    let prompts = json_lines(
+        &run(&[
+            "classify",
+            "-m",
+            &model,
+            "--policy",
+            "spam",
+            "--policy",
+            "pii",
+            "--dry-run",
+            "--json",
+            "hi",
+        ])
+        .stdout,
+    );
+    let names: Vec<&str> = prompts.iter().map(|p| p["policy"].as_str().unwrap()).collect();
+    assert_eq!(names, ["spam", "pii"]);
+    assert_eq!(
+        prompts[0]["prompt_tokens"].as_array().unwrap().len(),
+        both[0]["policies"][0]["usage"]["prompt_tokens"].as_u64().unwrap() as usize,
+        "the dry run renders the prompt that is run (item i0 is \"hi\" too)"
+    );
     let alone = [classify(&["spam"]), classify(&["pii"])];
     assert_eq!(both.len(), 5);
     for (i, combined) in both.iter().enumerate() {
