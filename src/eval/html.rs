@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use super::categories::CategoryMetrics;
 use super::compare::Comparison;
 use super::metrics::{Estimate, Metrics};
-use super::report::{Evaluation, MistakeKind};
+use super::report::{self, Evaluation, MistakeKind};
 use crate::classify::lint::{Lint, Severity};
 
 /// Text for HTML element content and quoted attribute values.
@@ -126,20 +126,19 @@ fn body(e: &Evaluation) -> String {
 
 /// Each policy of a combined run scored alone.
 fn policies_table(out: &mut String, policies: &[Evaluation]) {
-    out.push_str("<h2>Each policy alone</h2>\n<table id=\"policies\"><tr><th class=\"l\">policy</th><th>accuracy</th><th>precision</th><th>recall</th><th>F1</th><th>no verdict</th><th>escalated</th></tr>\n");
+    out.push_str("<h2>Each policy alone</h2>\n<table id=\"policies\"><tr>");
+    for (i, column) in report::POLICY_COLUMNS.iter().enumerate() {
+        let class = if i == 0 { " class=\"l\"" } else { "" };
+        let _ = write!(out, "<th{class}>{column}</th>");
+    }
+    out.push_str("</tr>\n");
     for e in policies {
-        let m = &e.metrics;
-        let _ = writeln!(
-            out,
-            "<tr><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            escape(&e.manifest.policy.name),
-            cell(m.accuracy.value),
-            cell(m.precision.value),
-            cell(m.recall.value),
-            cell(m.f1.value),
-            m.parse_failures + m.cut_off,
-            m.escalated
-        );
+        out.push_str("<tr>");
+        for (i, value) in report::policy_row(e).iter().enumerate() {
+            let class = if i == 0 { " class=\"l\"" } else { "" };
+            let _ = write!(out, "<td{class}>{}</td>", escape(value));
+        }
+        out.push_str("</tr>\n");
     }
     out.push_str("</table>\n");
 }

@@ -502,28 +502,45 @@ pub fn summary(e: &Evaluation, colour: bool) -> String {
     out
 }
 
+/// The columns of the per-policy table of a combined run.
+pub const POLICY_COLUMNS: [&str; 7] = [
+    "policy",
+    "accuracy",
+    "precision",
+    "recall",
+    "F1",
+    "no verdict",
+    "escalated",
+];
+
+/// One policy's row of that table, in [`POLICY_COLUMNS`] order.
+pub fn policy_row(e: &Evaluation) -> [String; 7] {
+    let show = |v: Option<f64>| v.map_or_else(|| "—".to_string(), |v| format!("{v:.3}"));
+    let m = &e.metrics;
+    [
+        e.manifest.policy.name.clone(),
+        show(m.accuracy.value),
+        show(m.precision.value),
+        show(m.recall.value),
+        show(m.f1.value),
+        (m.parse_failures + m.cut_off).to_string(),
+        m.escalated.to_string(),
+    ]
+}
+
 /// Each policy of a combined run scored alone, one row each.
 fn policies_summary(out: &mut String, policies: &[Evaluation]) {
-    let show = |v: Option<f64>| v.map_or_else(|| "—".to_string(), |v| format!("{v:.3}"));
     let _ = writeln!(out, "\neach policy alone");
-    let _ = writeln!(
-        out,
-        "{:<20} {:>8} {:>9} {:>7} {:>7} {:>10} {:>9}",
-        "policy", "accuracy", "precision", "recall", "F1", "no verdict", "escalated"
-    );
+    let line = |out: &mut String, [name, cells @ ..]: [&str; 7]| {
+        let _ = write!(out, "{name:<20}");
+        for (cell, width) in cells.iter().zip([8, 9, 7, 7, 10, 9]) {
+            let _ = write!(out, " {cell:>width$}");
+        }
+        out.push('\n');
+    };
+    line(out, POLICY_COLUMNS);
     for e in policies {
-        let m = &e.metrics;
-        let _ = writeln!(
-            out,
-            "{:<20} {:>8} {:>9} {:>7} {:>7} {:>10} {:>9}",
-            e.manifest.policy.name,
-            show(m.accuracy.value),
-            show(m.precision.value),
-            show(m.recall.value),
-            show(m.f1.value),
-            m.parse_failures + m.cut_off,
-            m.escalated
-        );
+        line(out, policy_row(e).each_ref().map(String::as_str));
     }
 }
 
