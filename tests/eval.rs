@@ -1083,6 +1083,10 @@ fn several_policies_are_scored_together_and_each_alone() {
         rows[0].starts_with("spam ") && rows[1].starts_with("clears "),
         "{text}"
     );
+    assert!(
+        text.contains("\nclears lint: "),
+        "each policy's lint in short: {text}"
+    );
 
     // A classify --output file of the same policies scores to the same numbers.
     let out = env.path("out.jsonl");

@@ -542,6 +542,12 @@ fn policies_summary(out: &mut String, policies: &[Evaluation]) {
     for e in policies {
         line(out, policy_row(e).each_ref().map(String::as_str));
     }
+    // Each policy's lint, in short: `policies lint NAME` has the findings.
+    for e in policies {
+        if let Some(lint) = &e.lint {
+            let _ = writeln!(out, "{} {}", e.manifest.policy.name, lint.summary());
+        }
+    }
 }
 
 fn comparison_summary(out: &mut String, c: &Comparison, paint: &dyn Fn(&str, &str) -> String) {
