@@ -420,6 +420,12 @@ fn a_verdict_is_read_scored_and_acted_on() {
         result["usage"]["completion_tokens"],
         expected["completion"].as_array().unwrap().len()
     );
+    // All of it is the final message: `<|channel|>final<|message|>1<|return|>`.
+    assert_eq!(
+        result["usage"]["answer_tokens"],
+        result["usage"]["completion_tokens"]
+    );
+    assert_eq!(result["usage"]["reasoning_tokens"], 0);
     let confidence = result["confidence"].as_f64().unwrap();
     let want = expected["confidence"].as_f64().unwrap();
     assert!(
@@ -542,6 +548,247 @@ fn batched_classification_equals_one_item_at_a_time() {
         assert_eq!(alone.len(), texts.len());
         for batch in ["3", "16"] {
             assert_eq!(results(batch), alone, "{name} with --batch-size {batch}");
+        }
+    }
+}
+
+/// Policies under which the scripted fixture's answer, "1", means each
+/// outcome: `violates` (no front matter), `escalate`, `safe`, and no verdict
+/// at all (a policy declaring JSON fields gets a bare digit).
+fn outcome_policies(dir: &Path) -> [(String, &'static str); 5] {
+    let write = |name: &str, front: &str| {
+        let path = dir.join(format!("{name}.md"));
+        std::fs::write(
+            &path,
+            format!("{front}Reasoning: low\n\n# {name}\nAnswer 0 or 1.\n"),
+        )
+        .unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    [
+        (write("flags", ""), "violates"),
+        (
+            write("escalates", "---\nescalate: 1\nviolates: V\n---\n"),
+            "escalate",
+        ),
+        (write("clears", "---\nsafe: 1\nviolates: V\n---\n"), "safe"),
+        (write("clears-too", "---\nsafe: 1\nviolates: V\n---\n"), "safe"),
+        (
+            write(
+                "wants-json",
+                "---\noutput: json\nfields: violation, rationale\n---\n",
+            ),
+            "none",
+        ),
+    ]
+}
+
+#[test]
+fn several_policies_give_each_verdict_and_the_combined_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = outcome_policies(dir.path());
+    let [flags, escalates, clears, clears_too, wants_json] = &policies;
+    let scripted = common::fixture("scripted");
+    let expected: Value =
+        serde_json::from_str(&std::fs::read_to_string(scripted.join("expected.json")).unwrap()).unwrap();
+    // P("1") against P("0"): P(violation) under every policy here, whatever "1" means to it.
+    let p_one = expected["confidence"].as_f64().unwrap();
+    let model = scripted.to_str().unwrap();
+    // (policies, combined outcome, P(violation) of the whole when defined)
+    let with_policies = |policies: &[&str], rest: &[&str]| {
+        let mut args = vec!["classify", "-m", model];
+        for policy in policies {
+            args.extend(["--policy", policy]);
+        }
+        run(&[&args[..], rest].concat())
+    };
+    let cases = [
+        (&[flags, clears][..], "violates", Some(p_one)),
+        (&[clears, escalates][..], "escalate", None),
+        (&[clears, clears_too][..], "safe", Some(p_one)),
+        (&[escalates, wants_json][..], "none", None),
+        (&[wants_json, flags][..], "violates", None),
+        (&[clears, wants_json, escalates][..], "none", None),
+    ];
+    for (chosen, combined, p_violation) in cases {
+        let paths: Vec<&str> = chosen.iter().map(|(p, _)| p.as_str()).collect();
+        let output = with_policies(&paths, &["--json", "Win a free phone!"]);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let result = &json_lines(&output.stdout)[0];
+        let names: Vec<String> = chosen
+            .iter()
+            .map(|(p, _)| Path::new(p).file_stem().unwrap().to_str().unwrap().to_string())
+            .collect();
+        let label = match combined {
+            "violates" => json!(1),
+            "safe" => json!(0),
+            _ => Value::Null,
+        };
+        assert_eq!(result["label"], label, "{names:?}: {result}");
+        assert_eq!(
+            result["outcome"],
+            if combined == "none" {
+                Value::Null
+            } else {
+                json!(combined)
+            }
+        );
+        let entries = result["policies"].as_array().unwrap();
+        assert_eq!(entries.len(), chosen.len());
+        for ((path, outcome), entry) in chosen.iter().zip(entries) {
+            let stem = Path::new(path).file_stem().unwrap().to_str().unwrap();
+            assert_eq!(entry["name"], stem);
+            let identity = Policy::from_file(Path::new(path)).unwrap().identity();
+            assert_eq!(entry["sha256"], common::sha256_by_python(identity.as_bytes()));
+            let want = if *outcome == "none" {
+                Value::Null
+            } else {
+                json!(outcome)
+            };
+            assert_eq!(entry["outcome"], want, "{stem}");
+            assert_eq!(entry["answer"], "1");
+        }
+        match (result["label"].as_u64(), p_violation) {
+            (Some(label), Some(p)) => {
+                let confidence = result["confidence"].as_f64().unwrap();
+                let said = if label == 1 { confidence } else { 1.0 - confidence };
+                assert!((said - p).abs() < 1e-5, "{names:?}: {result}");
+            }
+            _ => assert_eq!(result["confidence"], Value::Null, "{names:?}"),
+        }
+        if combined == "none" {
+            let error = result["error"].as_str().unwrap();
+            assert!(
+                error.contains("no verdict from policy wants-json") && error.contains("rationale"),
+                "{error}"
+            );
+        } else {
+            assert_eq!(result["error"], Value::Null);
+        }
+        // The usage of the whole is the sum of the policies'.
+        for key in ["prompt_tokens", "completion_tokens", "answer_tokens"] {
+            let sum: u64 = entries.iter().map(|e| e["usage"][key].as_u64().unwrap()).sum();
+            assert_eq!(result["usage"][key], sum, "{key}");
+        }
+    }
+
+    // The text output shows the whole and then each policy's verdict.
+    let output = with_policies(&[&flags.0, &escalates.0], &["--fail-on-violation", "hi"]);
+    assert_eq!(output.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("[1] VIOLATES (1)") && lines[0].ends_with("(2 policies)"),
+        "{text}"
+    );
+    assert!(lines[1].starts_with("  flags: VIOLATES (1)"), "{text}");
+    assert!(lines[2].starts_with("  escalates: ESCALATE"), "{text}");
+
+    // Two files with one name cannot be told apart in the results.
+    let other = dir.path().join("sub");
+    std::fs::create_dir(&other).unwrap();
+    let twin = other.join("flags.md");
+    std::fs::write(&twin, "# other\nAnswer 0 or 1.\n").unwrap();
+    let output = with_policies(&[&flags.0, twin.to_str().unwrap()], &["x"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("names two different policies"));
+}
+
+#[test]
+fn two_policies_give_what_each_gives_alone() {
+    // A random fixture: answers differ from item to item and policy to policy.
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("items.jsonl");
+    let mut file = std::fs::File::create(&input).unwrap();
+    for (i, text) in [
+        "hi",
+        "WIN a free phone now",
+        "my number is 555-0100",
+        "ok",
+        "call me",
+    ]
+    .iter()
+    .enumerate()
+    {
+        writeln!(file, "{}", json!({"id": format!("i{i}"), "text": text})).unwrap();
+    }
+    let model = model();
+    let classify = |policies: &[&str]| {
+        let mut args = vec![
+            "classify",
+            "-m",
+            &model,
+            "--max-tokens",
+            "24",
+            "--batch-size",
+            "3",
+            "--json",
+        ];
+        args.extend(["--input", input.to_str().unwrap()]);
+        for p in policies {
+            args.extend(["--policy", p]);
+        }
+        let output = run(&args);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        json_lines(&output.stdout)
+    };
+    let both = classify(&["spam", "pii"]);
+    // A dry run shows each item's prompt under each policy, saying which.
+    let prompts = json_lines(
+        &run(&[
+            "classify",
+            "-m",
+            &model,
+            "--policy",
+            "spam",
+            "--policy",
+            "pii",
+            "--dry-run",
+            "--json",
+            "hi",
+        ])
+        .stdout,
+    );
+    let names: Vec<&str> = prompts.iter().map(|p| p["policy"].as_str().unwrap()).collect();
+    assert_eq!(names, ["spam", "pii"]);
+    assert_eq!(
+        prompts[0]["prompt_tokens"].as_array().unwrap().len(),
+        both[0]["policies"][0]["usage"]["prompt_tokens"].as_u64().unwrap() as usize,
+        "the dry run renders the prompt that is run (item i0 is \"hi\" too)"
+    );
+    let alone = [classify(&["spam"]), classify(&["pii"])];
+    assert_eq!(both.len(), 5);
+    for (i, combined) in both.iter().enumerate() {
+        let entries = combined["policies"].as_array().unwrap();
+        for (p, name) in ["spam", "pii"].iter().enumerate() {
+            let (entry, single) = (&entries[p], &alone[p][i]);
+            assert_eq!(entry["name"], *name);
+            assert_eq!(entry["id"], single["id"]);
+            for key in [
+                "label",
+                "outcome",
+                "confidence",
+                "answer",
+                "raw",
+                "reasoning",
+                "finish_reason",
+                "error",
+            ] {
+                assert_eq!(entry[key], single[key], "item {i}, {name}: {key}");
+            }
+            assert_eq!(
+                entry["usage"]["completion_tokens"],
+                single["usage"]["completion_tokens"]
+            );
+            assert_eq!(entry["usage"]["prompt_tokens"], single["usage"]["prompt_tokens"]);
         }
     }
 }

@@ -38,20 +38,53 @@ impl Env {
     }
 
     fn eval_json(&self, extra: &[&str]) -> Value {
-        let model = scripted();
+        self.eval_with(&scripted(), &["spam"], extra)
+    }
+
+    /// `classify --output OUT` of `model` on this test's set under each of `policies`.
+    fn classify_to(&self, model: &str, policies: &[&str], out: &Path) {
         let set = self.path("set.jsonl");
-        let mut args = vec![
-            "eval",
-            "-m",
-            &model,
-            "--policy",
-            "spam",
-            "--input",
-            set.to_str().unwrap(),
-            "--json",
-        ];
-        args.extend_from_slice(extra);
+        let mut args = vec!["classify", "-m", model, "--input", set.to_str().unwrap()];
+        for policy in policies {
+            args.extend(["--policy", policy]);
+        }
+        args.extend(["--output", out.to_str().unwrap(), "--json"]);
         let output = self.run(&args);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// The error of `eval --results RESULTS` on this test's set, which must exit 2.
+    fn refused_results(&self, policies: &[&str], results: &Path) -> String {
+        let set = self.path("set.jsonl");
+        let mut args = vec!["eval", "--input", set.to_str().unwrap()];
+        for policy in policies {
+            args.extend(["--policy", policy]);
+        }
+        args.extend(["--results", results.to_str().unwrap()]);
+        let output = self.run(&args);
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        stderr
+    }
+
+    /// `eval` of `model` on this test's set under each of `policies`.
+    fn eval_output(&self, model: &str, policies: &[&str], extra: &[&str]) -> Output {
+        let set = self.path("set.jsonl");
+        let mut args = vec!["eval", "-m", model, "--input", set.to_str().unwrap()];
+        for policy in policies {
+            args.extend(["--policy", policy]);
+        }
+        args.extend_from_slice(extra);
+        self.run(&args)
+    }
+
+    /// `eval --json` of `model` on this test's set under each of `policies`.
+    fn eval_with(&self, model: &str, policies: &[&str], extra: &[&str]) -> Value {
+        let output = self.eval_output(model, policies, &[extra, &["--json"]].concat());
         assert!(
             output.status.success(),
             "{}",
@@ -133,26 +166,12 @@ fn the_scripted_model_gives_the_known_confusion_matrix_and_probabilities() {
     assert_eq!(manifest["effort"], "low");
     assert_eq!(manifest["max_tokens"], 4096);
     let set_bytes = std::fs::read(env.path("set.jsonl")).unwrap();
-    assert_eq!(manifest["dataset"]["sha256"], sha256_by_python(&set_bytes));
+    assert_eq!(
+        manifest["dataset"]["sha256"],
+        common::sha256_by_python(&set_bytes)
+    );
     assert_eq!(report["cost"]["classified"], 7);
     assert_eq!(report["cost"]["completion_tokens"], 7 * 5);
-}
-
-fn sha256_by_python(bytes: &[u8]) -> String {
-    let output = Command::new(common::python())
-        .args([
-            "-c",
-            "import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            child.stdin.take().unwrap().write_all(bytes)?;
-            child.wait_with_output()
-        })
-        .unwrap();
-    String::from_utf8(output.stdout).unwrap().trim().to_string()
 }
 
 #[test]
@@ -163,23 +182,7 @@ fn rescoring_a_classify_output_equals_the_full_run() {
     let full = env.eval_json(&[]);
     let out = env.path("out.jsonl");
     let model = scripted();
-    let output = env.run(&[
-        "classify",
-        "-m",
-        &model,
-        "--policy",
-        "spam",
-        "--input",
-        set.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--json",
-    ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    env.classify_to(&model, &["spam"], &out);
     // No model: a -m that does not exist is never looked at.
     let output = env.run(&[
         "eval",
@@ -213,17 +216,7 @@ fn rescoring_a_classify_output_equals_the_full_run() {
         .collect();
     let partial = env.path("partial.jsonl");
     std::fs::write(&partial, lines[..5].join("\n") + "\n").unwrap();
-    let output = env.run(&[
-        "eval",
-        "--policy",
-        "spam",
-        "--input",
-        set.to_str().unwrap(),
-        "--results",
-        partial.to_str().unwrap(),
-    ]);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let stderr = env.refused_results(&["spam"], &partial);
     assert!(
         stderr.contains("no result for 2 of 7 examples (s2, s3)"),
         "{stderr}"
@@ -590,7 +583,7 @@ fn a_shipped_policy_is_evaluated_on_its_own_set_by_default() {
     let shipped = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/spam.eval.jsonl")).unwrap();
     assert_eq!(
         report["manifest"]["dataset"]["sha256"],
-        sha256_by_python(&shipped)
+        common::sha256_by_python(&shipped)
     );
 
     // A policy file has no built-in set.
@@ -1019,4 +1012,249 @@ fn an_effort_sweep_runs_and_reports_each_effort() {
     assert!(
         String::from_utf8_lossy(&output.stderr).contains("an --effort sweep runs the model once per effort")
     );
+}
+
+/// A policy under which the scripted fixture's answer, "1", means safe.
+fn clearing_policy(env: &Env) -> String {
+    let path = env.path("clears.md");
+    std::fs::write(
+        &path,
+        "---\nsafe: 1\nviolates: V\n---\nReasoning: low\n\n# Clears\nAnswer V or 1.\n",
+    )
+    .unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[test]
+fn several_policies_are_scored_together_and_each_alone() {
+    let env = Env::new();
+    write_set(&env.path("set.jsonl"));
+    // Labels the clearing policy reads alone too: it declares no rule ids.
+    let text = std::fs::read_to_string(env.path("set.jsonl")).unwrap();
+    std::fs::write(
+        env.path("set.jsonl"),
+        text.replace("\"SP4\"", "1").replace("\"SP0.b\"", "0"),
+    )
+    .unwrap();
+    let clears = clearing_policy(&env);
+    let model = scripted();
+    let report = env.eval_with(&model, &["spam", &clears], &[]);
+    // Spam flags everything and violates any: the whole flags everything too.
+    assert_eq!(confusion(&report), [4, 0, 0, 3, 0, 0]);
+    assert_eq!(report["manifest"]["policy"]["name"], "spam + clears");
+    let each = report["policies"].as_array().unwrap();
+    assert_eq!(each.len(), 2);
+    assert_eq!(each[0]["manifest"]["policy"]["name"], "spam");
+    assert_eq!(confusion(&each[0]), [4, 0, 0, 3, 0, 0]);
+    // Under the clearing policy every violating example is missed.
+    assert_eq!(each[1]["manifest"]["policy"]["name"], "clears");
+    assert_eq!(confusion(&each[1]), [0, 4, 0, 0, 3, 0]);
+    assert_eq!(each[1]["metrics"]["recall"]["value"].as_f64(), Some(0.0));
+    // Each policy alone scores as a run of that policy alone.
+    let alone = env.eval_with(&model, &[&clears], &[]);
+    assert_eq!(alone["metrics"], each[1]["metrics"]);
+    assert_eq!(
+        alone["cost"]["classified"], 0,
+        "its results came from the two-policy run's cache"
+    );
+    assert_eq!(report["cost"]["classified"], 14);
+    assert_eq!(report["cost"]["completion_tokens"], 14 * 5);
+
+    // The summary and the report list each policy under the whole.
+    let page = env.path("report.html");
+    let output = env.eval_output(&model, &["spam", &clears], &["--report", page.to_str().unwrap()]);
+    let text = String::from_utf8(output.stdout).unwrap();
+    let page = std::fs::read_to_string(page).unwrap();
+    let table = page
+        .split("<table id=\"policies\">")
+        .nth(1)
+        .expect("a per-policy table");
+    let table = table.split("</table>").next().unwrap();
+    assert!(
+        table.contains("<td class=\"l\">clears</td><td>0.429</td><td>—</td><td>0.000</td>"),
+        "{table}"
+    );
+    let table = text
+        .split("each policy alone\n")
+        .nth(1)
+        .expect("a per-policy table");
+    let rows: Vec<&str> = table.lines().skip(1).take(2).collect();
+    assert!(
+        rows[0].starts_with("spam ") && rows[1].starts_with("clears "),
+        "{text}"
+    );
+    assert!(
+        text.contains("\nclears lint: "),
+        "each policy's lint in short: {text}"
+    );
+
+    // A classify --output file of the same policies scores to the same numbers.
+    let out = env.path("out.jsonl");
+    env.classify_to(&model, &["spam", &clears], &out);
+    let rescored = env.eval_with(
+        "/no/such/model",
+        &["spam", &clears],
+        &["--results", out.to_str().unwrap()],
+    );
+    assert_eq!(rescored["metrics"], report["metrics"]);
+    for (a, b) in rescored["policies"].as_array().unwrap().iter().zip(each) {
+        assert_eq!(a["metrics"], b["metrics"]);
+    }
+    // One written for spam alone has no verdict of the other policy: named, not guessed.
+    let single = env.path("single.jsonl");
+    env.classify_to(&model, &["spam"], &single);
+    let stderr = env.refused_results(&["spam", &clears], &single);
+    assert!(stderr.contains("has no verdict of policy \"spam\""), "{stderr}");
+}
+
+#[test]
+fn the_cost_splits_reasoning_from_answer_tokens() {
+    let env = Env::new();
+    write_set(&env.path("set.jsonl"));
+    // The scripted fixture writes `<|channel|>final<|message|>1<|return|>`: all answer.
+    let answering = expected("scripted");
+    let report = env.eval_json(&[]);
+    let per_item = answering["completion"].as_array().unwrap().len() as u64;
+    let cost = &report["cost"];
+    assert_eq!(
+        (
+            cost["completion_tokens"].as_u64(),
+            cost["reasoning_tokens"].as_u64(),
+            cost["answer_tokens"].as_u64()
+        ),
+        (Some(7 * per_item), Some(0), Some(7 * per_item))
+    );
+    // Its twin writes an analysis message and stops without answering: all reasoning.
+    let reasoning = expected("scripted-reasoning");
+    let model = common::fixture("scripted-reasoning");
+    let report = env.eval_with(model.to_str().unwrap(), &["spam"], &[]);
+    let per_item = reasoning["completion"].as_array().unwrap().len() as u64;
+    assert!(
+        per_item > reasoning["reasoning_tokens"].as_u64().unwrap(),
+        "headers count as reasoning too"
+    );
+    let cost = &report["cost"];
+    assert_eq!(
+        (
+            cost["completion_tokens"].as_u64(),
+            cost["reasoning_tokens"].as_u64(),
+            cost["answer_tokens"].as_u64()
+        ),
+        (Some(7 * per_item), Some(7 * per_item), Some(0))
+    );
+    assert_eq!(report["metrics"]["parse_failures"], 7);
+    let text = String::from_utf8(
+        env.run(&[
+            "eval",
+            "-m",
+            model.to_str().unwrap(),
+            "--policy",
+            "spam",
+            "--input",
+            env.path("set.jsonl").to_str().unwrap(),
+        ])
+        .stdout,
+    )
+    .unwrap();
+    assert!(
+        text.contains(&format!("{} reasoning, 0 answer", 7 * per_item)),
+        "{text}"
+    );
+}
+
+fn expected(fixture: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(common::fixture(fixture).join("expected.json")).unwrap())
+        .unwrap()
+}
+
+#[test]
+fn an_eval_killed_mid_run_resumes_without_redoing_or_losing_anything() {
+    // Enough items on a random fixture to take a while, each answer short.
+    let env = Env::new();
+    let set = env.path("set.jsonl");
+    let mut file = std::fs::File::create(&set).unwrap();
+    for i in 0..160 {
+        writeln!(
+            file,
+            "{}",
+            json!({"id": format!("e{i}"), "text": format!("message number {i}"), "label": i % 2})
+        )
+        .unwrap();
+    }
+    let model = common::fixture("a-mxfp4");
+    let model = model.to_str().unwrap();
+    let flags = ["--max-tokens", "3", "--batch-size", "4"];
+    let args: Vec<&str> = [
+        "eval",
+        "-m",
+        model,
+        "--policy",
+        "spam",
+        "--input",
+        set.to_str().unwrap(),
+        "--json",
+    ]
+    .into_iter()
+    .chain(flags)
+    .collect();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_safeguard"))
+        .env("HF_HUB_OFFLINE", "1")
+        .env("XDG_CACHE_HOME", env.path("cache"))
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let cache_dir = env.path("cache").join("safeguard").join("eval");
+    let cached_lines = || -> usize {
+        std::fs::read_dir(&cache_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .map(|t| t.lines().count())
+            .sum()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while cached_lines() < 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the eval cached only {} results",
+            cached_lines()
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the eval ended before it was killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL: no chance to tidy up
+    child.wait().unwrap();
+    let kept = cached_lines();
+    assert!(kept < 160, "killed too late to test anything");
+
+    let resumed = env.run(&args);
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    let resumed: Value = serde_json::from_slice(&resumed.stdout).unwrap();
+    // Only what was not cached is classified: a line cut off by the kill is done again.
+    let classified = resumed["cost"]["classified"].as_u64().unwrap() as usize;
+    assert!(
+        (160 - kept..=160 - kept + 1).contains(&classified),
+        "{kept} cached before the kill, {classified} classified after"
+    );
+    assert_eq!(
+        resumed["cost"]["from_cache"].as_u64().unwrap() as usize,
+        160 - classified
+    );
+    assert_eq!(cached_lines(), 160, "every result cached exactly once");
+
+    // The same as a run never interrupted.
+    let whole = env.eval_with(model, &["spam"], &[&flags[..], &["--no-cache"]].concat());
+    assert_eq!(whole["cost"]["classified"], 160);
+    assert_eq!(resumed["metrics"], whole["metrics"]);
+    assert_eq!(resumed["mistakes"], whole["mistakes"]);
 }

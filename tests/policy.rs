@@ -210,6 +210,39 @@ fn front_matter_errors_name_the_file_line_and_the_fix() {
         .contains("empty"));
 }
 
+#[test]
+fn declared_fields_must_carry_the_verdict_and_fit_the_output() {
+    let front = |fields: &str| format!("---\noutput: json\n{fields}\n---\n# P\nAnswer in JSON.\n");
+    let ok = Policy::from_text("p", &front("fields: violation, rationale")).unwrap();
+    let declared = ok.front_matter.unwrap().fields;
+    assert_eq!(declared, ["violation", "rationale"]);
+    for (text, line, what) in [
+        (front("fields: rationale"), 3, "must include \"violation\""),
+        (front("fields: violation, rule ids"), 3, "not a JSON key name"),
+        (
+            front("fields: violation, rationale, violation"),
+            3,
+            "listed twice",
+        ),
+        (
+            "---\nfields: violation\noutput: binary\n---\n# P\n".to_string(),
+            2,
+            "`output: binary` asks for a bare one",
+        ),
+        (
+            "---\noutput: categories\nfields: violation, rationale\n---\n# P\n".to_string(),
+            3,
+            "add it to fields",
+        ),
+    ] {
+        let err = Policy::from_text("p", &text).unwrap_err();
+        assert!(
+            err.starts_with(&format!("line {line}: ")) && err.contains(what),
+            "{text:?}: {err}"
+        );
+    }
+}
+
 mod lint_rules {
     use safeguard_mlx::classify::lint::{self, Severity};
     use safeguard_mlx::classify::policy::Policy;
@@ -374,6 +407,41 @@ mod lint_rules {
             findings(&inferred, 500),
             [("example-format", Severity::Error, line_of(&inferred, "TP9"))]
         );
+    }
+
+    #[test]
+    fn example_answers_must_have_exactly_the_declared_fields() {
+        let answer = |violation: u8, extra: &str| {
+            format!("Answer: {{\"violation\": {violation}, \"rationale\": \"why\"{extra}}}")
+        };
+        let good = GOOD
+            .replace("output: binary", "output: json\nfields: violation, rationale")
+            .replace("Answer: 1", &answer(1, ""))
+            .replace("Answer: 0", &answer(0, ""));
+        assert_eq!(findings(&good, 500), []);
+        // One answer with a field the policy does not declare, one without rationale.
+        let bad = good
+            .replacen(&answer(1, ""), &answer(1, ", \"severity\": \"high\""), 1)
+            .replacen(&answer(0, ""), "Answer: {\"violation\": 0}", 1);
+        let (extra, missing) = (line_of(&bad, "severity"), line_of(&bad, "{\"violation\": 0}"));
+        assert_eq!(
+            findings(&bad, 500),
+            [
+                ("example-format", Severity::Error, extra),
+                ("example-format", Severity::Error, missing),
+            ]
+        );
+        let policy = Policy::from_text("t", &bad).unwrap();
+        let messages: Vec<String> = lint::lint(&policy, &bad, Some(500))
+            .findings
+            .into_iter()
+            .map(|f| f.message)
+            .collect();
+        assert!(
+            messages[0].contains("has severity that the policy does not declare"),
+            "{messages:?}"
+        );
+        assert!(messages[1].contains("lacks rationale"), "{messages:?}");
     }
 }
 

@@ -1217,3 +1217,101 @@ fn a_classify_call_shares_slots_and_counts_its_items() {
                 .unwrap()
     );
 }
+
+/// A result line without what differs from run to run: times, and how
+/// much of the prompt a cache happened to hold.
+fn without_timing(mut value: Value) -> Value {
+    if let Value::Object(fields) = &mut value {
+        fields.remove("latency_ms");
+        if let Some(Value::Object(usage)) = fields.get_mut("usage") {
+            usage.remove("cached_tokens");
+        }
+        for (_, field) in fields.iter_mut() {
+            if let Value::Array(entries) = field {
+                for entry in entries.iter_mut() {
+                    *entry = without_timing(entry.take());
+                }
+            }
+        }
+    }
+    value
+}
+
+#[test]
+fn classify_with_several_policies_gives_the_cli_results() {
+    let server = Server::start("scripted", &[]);
+    let body = server
+        .post(
+            "/v1/classify",
+            &json!({"policies": ["spam", "pii"], "input": ["Buy now!", {"id": "b", "content": "hello"}], "effort": "low"}),
+        )
+        .json();
+    assert_eq!(body["policies"], json!(["spam", "pii"]));
+    let results = body["results"].as_array().unwrap();
+    let mut items = std::env::temp_dir().join(format!("safeguard-server-policies-{}", std::process::id()));
+    items.set_extension("jsonl");
+    std::fs::write(
+        &items,
+        "{\"id\": \"1\", \"text\": \"Buy now!\"}\n{\"id\": \"b\", \"text\": \"hello\"}\n",
+    )
+    .unwrap();
+    let cli = Command::new(env!("CARGO_BIN_EXE_safeguard"))
+        .args([
+            "classify", "--json", "--policy", "spam", "--policy", "pii", "--effort", "low", "--input",
+        ])
+        .arg(&items)
+        .arg("-m")
+        .arg(common::fixture("scripted"))
+        .output()
+        .unwrap();
+    std::fs::remove_file(&items).unwrap();
+    assert!(cli.status.success(), "{}", String::from_utf8_lossy(&cli.stderr));
+    let cli: Vec<Value> = String::from_utf8(cli.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(results.len(), cli.len());
+    for (served, printed) in results.iter().zip(cli) {
+        assert_eq!(without_timing(served.clone()), without_timing(printed));
+        assert_eq!(served["policies"].as_array().unwrap().len(), 2);
+    }
+
+    // A policy sent as text is named by its place in the list.
+    let clears = "---\nsafe: 1\nviolates: V\n---\n# Clears everything\nAnswer V or 1.";
+    let body = server
+        .post(
+            "/v1/classify",
+            &json!({"policies": ["spam", clears], "input": "x"}),
+        )
+        .json();
+    let result = &body["results"][0];
+    assert_eq!(result["policies"][1]["name"], "policies[1]");
+    assert_eq!(result["policies"][1]["outcome"], "safe");
+    assert_eq!(result["outcome"], "violates", "spam flags it, so the whole does");
+
+    // Bad lists are named.
+    for (request, param, says) in [
+        (
+            json!({"policy": "spam", "policies": ["pii"], "input": "x"}),
+            "policies",
+            "not both",
+        ),
+        (json!({"policies": [], "input": "x"}), "policies", "at least one"),
+        (
+            json!({"policies": ["spam", "spamm"], "input": "x"}),
+            "policies[1]",
+            "spamm",
+        ),
+        (
+            json!({"policies": ["spam", "spam"], "input": "x"}),
+            "policies[1]",
+            "already in the list",
+        ),
+    ] {
+        let reply = server.post("/v1/classify", &request);
+        let message = reply.error(400);
+        assert_eq!(reply.json()["error"]["param"], param, "{request}");
+        assert!(message.contains(says), "{request}: {message}");
+    }
+}

@@ -101,6 +101,7 @@ fn custom_keywords_replace_the_defaults() {
         violating: vec!["FLAG".into()],
         safe: vec!["PASS".into()],
         escalate: Vec::new(),
+        fields: Vec::new(),
     };
     assert_eq!(parse("PASS", &keywords).label, Some(0));
     assert_eq!(parse("flag it", &keywords).label, Some(1));
@@ -163,4 +164,46 @@ fn answers_a_front_matter_declares_read_as_its_outcomes() {
     let plain = parse("ESCALATE", &Keywords::default());
     assert_eq!((plain.label, plain.escalate), (None, false));
     assert!(plain.parse_error.is_some());
+}
+
+#[test]
+fn answers_must_have_exactly_the_fields_a_policy_declares() {
+    let front = "---\noutput: json\nfields: violation, rationale\nescalate: 2\n---\n# P\nAnswer in JSON.\n";
+    let policy = safeguard_mlx::classify::policy::Policy::from_text("p", front).unwrap();
+    let keywords = Keywords::default().with_declared(policy.front_matter.as_ref());
+    let good = parse(r#"{"violation": 1, "rationale": "sells followers"}"#, &keywords);
+    assert_eq!((good.label, good.parse_error), (Some(1), None));
+    assert_eq!(good.rationale.as_deref(), Some("sells followers"));
+    let escalated = parse(
+        r#"```json
+{"rationale": "unclear", "violation": 2}
+```"#,
+        &keywords,
+    );
+    assert_eq!(
+        (escalated.label, escalated.escalate, escalated.parse_error),
+        (None, true, None)
+    );
+    // (answer, what the error must say): never a label, never an escalation.
+    for (answer, says) in [
+        (r#"{"violation": 1}"#, "lacks rationale"),
+        (
+            r#"{"violation": 0, "rationale": "fine", "confidence": "high"}"#,
+            "has confidence that the policy does not declare",
+        ),
+        (r#"{"violation": 2, "score": 3}"#, "lacks rationale and has score"),
+        ("1", "the answer is not one"),
+        ("", "the answer is not one"),
+    ] {
+        let v = parse(answer, &keywords);
+        assert_eq!((v.label, v.escalate), (None, false), "{answer:?}");
+        let error = v.parse_error.unwrap_or_default();
+        assert!(
+            error.contains(says) && error.contains("violation, rationale"),
+            "{answer:?}: {error}"
+        );
+    }
+    // Without a declaration any object with "violation" reads.
+    let free = parse(r#"{"violation": 1, "score": 3}"#, &Keywords::default());
+    assert_eq!((free.label, free.parse_error), (Some(1), None));
 }

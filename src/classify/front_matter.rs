@@ -9,6 +9,7 @@
 //! violates: 1, INVALID      # answers that mean "violates"
 //! safe: 0, VALID            # answers that mean "safe"
 //! escalate: 2, ESCALATE     # answers that mean "a person should decide"
+//! fields: violation, rationale   # the JSON answer's fields, no more, no fewer
 //! ---
 //! ```
 
@@ -53,6 +54,9 @@ pub struct FrontMatter {
     pub violates: Vec<String>,
     pub safe: Vec<String>,
     pub escalate: Vec<String>,
+    /// The fields a JSON answer must have, and the only ones it may have;
+    /// empty when the policy does not say.
+    pub fields: Vec<String>,
     /// The block as written, `---` lines included: part of the policy's
     /// identity (a changed mapping changes results) though not of its text.
     pub source: String,
@@ -65,7 +69,7 @@ pub struct LineError {
     pub message: String,
 }
 
-const KEYS: &str = "output, violates, safe, escalate";
+const KEYS: &str = "output, violates, safe, escalate, fields";
 
 /// Splits `text` into its front matter (None when the file does not start
 /// with `---`) and the rest.
@@ -83,6 +87,7 @@ pub fn split(text: &str) -> Result<(Option<FrontMatter>, &str), LineError> {
             continue;
         }
         if raw.trim_end() == "---" {
+            front.check_fields(&seen)?;
             front.source = text[..offset].to_string();
             return Ok((Some(front), &text[offset..]));
         }
@@ -141,6 +146,24 @@ pub fn split(text: &str) -> Result<(Option<FrontMatter>, &str), LineError> {
                     _ => front.escalate = values,
                 }
             }
+            "fields" => {
+                if let Some(bad) = values
+                    .iter()
+                    .find(|v| !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+                {
+                    return Err(error(format!(
+                        "field {bad:?} is not a JSON key name (letters, digits, _); list them as `fields: violation, rationale`"
+                    )));
+                }
+                if let Some(twice) = values
+                    .iter()
+                    .enumerate()
+                    .find_map(|(i, v)| values[..i].contains(v).then_some(v))
+                {
+                    return Err(error(format!("field {twice:?} is listed twice")));
+                }
+                front.fields = values;
+            }
             _ => return Err(error(format!("unknown key {key:?}; the keys are {KEYS}"))),
         }
     }
@@ -155,11 +178,30 @@ fn example(key: &str) -> &'static str {
         "output" => "binary",
         "violates" => "1",
         "safe" => "0",
+        "fields" => "violation, rationale",
         _ => "2, ESCALATE",
     }
 }
 
 impl FrontMatter {
+    /// Declared fields must carry the verdict and fit the output format.
+    fn check_fields(&self, seen: &[(String, usize)]) -> Result<(), LineError> {
+        let Some((_, line)) = seen.iter().find(|(k, _)| k == "fields") else {
+            return Ok(());
+        };
+        let error = |message: String| Err(LineError { line: *line, message });
+        if self.output == Some(Output::Binary) {
+            return error("fields are those of a JSON answer, but `output: binary` asks for a bare one; use `output: json` or drop `fields`".into());
+        }
+        if !self.fields.iter().any(|f| f == "violation") {
+            return error("fields must include \"violation\", the field that carries the verdict".into());
+        }
+        if self.output == Some(Output::Categories) && !self.fields.iter().any(|f| f == "policy_category") {
+            return error("`output: categories` reads \"policy_category\"; add it to fields".into());
+        }
+        Ok(())
+    }
+
     fn answer_lists(&self) -> [(&'static str, &Vec<String>); 3] {
         [
             ("violates", &self.violates),

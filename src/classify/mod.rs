@@ -1,5 +1,6 @@
 //! Classification: policies, the classification prompt, verdicts.
 
+pub mod combine;
 pub mod front_matter;
 pub mod input;
 pub mod lint;

@@ -177,6 +177,11 @@ impl Policy {
         }
     }
 
+    /// The sha256 of [`Policy::identity`]: what results and caches name it by.
+    pub fn sha256(&self) -> String {
+        sha256_hex(self.identity().as_bytes())
+    }
+
     /// The file as written (front matter and effort line included), for
     /// linting: read again from its path, or the shipped text.
     pub fn source(&self) -> Result<String, Error> {
@@ -282,6 +287,11 @@ impl RuleIds {
             _ => None,
         }
     }
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn too_long(bytes: usize) -> String {

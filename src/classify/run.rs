@@ -54,6 +54,9 @@ pub struct Classification {
     /// Prompt tokens served from the policy prefix cache.
     pub cached_tokens: usize,
     pub completion_tokens: usize,
+    /// Of `completion_tokens`, those of the answer: every final-channel
+    /// message, header and closing token included. The rest is reasoning.
+    pub answer_tokens: usize,
     pub latency: Duration,
 }
 
@@ -96,6 +99,8 @@ impl Classification {
                 "prompt_tokens": self.prompt_tokens,
                 "cached_tokens": self.cached_tokens,
                 "completion_tokens": self.completion_tokens,
+                "reasoning_tokens": self.completion_tokens - self.answer_tokens,
+                "answer_tokens": self.answer_tokens,
             },
             "latency_ms": (self.latency.as_secs_f64() * 1e3).round(),
         })
@@ -251,13 +256,17 @@ impl<'t> Judge<'t> {
             parser: StreamParser::new(self.tokenizer)?,
             verdict_probabilities: None,
             generated: Vec::new(),
+            answer_tokens: 0,
+            unplaced: 0,
         })
     }
 }
 
+/// Classifies items against one policy or several, through one driver:
+/// each policy's prefix stays in its prefix cache.
 pub struct Classifier<'a> {
-    judge: Judge<'a>,
-    /// Kept across calls, with the policy prefix in its cache.
+    judges: Vec<Judge<'a>>,
+    /// Kept across calls, with the policy prefixes in its cache.
     driver: Driver<'a>,
 }
 
@@ -271,8 +280,22 @@ impl<'a> Classifier<'a> {
         policy: &Policy,
         options: ClassifyOptions,
     ) -> Result<Classifier<'a>, harmony::Error> {
+        Classifier::with_policies(model, tokenizer, std::slice::from_ref(policy), options)
+    }
+
+    /// A classifier for several policies; [`Classifier::classify_pairs`]
+    /// names them by their index in `policies`.
+    pub fn with_policies(
+        model: &'a GptOss,
+        tokenizer: &'a Tokenizer,
+        policies: &[Policy],
+        options: ClassifyOptions,
+    ) -> Result<Classifier<'a>, harmony::Error> {
         Ok(Classifier {
-            judge: Judge::new(tokenizer, policy, options)?,
+            judges: policies
+                .iter()
+                .map(|policy| Judge::new(tokenizer, policy, options.clone()))
+                .collect::<Result<_, _>>()?,
             driver: Driver::new(
                 model,
                 DriverOptions {
@@ -292,19 +315,32 @@ impl<'a> Classifier<'a> {
         Ok(result.expect("every item gets a result"))
     }
 
-    /// Classifies `items`, decoding up to `batch_size` of them together
-    /// (continuous batching: an item that finishes makes room for the next).
-    /// Results come to `done` as items finish, with their index in `items`;
-    /// each equals [`Classifier::classify`] of the item alone.
+    /// Classifies `items` against the first policy, decoding up to
+    /// `batch_size` of them together (continuous batching: an item that
+    /// finishes makes room for the next). Results come to `done` as items
+    /// finish, with their index in `items`; each equals
+    /// [`Classifier::classify`] of the item alone.
     pub fn classify_batched(
         &mut self,
         items: &[&Item],
+        batch_size: usize,
+        done: impl FnMut(usize, Classification) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let pairs: Vec<(usize, &Item)> = items.iter().map(|item| (0, *item)).collect();
+        self.classify_pairs(&pairs, batch_size, done)
+    }
+
+    /// Classifies each `(policy index, item)` pair as
+    /// [`Classifier::classify_batched`] does; `done` gets the pair's index.
+    pub fn classify_pairs(
+        &mut self,
+        pairs: &[(usize, &Item)],
         batch_size: usize,
         mut done: impl FnMut(usize, Classification) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
         self.driver.set_max_slots(batch_size);
         let mut runs: HashMap<JobId, (usize, ItemRun<'a>)> = HashMap::new();
-        let result = self.drive(items, batch_size.max(1), &mut runs, &mut done);
+        let result = self.drive(pairs, batch_size.max(1), &mut runs, &mut done);
         // After a failure, the items still running have no one to report to.
         for id in runs.keys() {
             self.driver.cancel(*id);
@@ -312,21 +348,23 @@ impl<'a> Classifier<'a> {
         result
     }
 
-    /// Submits items as slots free up (so an item's latency starts when it
-    /// is admitted) and steps the driver until every item is done.
+    /// Submits pairs as slots free up (so an item's latency starts when it
+    /// is admitted) and steps the driver until every pair is done.
     fn drive(
         &mut self,
-        items: &[&Item],
+        pairs: &[(usize, &Item)],
         in_flight: usize,
         runs: &mut HashMap<JobId, (usize, ItemRun<'a>)>,
         done: &mut impl FnMut(usize, Classification) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
         let mut next = 0;
         loop {
-            while runs.len() < in_flight && next < items.len() {
-                let (prompt, shared) = self.judge.prompt(&items[next].content)?;
-                let run = self.judge.start(items[next], prompt.len(), 0)?;
-                let id = self.driver.submit(self.judge.job(prompt, shared, 0));
+            while runs.len() < in_flight && next < pairs.len() {
+                let (policy, item) = pairs[next];
+                let judge = &self.judges[policy];
+                let (prompt, shared) = judge.prompt(&item.content)?;
+                let run = judge.start(item, prompt.len(), 0)?;
+                let id = self.driver.submit(judge.job(prompt, shared, 0));
                 runs.insert(id, (next, run));
                 next += 1;
             }
@@ -334,13 +372,14 @@ impl<'a> Classifier<'a> {
                 return Ok(());
             }
             for (id, event) in self.driver.step() {
-                let (index, run) = runs.get_mut(&id).expect("every job is an item's");
+                let (index, run) = runs.get_mut(&id).expect("every job is a pair's");
+                let judge = &self.judges[pairs[*index].0];
                 match event {
                     Event::Started { cached_tokens } => run.set_cached_tokens(cached_tokens),
-                    Event::Token(token) => run.push(&self.judge, &token),
+                    Event::Token(token) => run.push(judge, &token),
                     Event::Finished(_) => {
                         let (index, run) = runs.remove(&id).expect("present");
-                        done(index, run.finish(&self.judge)?)?;
+                        done(index, run.finish(judge)?)?;
                     }
                     Event::Failed(message) => {
                         anyhow::bail!("item {} ({}): generation failed: {message}", *index + 1, run.id)
@@ -361,6 +400,10 @@ pub struct ItemRun<'t> {
     parser: StreamParser<'t>,
     verdict_probabilities: Option<(f32, f32)>,
     generated: Vec<u32>,
+    answer_tokens: usize,
+    /// Tokens not yet known to belong to a message: a header being read,
+    /// or tokens between messages.
+    unplaced: usize,
 }
 
 impl ItemRun<'_> {
@@ -368,8 +411,19 @@ impl ItemRun<'_> {
     /// watched log-probabilities are those of "0" and "1".
     pub fn push(&mut self, judge: &Judge<'_>, token: &Token) {
         self.generated.push(token.id);
-        let in_answer = self.parser.current().is_some_and(|m| m.is_final());
+        let before = self.parser.current().map(Message::is_final);
+        let in_answer = before == Some(true);
         self.parser.push(token.id);
+        // A header's tokens go with the message it opens, a closing token
+        // with the message it closes; tokens outside any message are not
+        // the answer.
+        self.unplaced += 1;
+        if let Some(is_final) = self.parser.current().map(Message::is_final).or(before) {
+            if is_final {
+                self.answer_tokens += self.unplaced;
+            }
+            self.unplaced = 0;
+        }
         // The first digit written in the answer states the verdict.
         if in_answer && self.verdict_probabilities.is_none() && judge.digits.contains(&token.id) {
             if let [p0, p1] = token.watched[..] {
@@ -424,6 +478,7 @@ impl ItemRun<'_> {
             prompt_tokens: self.prompt_tokens,
             cached_tokens: self.cached_tokens,
             completion_tokens: self.generated.len(),
+            answer_tokens: self.answer_tokens,
             latency: self.start.elapsed(),
         })
     }

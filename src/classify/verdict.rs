@@ -46,6 +46,9 @@ pub struct Keywords {
     pub violating: Vec<String>,
     pub safe: Vec<String>,
     pub escalate: Vec<String>,
+    /// The fields a JSON answer must have, exactly (a front matter's
+    /// `fields`); empty: any object with "violation".
+    pub fields: Vec<String>,
 }
 
 impl Keywords {
@@ -55,6 +58,7 @@ impl Keywords {
             self.violating.extend(front.violates.iter().cloned());
             self.safe.extend(front.safe.iter().cloned());
             self.escalate.extend(front.escalate.iter().cloned());
+            self.fields.clone_from(&front.fields);
         }
         self
     }
@@ -83,6 +87,7 @@ impl Default for Keywords {
             violating: words(&["INVALID", "VIOLATES", "VIOLATION"]),
             safe: words(&["VALID", "DOES NOT VIOLATE", "NO VIOLATION"]),
             escalate: Vec::new(),
+            fields: Vec::new(),
         }
     }
 }
@@ -98,6 +103,55 @@ static LABEL_TEXT: LazyLock<Regex> = LazyLock::new(|| {
 
 /// Parses the final-channel text of one answer.
 pub fn parse(answer: &str, keywords: &Keywords) -> Verdict {
+    let mut verdict = parse_any(answer, keywords);
+    if let Some(problem) = fields_problem(answer, &keywords.fields) {
+        verdict.label = None;
+        verdict.escalate = false;
+        verdict.parse_error = Some(problem);
+    }
+    verdict
+}
+
+/// How an answer departs from the JSON fields the policy declares, if it does.
+fn fields_problem(answer: &str, fields: &[String]) -> Option<String> {
+    if fields.is_empty() {
+        return None;
+    }
+    let declared = fields.join(", ");
+    let Some(object) = json_object(strip_fences(answer.trim())) else {
+        return Some(format!(
+            "the policy asks for a JSON object with the fields {declared}; the answer is not one"
+        ));
+    };
+    let missing: Vec<&str> = fields
+        .iter()
+        .map(String::as_str)
+        .filter(|f| !object.contains_key(*f))
+        .collect();
+    let extra: Vec<&str> = object
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !fields.iter().any(|f| f == k))
+        .collect();
+    let mut problems = Vec::new();
+    if !missing.is_empty() {
+        problems.push(format!("lacks {}", missing.join(", ")));
+    }
+    if !extra.is_empty() {
+        problems.push(format!(
+            "has {} that the policy does not declare",
+            extra.join(", ")
+        ));
+    }
+    (!problems.is_empty()).then(|| {
+        format!(
+            "the JSON answer {} (the policy's front matter declares the fields {declared})",
+            problems.join(" and ")
+        )
+    })
+}
+
+fn parse_any(answer: &str, keywords: &Keywords) -> Verdict {
     let text = strip_fences(answer.trim());
     if let Some(object) = json_object(text) {
         let mut verdict = from_json(&object);

@@ -6,6 +6,9 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use super::UsageError;
+use serde_json::Value;
+
+use crate::classify::combine::combine;
 use crate::classify::input::{self, Item, ResultLog};
 use crate::classify::policy::Policy;
 use crate::classify::run::{render_prompt, Classification, Classifier, ClassifyOptions};
@@ -15,14 +18,15 @@ use crate::harmony::Effort;
 use crate::model::GptOss;
 use crate::tokenizer::Tokenizer;
 
-/// Classify text against a policy: one text, a file, a JSONL batch or stdin.
+/// Classify text against a policy (or several): one text, a file, a JSONL batch or stdin.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Texts to classify; `-` reads one from stdin.
     texts: Vec<String>,
-    /// A shipped policy (`safeguard policies`) or a policy file.
-    #[arg(short, long)]
-    policy: String,
+    /// A shipped policy (`safeguard policies`) or a policy file. Repeat it to judge each
+    /// item against each policy; the combined verdict violates when any policy does.
+    #[arg(short, long, required = true)]
+    policy: Vec<String>,
     /// Items from a file: `.jsonl` ({"id", "text"} or {"id", "messages"}) or one per line.
     #[arg(short, long, conflicts_with = "texts")]
     input: Option<PathBuf>,
@@ -97,9 +101,30 @@ impl RunArgs {
 #[error("policy violated by {0} item(s)")]
 pub struct ViolationFound(pub usize);
 
+/// The policies named by `--policy`, each once.
+pub(super) fn find_policies(specs: &[String]) -> Result<Vec<Policy>> {
+    let mut policies: Vec<Policy> = Vec::new();
+    for spec in specs {
+        let policy = Policy::find(spec)?;
+        if let Some(twin) = policies.iter().find(|p| p.name == policy.name) {
+            let same = if twin.identity() == policy.identity() {
+                "is given twice"
+            } else {
+                "names two different policies"
+            };
+            anyhow::bail!(
+                "--policy {spec:?}: the name {:?} {same}; results are told apart by name, so rename one file",
+                policy.name
+            );
+        }
+        policies.push(policy);
+    }
+    Ok(policies)
+}
+
 pub fn run(args: Args) -> Result<()> {
     let usage = |e: anyhow::Error| UsageError(e);
-    let policy = Policy::find(&args.policy).map_err(|e| usage(e.into()))?;
+    let policies = find_policies(&args.policy).map_err(usage)?;
     let items = match &args.input {
         Some(path) => input::read_file(path),
         None if args.texts.is_empty() => {
@@ -117,11 +142,15 @@ pub fn run(args: Args) -> Result<()> {
 
     if args.dry_run {
         // Rendering needs the tokenizer only; the weights are not read.
-        return print_prompts(&tokenizer, &policy, &options, &items, args.json);
+        let named = policies.len() > 1;
+        for policy in &policies {
+            print_prompts(&tokenizer, policy, named, &options, &items, args.json)?;
+        }
+        return Ok(());
     }
 
     let model = GptOss::load(&model_dir, args.run.engine.load_options()).map_err(|e| usage(e.into()))?;
-    let mut classifier = Classifier::new(&model, &tokenizer, &policy, options)?;
+    let mut classifier = Classifier::with_policies(&model, &tokenizer, &policies, options)?;
     let mut log = args
         .output
         .as_deref()
@@ -147,23 +176,62 @@ pub fn run(args: Args) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
     let colour = stdout.is_terminal();
     let mut violations = 0;
+    // An item's policies are judged one after another, so each finishes soon after it starts.
+    let pairs: Vec<(usize, &Item)> = todo
+        .iter()
+        .flat_map(|item| (0..policies.len()).map(move |p| (p, *item)))
+        .collect();
     // Results are logged as items finish and printed in input order.
-    let mut finished: Vec<Option<Classification>> = vec![None; todo.len()];
+    let mut judged: Vec<Vec<Option<Classification>>> = vec![vec![None; policies.len()]; todo.len()];
+    let mut finished: Vec<Option<(Value, Vec<Classification>)>> = vec![None; todo.len()];
     let mut printed = 0;
-    classifier.classify_batched(&todo, args.run.batch_size as usize, |i, result| {
-        violations += usize::from(result.violates());
+    classifier.classify_pairs(&pairs, args.run.batch_size as usize, |pair, result| {
+        let (i, p) = (pair / policies.len(), pair % policies.len());
+        judged[i][p] = Some(result);
+        if judged[i].iter().any(Option::is_none) {
+            return Ok(());
+        }
+        let results: Vec<Classification> = judged[i].iter_mut().filter_map(Option::take).collect();
+        let json = match results.as_slice() {
+            [one] => one.to_json(),
+            all => combine(
+                &todo[i].id,
+                &policies
+                    .iter()
+                    .zip(all)
+                    .map(|(p, r)| (p, r.to_json()))
+                    .collect::<Vec<_>>(),
+            ),
+        };
+        violations += usize::from(json["label"] == 1);
         if let Some(log) = &mut log {
-            log.append(&result.id, &result.to_json())?;
+            log.append(&todo[i].id, &json)?;
         }
         progress.inc(1);
-        finished[i] = Some(result);
-        while let Some(result) = finished.get_mut(printed).and_then(Option::take) {
+        finished[i] = Some((json, results));
+        while let Some((json, results)) = finished.get_mut(printed).and_then(Option::take) {
             printed += 1;
             progress.suspend(|| -> Result<()> {
                 if args.json {
-                    writeln!(stdout, "{}", result.to_json())?;
+                    writeln!(stdout, "{json}")?;
+                } else if let [one] = results.as_slice() {
+                    print_human(
+                        &mut stdout,
+                        &format!("[{}]", one.id),
+                        one,
+                        colour,
+                        args.show_reasoning,
+                        "",
+                    )?;
                 } else {
-                    print_human(&mut stdout, &result, colour, args.show_reasoning)?;
+                    print_combined(
+                        &mut stdout,
+                        &json,
+                        &policies,
+                        &results,
+                        colour,
+                        args.show_reasoning,
+                    )?;
                 }
                 Ok(stdout.flush()?)
             })?;
@@ -189,21 +257,69 @@ pub(super) fn progress_bar(len: usize) -> indicatif::ProgressBar {
     bar
 }
 
-fn print_human(out: &mut impl Write, r: &Classification, colour: bool, show_reasoning: bool) -> Result<()> {
-    let paint = |code: &str, text: &str| {
+fn painter(colour: bool) -> impl Fn(&str, &str) -> String {
+    move |code: &str, text: &str| {
         if colour {
             format!("\x1b[{code}m{text}\x1b[0m")
         } else {
             text.to_string()
         }
-    };
-    let label = match (r.outcome(), r.verdict.label) {
-        (Some("escalate"), _) => paint("1;35", "ESCALATE"),
-        (_, Some(1)) => paint("1;31", "VIOLATES (1)"),
-        (_, Some(_)) => paint("1;32", "SAFE (0)"),
-        (_, None) => paint("1;33", "NO VERDICT"),
-    };
-    let mut line = format!("[{}] {label}", r.id);
+    }
+}
+
+fn outcome_text(outcome: Option<&str>, paint: &impl Fn(&str, &str) -> String) -> String {
+    match outcome {
+        Some("escalate") => paint("1;35", "ESCALATE"),
+        Some("violates") => paint("1;31", "VIOLATES (1)"),
+        Some(_) => paint("1;32", "SAFE (0)"),
+        None => paint("1;33", "NO VERDICT"),
+    }
+}
+
+/// The combined verdict's line, then each policy's verdict under it.
+fn print_combined(
+    out: &mut impl Write,
+    combined: &Value,
+    policies: &[Policy],
+    results: &[Classification],
+    colour: bool,
+    show_reasoning: bool,
+) -> Result<()> {
+    let paint = painter(colour);
+    let mut line = format!(
+        "[{}] {}",
+        combined["id"].as_str().unwrap_or_default(),
+        outcome_text(combined["outcome"].as_str(), &paint)
+    );
+    if let Some(p) = combined["confidence"].as_f64() {
+        line.push_str(&format!("  p={p:.2}"));
+    }
+    writeln!(out, "{line}  ({} policies)", policies.len())?;
+    for (policy, result) in policies.iter().zip(results) {
+        print_human(
+            out,
+            &format!("  {}:", policy.name),
+            result,
+            colour,
+            show_reasoning,
+            "  ",
+        )?;
+    }
+    Ok(())
+}
+
+/// One verdict: `head` (the item's id, or a policy's name) and the outcome
+/// on a line, details under it indented by `indent` more.
+fn print_human(
+    out: &mut impl Write,
+    head: &str,
+    r: &Classification,
+    colour: bool,
+    show_reasoning: bool,
+    indent: &str,
+) -> Result<()> {
+    let paint = painter(colour);
+    let mut line = format!("{head} {}", outcome_text(r.outcome(), &paint));
     if let Some(category) = &r.verdict.policy_category {
         line.push_str(&format!("  {category}"));
     }
@@ -218,30 +334,32 @@ fn print_human(out: &mut impl Write, r: &Classification, colour: bool, show_reas
         let ids = r.undeclared_ids.join(", ");
         writeln!(
             out,
-            "    {}",
+            "{indent}    {}",
             paint("33", &format!("cites {ids}, which the policy does not define"))
         )?;
     }
     if let Some(rationale) = &r.verdict.rationale {
-        writeln!(out, "    {rationale}")?;
+        writeln!(out, "{indent}    {rationale}")?;
     }
     if let Some(error) = &r.error {
-        writeln!(out, "    {}", paint("33", error))?;
+        writeln!(out, "{indent}    {}", paint("33", error))?;
         if r.verdict.label.is_none() && !r.answer.is_empty() {
-            writeln!(out, "    answer: {:?}", r.answer)?;
+            writeln!(out, "{indent}    answer: {:?}", r.answer)?;
         }
     }
     if show_reasoning && !r.reasoning.is_empty() {
         for line in r.reasoning.lines() {
-            writeln!(out, "    {}", paint("2", line))?;
+            writeln!(out, "{indent}    {}", paint("2", line))?;
         }
     }
     Ok(())
 }
 
+/// Each item's prompt under `policy`; `named` says which policy in each.
 fn print_prompts(
     tokenizer: &Tokenizer,
     policy: &Policy,
+    named: bool,
     options: &ClassifyOptions,
     items: &[Item],
     json: bool,
@@ -251,11 +369,19 @@ fn print_prompts(
         let prompt = render_prompt(tokenizer, policy, options, &item.content)?;
         let text = tokenizer.decode(&prompt)?;
         if json {
-            let line = serde_json::json!({"id": item.id, "prompt": text, "prompt_tokens": prompt});
+            let mut line = serde_json::json!({"id": item.id, "prompt": text, "prompt_tokens": prompt});
+            if named {
+                line["policy"] = policy.name.clone().into();
+            }
             writeln!(stdout, "{line}")?;
             continue;
         }
-        writeln!(stdout, "[{}] {} tokens", item.id, prompt.len())?;
+        let which = if named {
+            format!(" policy {}", policy.name)
+        } else {
+            String::new()
+        };
+        writeln!(stdout, "[{}]{which} {} tokens", item.id, prompt.len())?;
         writeln!(stdout, "{text}")?;
         let ids: Vec<String> = prompt.iter().map(u32::to_string).collect();
         writeln!(stdout, "{}", ids.join(","))?;

@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::classify::{progress_bar, RunArgs};
 use super::UsageError;
+use crate::classify::combine::combine;
 use crate::classify::input::Item;
 use crate::classify::lint;
 use crate::classify::policy::Policy;
@@ -31,9 +32,10 @@ use crate::tokenizer::Tokenizer;
 /// mistake, cost; with gate flags, fail a CI run that falls short.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// A shipped policy (`safeguard policies`) or a policy file.
-    #[arg(short, long)]
-    policy: String,
+    /// A shipped policy (`safeguard policies`) or a policy file. Repeat it to score the
+    /// combined verdict (violates when any policy does) and each policy alone.
+    #[arg(short, long, required = true)]
+    policy: Vec<String>,
     /// The labelled set: `.jsonl` ({"id", "text" | "messages", "label"}), `.csv` or `.tsv` with a
     /// header; default for a shipped policy: the set shipped beside it.
     #[arg(short, long)]
@@ -101,13 +103,13 @@ pub struct GateFailed(pub Vec<String>);
 
 pub fn run(args: Args) -> Result<()> {
     let usage = |e: anyhow::Error| UsageError(e);
-    let policy = Policy::find(&args.policy).map_err(|e| usage(e.into()))?;
+    let policies = super::classify::find_policies(&args.policy).map_err(usage)?;
     let columns = Columns {
         text: args.text_col.clone(),
         label: args.label_col.clone(),
         id: args.id_col.clone(),
     };
-    let (examples, dataset) = read_set(&args, &policy, &columns).map_err(usage)?;
+    let (examples, dataset) = read_set(&args, &policies, &columns).map_err(usage)?;
     let baseline = args
         .baseline
         .as_deref()
@@ -129,16 +131,28 @@ pub fn run(args: Args) -> Result<()> {
         ))
         .into());
     }
-    let source = policy.source().map_err(|e| usage(e.into()))?;
-    let lint = lint::lint(
-        &policy,
-        &source,
-        super::policies::count_tokens(&args.run.model, &policy.text),
-    );
+    let lints = policies
+        .iter()
+        .map(|policy| {
+            let source = policy.source().map_err(|e| usage(e.into()))?;
+            Ok(lint::lint(
+                policy,
+                &source,
+                super::policies::count_tokens(&args.run.model, &policy.text),
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let mut evaluations = Vec::new();
     for effort in efforts {
-        let mut evaluation = evaluate(&args, &policy, &examples, &dataset, effort)?;
-        evaluation.lint = Some(lint.clone());
+        let mut evaluation = evaluate(&args, &policies, &examples, &dataset, effort)?;
+        match evaluation.policies.as_mut_slice() {
+            [] => evaluation.lint = lints.first().cloned(),
+            each => {
+                for (e, lint) in each.iter_mut().zip(&lints) {
+                    e.lint = Some(lint.clone());
+                }
+            }
+        }
         if let Some(baseline) = &baseline {
             evaluation.comparison = Some(compare::compare(baseline, &evaluation, &examples));
         }
@@ -186,10 +200,14 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// One run at one effort: results from `--results`, the cache or the model, scored.
+/// Results by example id.
+type Outcomes = HashMap<String, Outcome>;
+
+/// One run at one effort: results from `--results`, the cache or the model,
+/// scored; with several policies, their combined verdict, and each alone.
 fn evaluate(
     args: &Args,
-    policy: &Policy,
+    policies: &[Policy],
     examples: &[Example],
     dataset: &FileInfo,
     effort: Option<Effort>,
@@ -201,14 +219,10 @@ fn evaluate(
         mlx_version: mlx::version(),
         device: mlx::default_device().to_string(),
         model: None,
-        policy: FileInfo {
-            name: policy.name.clone(),
-            path: policy.path.as_ref().map(|p| p.display().to_string()),
-            sha256: sha256_hex(policy.identity().as_bytes()),
-        },
+        policy: combined_info(policies),
         dataset: dataset.clone(),
         results_file: None,
-        effort: run::effort(policy, &options).to_string(),
+        effort: effort_name(policies, &options),
         temperature: args.run.temperature,
         seed: args.run.seed,
         max_tokens: args.run.max_tokens,
@@ -217,17 +231,26 @@ fn evaluate(
         cache: None,
         date: manifest::utc_now(),
     };
-    let (outcomes, cost) = match &args.results {
+    // Each policy's outcomes by example id, and the combined ones.
+    let (each, combined, cost) = match &args.results {
         Some(path) => {
             let bytes = std::fs::read(path).map_err(|e| usage(anyhow!("{}: {e}", path.display())))?;
             manifest.results_file = Some(FileInfo::of_file(path, &bytes));
             let outcomes = results::read(path).map_err(|e| usage(e.into()))?;
-            (
-                by_example(examples, outcomes, path).map_err(usage)?,
-                Cost::default(),
-            )
+            let combined = by_example(examples, outcomes, path).map_err(usage)?;
+            let each = policies
+                .iter()
+                .map(|policy| {
+                    combined
+                        .iter()
+                        .map(|(id, o)| Ok((id.clone(), o.under(&policy.name, policies.len() == 1)?)))
+                        .collect::<Result<HashMap<_, _>, String>>()
+                        .map_err(|e| usage(anyhow!("{}: {e}", path.display())))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            (each, combined, Cost::default())
         }
-        None => classify(args, policy, examples, options, &mut manifest)?,
+        None => classify(args, policies, examples, options.clone(), &mut manifest)?,
     };
     let gate = Gate {
         min_precision: args.min_precision,
@@ -239,33 +262,100 @@ fn evaluate(
         target_recall: args.target_recall,
         ..Default::default()
     };
-    Ok(report::evaluate(
+    let alone = |policy: &Policy, outcomes: &Outcomes| {
+        let mut manifest = manifest.clone();
+        manifest.policy = policy_info(policy);
+        manifest.effort = run::effort(policy, &options).to_string();
+        report::evaluate(
+            examples,
+            outcomes,
+            &RuleIds::of(policy),
+            &metric_options,
+            manifest,
+            &Gate::default(),
+            Cost::default(),
+        )
+    };
+    let per_policy: Vec<Evaluation> = match policies {
+        [_] => Vec::new(),
+        all => all.iter().zip(&each).map(|(p, o)| alone(p, o)).collect(),
+    };
+    let mut evaluation = report::evaluate(
         examples,
-        &outcomes,
-        &RuleIds::of(policy),
+        &combined,
+        &all_rules(policies),
         &metric_options,
         manifest,
         &gate,
         cost,
-    ))
+    );
+    evaluation.policies = per_policy;
+    Ok(evaluation)
+}
+
+fn policy_info(policy: &Policy) -> FileInfo {
+    FileInfo {
+        name: policy.name.clone(),
+        path: policy.path.as_ref().map(|p| p.display().to_string()),
+        sha256: policy.sha256(),
+    }
+}
+
+/// The policy of the manifest: the one given, or for several their names
+/// joined and the sha256 of their sha256s, so another list is another run.
+fn combined_info(policies: &[Policy]) -> FileInfo {
+    match policies {
+        [one] => policy_info(one),
+        all => FileInfo {
+            name: all
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(" + "),
+            path: None,
+            sha256: sha256_hex(all.iter().map(Policy::sha256).collect::<String>().as_bytes()),
+        },
+    }
+}
+
+/// The effort the policies run at; several when their `Reasoning:` lines differ.
+fn effort_name(policies: &[Policy], options: &ClassifyOptions) -> String {
+    let mut names: Vec<String> = Vec::new();
+    for policy in policies {
+        let name = run::effort(policy, options).to_string();
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names.join(",")
+}
+
+/// The rule ids of all the policies: a label names a rule of any of them.
+fn all_rules(policies: &[Policy]) -> RuleIds {
+    let mut rules = RuleIds::default();
+    for policy in policies {
+        let ids = RuleIds::of(policy);
+        rules.violating.extend(ids.violating);
+        rules.safe.extend(ids.safe);
+    }
+    rules
 }
 
 /// The labelled set: `--input`, else the set shipped with a shipped policy.
-fn read_set(args: &Args, policy: &Policy, columns: &Columns) -> Result<(Vec<Example>, FileInfo)> {
-    let rules = RuleIds::of(policy);
+fn read_set(args: &Args, policies: &[Policy], columns: &Columns) -> Result<(Vec<Example>, FileInfo)> {
+    let rules = all_rules(policies);
     if let Some(path) = &args.input {
         let examples = golden::read(path, columns, &rules)?;
         let bytes = std::fs::read(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
         return Ok((examples, FileInfo::of_file(path, &bytes)));
     }
-    let shipped = policy
-        .path
-        .is_none()
-        .then(|| golden::shipped(&policy.name))
-        .flatten();
+    let shipped = match policies {
+        [policy] if policy.path.is_none() => golden::shipped(&policy.name),
+        _ => None,
+    };
     let Some((name, text)) = shipped else {
         return Err(anyhow!(
-            "no labelled set: give --input FILE (.jsonl, .csv or .tsv); only shipped policies have one built in"
+            "no labelled set: give --input FILE (.jsonl, .csv or .tsv); only a shipped policy alone has one built in"
         ));
     };
     let examples = golden::parse(Path::new(&name), text, columns, &rules)?;
@@ -309,16 +399,17 @@ fn default_cache_dir() -> Option<PathBuf> {
     Some(base.join("safeguard").join("eval"))
 }
 
-/// Results for every example: from the cache where the same text was
-/// judged under the same run key, else from the model (through the same
-/// classifier as `safeguard classify`), cached as each finishes.
+/// Results for every example under every policy: from the cache where the
+/// same text was judged under the same run key, else from the model
+/// (through the same classifier as `safeguard classify`), cached as each
+/// finishes; and their combination.
 fn classify(
     args: &Args,
-    policy: &Policy,
+    policies: &[Policy],
     examples: &[Example],
     options: ClassifyOptions,
     manifest: &mut Manifest,
-) -> Result<(HashMap<String, Outcome>, Cost)> {
+) -> Result<(Vec<Outcomes>, Outcomes, Cost)> {
     let usage = |e: anyhow::Error| UsageError(e);
     let model_dir = super::resolve_model(&args.run.model)?;
     let fingerprint = manifest::model_fingerprint(&model_dir)
@@ -328,66 +419,83 @@ fn classify(
         path: model_dir.display().to_string(),
         fingerprint: fingerprint.clone(),
     });
-    let key = RunKey {
-        model: fingerprint,
-        policy_sha256: manifest.policy.sha256.clone(),
-        effort: manifest.effort.clone(),
-        temperature: args.run.temperature,
-        seed: args.run.seed,
-        max_tokens: args.run.max_tokens,
-        date: args.run.date.clone(),
-        dtype: manifest.dtype.clone(),
-        cpu_kernels: manifest.cpu_kernels.clone(),
-        device: manifest.device.clone(),
-    };
     let cache_dir = if args.no_cache {
         None
     } else {
         args.cache_dir.clone().or_else(default_cache_dir)
     };
-    let mut cache = cache_dir
-        .map(|dir| ResultCache::open(&dir, &key))
-        .transpose()
-        .map_err(|e| usage(e.into()))?;
-    manifest.cache = cache.as_ref().map(|c| c.path().display().to_string());
+    // One cache per policy: a policy's results stay valid whatever it is combined with.
+    let mut caches: Vec<Option<ResultCache>> = policies
+        .iter()
+        .map(|policy| {
+            let key = RunKey {
+                model: fingerprint.clone(),
+                policy_sha256: policy.sha256(),
+                effort: run::effort(policy, &options).to_string(),
+                temperature: args.run.temperature,
+                seed: args.run.seed,
+                max_tokens: args.run.max_tokens,
+                date: args.run.date.clone(),
+                dtype: manifest.dtype.clone(),
+                cpu_kernels: manifest.cpu_kernels.clone(),
+                device: manifest.device.clone(),
+            };
+            cache_dir
+                .as_deref()
+                .map(|dir| ResultCache::open(dir, &key))
+                .transpose()
+                .map_err(|e| usage(e.into()))
+        })
+        .collect::<Result<_, _>>()?;
+    let cache_files: Vec<String> = caches
+        .iter()
+        .flatten()
+        .map(|c| c.path().display().to_string())
+        .collect();
+    manifest.cache = (!cache_files.is_empty()).then(|| cache_files.join(", "));
 
-    // Each distinct text is judged once, whatever ids it has.
-    let mut todo: Vec<Item> = Vec::new();
+    // Each distinct text is judged once per policy, whatever ids it has.
+    let mut todo: Vec<(usize, Item)> = Vec::new();
     let mut queued = HashSet::new();
-    for example in examples {
-        let text = &example.item.content;
-        let hash = sha256_hex(text.as_bytes());
-        if cache.as_ref().is_none_or(|c| c.get(text).is_none()) && queued.insert(hash.clone()) {
-            todo.push(Item {
-                id: hash,
-                content: text.clone(),
-            });
+    for (p, cache) in caches.iter().enumerate() {
+        for example in examples {
+            let text = &example.item.content;
+            let hash = sha256_hex(text.as_bytes());
+            if cache.as_ref().is_none_or(|c| c.get(text).is_none()) && queued.insert((p, hash.clone())) {
+                todo.push((
+                    p,
+                    Item {
+                        id: hash,
+                        content: text.clone(),
+                    },
+                ));
+            }
         }
     }
-    let mut fresh: HashMap<String, Value> = HashMap::new();
+    let mut fresh: Vec<HashMap<String, Value>> = vec![HashMap::new(); policies.len()];
     let mut cost = Cost::default();
     if !todo.is_empty() {
-        let done = examples.len() - todo.len();
-        if done > 0 {
+        let judgements = examples.len() * policies.len();
+        if todo.len() < judgements {
             eprintln!(
-                "{} of {} examples cached, {} to classify",
-                done,
-                examples.len(),
+                "{} of {judgements} judgements cached, {} to make",
+                judgements - todo.len(),
                 todo.len()
             );
         }
         let tokenizer = Tokenizer::load(&model_dir).map_err(|e| usage(e.into()))?;
         let model = GptOss::load(&model_dir, args.run.engine.load_options()).map_err(|e| usage(e.into()))?;
-        let mut classifier = Classifier::new(&model, &tokenizer, policy, options)?;
+        let mut classifier = Classifier::with_policies(&model, &tokenizer, policies, options)?;
         let progress = progress_bar(todo.len());
-        let refs: Vec<&Item> = todo.iter().collect();
+        let pairs: Vec<(usize, &Item)> = todo.iter().map(|(p, item)| (*p, item)).collect();
         let start = Instant::now();
-        classifier.classify_batched(&refs, args.run.batch_size as usize, |_, result| {
+        classifier.classify_pairs(&pairs, args.run.batch_size as usize, |pair, result| {
+            let p = pairs[pair].0;
             let json = result.to_json();
-            if let Some(cache) = &mut cache {
+            if let Some(cache) = &mut caches[p] {
                 cache.put(json.clone())?;
             }
-            fresh.insert(result.id, json);
+            fresh[p].insert(result.id, json);
             progress.inc(1);
             Ok(())
         })?;
@@ -398,26 +506,39 @@ fn classify(
     }
     cost.classified = todo.len() as u64;
 
-    let mut outcomes = HashMap::new();
+    let unreadable = |id: &str, message: String| {
+        anyhow!(
+            "the cached result for {id:?} is unreadable ({message}); run again with --no-cache or delete {}",
+            manifest.cache.as_deref().unwrap_or("the cache")
+        )
+    };
+    let mut each: Vec<Outcomes> = vec![HashMap::new(); policies.len()];
+    let mut combined = HashMap::new();
     for example in examples {
+        let id = &example.item.id;
         let text = &example.item.content;
         let hash = sha256_hex(text.as_bytes());
-        let cached = !fresh.contains_key(&hash);
-        let mut value = fresh
-            .get(&hash)
-            .or_else(|| cache.as_ref().and_then(|c| c.get(text)))
-            .cloned()
-            .expect("every text was classified or cached");
-        cost.from_cache += u64::from(cached);
-        value["id"] = Value::String(example.item.id.clone());
-        let outcome = Outcome::from_json(value).map_err(|message| {
-            anyhow!(
-                "the cached result for {:?} is unreadable ({message}); run again with --no-cache or delete {}",
-                example.item.id,
-                manifest.cache.as_deref().unwrap_or("the cache")
-            )
-        })?;
-        outcomes.insert(example.item.id.clone(), outcome);
+        let mut values = Vec::with_capacity(policies.len());
+        for (p, policy) in policies.iter().enumerate() {
+            let cached = !fresh[p].contains_key(&hash);
+            let mut value = fresh[p]
+                .get(&hash)
+                .or_else(|| caches[p].as_ref().and_then(|c| c.get(text)))
+                .cloned()
+                .expect("every text was classified or cached");
+            cost.from_cache += u64::from(cached);
+            value["id"] = Value::String(id.clone());
+            each[p].insert(
+                id.clone(),
+                Outcome::from_json(value.clone()).map_err(|m| unreadable(id, m))?,
+            );
+            values.push((policy, value));
+        }
+        let outcome = match values.as_slice() {
+            [_] => each[0][id].clone(),
+            all => Outcome::from_json(combine(id, all)).map_err(|m| unreadable(id, m))?,
+        };
+        combined.insert(id.clone(), outcome);
     }
-    Ok((outcomes, cost))
+    Ok((each, combined, cost))
 }

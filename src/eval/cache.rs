@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use crate::classify::input::{self, ResultLog};
+pub use crate::classify::policy::sha256_hex;
 
 /// Everything besides the item's text that its result depends on.
 #[derive(Debug, Clone, Serialize)]
@@ -36,10 +36,6 @@ pub struct ResultCache {
     path: PathBuf,
     /// Result lines by the sha256 of the item's text.
     results: HashMap<String, Value>,
-}
-
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl ResultCache {

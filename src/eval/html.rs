@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use super::categories::CategoryMetrics;
 use super::compare::Comparison;
 use super::metrics::{Estimate, Metrics};
-use super::report::{Evaluation, MistakeKind};
+use super::report::{self, Evaluation, MistakeKind};
 use crate::classify::lint::{Lint, Severity};
 
 /// Text for HTML element content and quoted attribute values.
@@ -109,6 +109,9 @@ fn body(e: &Evaluation) -> String {
     }
     metric_table(&mut out, m);
     confusion_table(&mut out, m);
+    if !e.policies.is_empty() {
+        policies_table(&mut out, &e.policies);
+    }
     if let Some(c) = &e.categories {
         category_tables(&mut out, c);
     }
@@ -119,6 +122,25 @@ fn body(e: &Evaluation) -> String {
     mistakes(&mut out, e);
     cost_and_manifest(&mut out, e);
     out
+}
+
+/// Each policy of a combined run scored alone.
+fn policies_table(out: &mut String, policies: &[Evaluation]) {
+    out.push_str("<h2>Each policy alone</h2>\n<table id=\"policies\"><tr>");
+    for (i, column) in report::POLICY_COLUMNS.iter().enumerate() {
+        let class = if i == 0 { " class=\"l\"" } else { "" };
+        let _ = write!(out, "<th{class}>{column}</th>");
+    }
+    out.push_str("</tr>\n");
+    for e in policies {
+        out.push_str("<tr>");
+        for (i, value) in report::policy_row(e).iter().enumerate() {
+            let class = if i == 0 { " class=\"l\"" } else { "" };
+            let _ = write!(out, "<td{class}>{}</td>", escape(value));
+        }
+        out.push_str("</tr>\n");
+    }
+    out.push_str("</table>\n");
 }
 
 fn cell(value: Option<f64>) -> String {
@@ -473,10 +495,14 @@ fn cost_and_manifest(out: &mut String, e: &Evaluation) {
     let ms = |v: Option<f64>| v.map_or_else(|| "—".into(), |v| format!("{v:.0}"));
     let _ = writeln!(
         out,
-        "<h2>Cost</h2>\n<p>{} prompt tokens ({} cached), {} completion tokens; latency per item mean {} ms, p50 {} ms, p95 {} ms; {} classified by this run{}, {} from the cache.</p>",
+        "<h2>Cost</h2>\n<p>{} prompt tokens ({} cached), {} completion tokens{}; latency per item mean {} ms, p50 {} ms, p95 {} ms; {} classified by this run{}, {} from the cache.</p>",
         c.prompt_tokens,
         c.cached_tokens,
         c.completion_tokens,
+        match (c.reasoning_tokens, c.answer_tokens) {
+            (Some(r), Some(a)) => format!(" ({r} reasoning, {a} answer)"),
+            _ => String::new(),
+        },
         ms(c.latency_ms.mean),
         ms(c.latency_ms.p50),
         ms(c.latency_ms.p95),

@@ -33,6 +33,10 @@ pub struct Evaluation {
     pub lint: Option<Lint>,
     /// Against `--baseline`, when given.
     pub comparison: Option<Comparison>,
+    /// With several policies, this run scores their combined verdict and
+    /// these score each policy alone.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<Evaluation>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -67,6 +71,10 @@ pub struct Cost {
     pub prompt_tokens: u64,
     pub cached_tokens: u64,
     pub completion_tokens: u64,
+    /// The completion tokens outside the answer, and the answer's (see
+    /// `Classification::answer_tokens`); None when a result predates the split.
+    pub reasoning_tokens: Option<u64>,
+    pub answer_tokens: Option<u64>,
     pub mean_completion_tokens: Option<f64>,
     pub latency_ms: Latency,
     /// Items classified by this run (the rest came from the cache or a file).
@@ -221,6 +229,8 @@ pub fn evaluate(
     cost.prompt_tokens = all.iter().map(|o| o.usage.prompt_tokens).sum();
     cost.cached_tokens = all.iter().map(|o| o.usage.cached_tokens).sum();
     cost.completion_tokens = all.iter().map(|o| o.usage.completion_tokens).sum();
+    cost.reasoning_tokens = all.iter().map(|o| o.usage.reasoning_tokens).sum();
+    cost.answer_tokens = all.iter().map(|o| o.usage.answer_tokens).sum();
     cost.mean_completion_tokens = (!all.is_empty()).then(|| cost.completion_tokens as f64 / all.len() as f64);
     let mut latencies: Vec<f64> = all.iter().filter_map(|o| o.latency_ms).collect();
     latencies.sort_by(f64::total_cmp);
@@ -239,6 +249,7 @@ pub fn evaluate(
         cost,
         comparison: None,
         lint: None,
+        policies: Vec::new(),
     }
 }
 
@@ -459,10 +470,17 @@ pub fn summary(e: &Evaluation, colour: bool) -> String {
     if let Some(cmp) = &e.comparison {
         comparison_summary(&mut out, cmp, &paint);
     }
+    if !e.policies.is_empty() {
+        policies_summary(&mut out, &e.policies);
+    }
     let cost = &e.cost;
+    let split = match (cost.reasoning_tokens, cost.answer_tokens) {
+        (Some(r), Some(a)) => format!(": {r} reasoning, {a} answer"),
+        _ => String::new(),
+    };
     let _ = writeln!(
         out,
-        "\ncost: {} prompt tokens ({} cached), {} completion tokens ({} per item)",
+        "\ncost: {} prompt tokens ({} cached), {} completion tokens{split} ({} per item)",
         cost.prompt_tokens,
         cost.cached_tokens,
         cost.completion_tokens,
@@ -482,6 +500,54 @@ pub fn summary(e: &Evaluation, colour: bool) -> String {
         cost.from_cache
     );
     out
+}
+
+/// The columns of the per-policy table of a combined run.
+pub const POLICY_COLUMNS: [&str; 7] = [
+    "policy",
+    "accuracy",
+    "precision",
+    "recall",
+    "F1",
+    "no verdict",
+    "escalated",
+];
+
+/// One policy's row of that table, in [`POLICY_COLUMNS`] order.
+pub fn policy_row(e: &Evaluation) -> [String; 7] {
+    let show = |v: Option<f64>| v.map_or_else(|| "—".to_string(), |v| format!("{v:.3}"));
+    let m = &e.metrics;
+    [
+        e.manifest.policy.name.clone(),
+        show(m.accuracy.value),
+        show(m.precision.value),
+        show(m.recall.value),
+        show(m.f1.value),
+        (m.parse_failures + m.cut_off).to_string(),
+        m.escalated.to_string(),
+    ]
+}
+
+/// Each policy of a combined run scored alone, one row each.
+fn policies_summary(out: &mut String, policies: &[Evaluation]) {
+    let _ = writeln!(out, "\neach policy alone");
+    let line = |out: &mut String, [name, cells @ ..]: [&str; 7]| {
+        let _ = write!(out, "{name:<20}");
+        for (cell, width) in cells.iter().zip([8, 9, 7, 7, 10, 9]) {
+            let _ = write!(out, " {cell:>width$}");
+        }
+        out.push('\n');
+    };
+    line(out, POLICY_COLUMNS);
+    for e in policies {
+        line(out, policy_row(e).each_ref().map(String::as_str));
+    }
+    // Each policy's lint, in short: `policies lint NAME` has the findings.
+    for e in policies {
+        if let Some(lint) = &e.lint {
+            let _ = writeln!(out, "{} {}", e.manifest.policy.name, lint.summary());
+        }
+    }
 }
 
 fn comparison_summary(out: &mut String, c: &Comparison, paint: &dyn Fn(&str, &str) -> String) {

@@ -18,6 +18,11 @@ pub struct Usage {
     pub cached_tokens: u64,
     #[serde(default)]
     pub completion_tokens: u64,
+    /// Absent in lines written before the split was recorded.
+    #[serde(default)]
+    pub reasoning_tokens: Option<u64>,
+    #[serde(default)]
+    pub answer_tokens: Option<u64>,
 }
 
 /// One result line. Only `id`, `label` and `finish_reason` are needed to
@@ -48,6 +53,12 @@ pub struct Outcome {
     pub usage: Usage,
     #[serde(default)]
     pub latency_ms: Option<f64>,
+    /// The policy's name, in a line of `policies`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// With several policies: each one's own result.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<Outcome>,
 }
 
 impl Outcome {
@@ -57,18 +68,39 @@ impl Outcome {
         let outcome: Outcome = serde_json::from_value(value).map_err(|e| {
             format!("not a classify result ({e}); give a file written by `classify --output`")
         })?;
-        if outcome.label.is_some_and(|l| l > 1) {
-            return Err(format!(
-                "\"label\" is {}, expected 0, 1 or null",
-                outcome.label.unwrap_or(0)
-            ));
-        }
-        if let Some(c) = outcome.confidence {
-            if !(0.0..=1.0).contains(&c) {
-                return Err(format!("\"confidence\" is {c}, expected a probability in [0, 1]"));
+        for o in std::iter::once(&outcome).chain(&outcome.policies) {
+            if o.label.is_some_and(|l| l > 1) {
+                return Err(format!(
+                    "\"label\" is {}, expected 0, 1 or null",
+                    o.label.unwrap_or(0)
+                ));
+            }
+            if let Some(c) = o.confidence {
+                if !(0.0..=1.0).contains(&c) {
+                    return Err(format!("\"confidence\" is {c}, expected a probability in [0, 1]"));
+                }
             }
         }
         Ok(outcome)
+    }
+
+    /// This line's result under the policy called `name`: the line itself
+    /// when it is the only policy's, else its entry in `policies`.
+    pub fn under(&self, name: &str, only: bool) -> Result<Outcome, String> {
+        if only && self.policies.is_empty() {
+            return Ok(self.clone());
+        }
+        self.policies
+            .iter()
+            .find(|p| p.name.as_deref() == Some(name))
+            .cloned()
+            .ok_or_else(|| {
+                format!(
+                    "the result for {:?} has no verdict of policy {name:?}; write the file with \
+                     `safeguard classify` given the same --policy list",
+                    self.id
+                )
+            })
     }
 
     pub fn answer(&self) -> Answer {

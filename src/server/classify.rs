@@ -14,6 +14,7 @@ use super::error::{ApiError, Body};
 use super::openai::{new_id, parse_effort, token_limit, Content};
 use super::turn::past;
 use super::{Generate, Shared, Usage};
+use crate::classify::combine::combine;
 use crate::classify::input::Item;
 use crate::classify::policy::{shipped_names, Policy};
 use crate::classify::run::{Classification, ClassifyOptions, Judge};
@@ -81,13 +82,13 @@ impl Items {
     }
 }
 
-/// A shipped policy's name, or the policy itself as text. Never a path:
-/// nothing in a request reaches the filesystem.
-fn policy(spec: Option<&str>, fallback: Option<&Policy>) -> Result<Policy, ApiError> {
+/// A shipped policy's name, or the policy itself as text (in request field
+/// `param`). Never a path: nothing in a request reaches the filesystem.
+fn policy(spec: Option<&str>, fallback: Option<&Policy>, param: &str) -> Result<Policy, ApiError> {
     let Some(spec) = spec else {
         return fallback.cloned().ok_or_else(|| {
             ApiError::invalid_param(
-                "policy",
+                param,
                 format!(
                     "give a policy: a shipped name ({}) or the policy text (or start the server with --policy)",
                     shipped_names().join(", ")
@@ -101,14 +102,14 @@ fn policy(spec: Option<&str>, fallback: Option<&Policy>) -> Result<Policy, ApiEr
     // One short word is a name that was mistyped, not a policy.
     if !spec.trim().contains(char::is_whitespace) && spec.len() <= 64 {
         return Err(ApiError::invalid_param(
-            "policy",
+            param,
             format!(
                 "no shipped policy is called {spec:?} (shipped: {}); to use your own, send its full text",
                 shipped_names().join(", ")
             ),
         ));
     }
-    Policy::from_text("custom", spec).map_err(|e| ApiError::invalid_param("policy", e))
+    Policy::from_text("custom", spec).map_err(|e| ApiError::invalid_param(param, e))
 }
 
 /// Classifies `items`, all submitted at once so the engine decodes them
@@ -237,31 +238,90 @@ fn logged(body: Json<Value>, results: &[Classification]) -> Response {
 pub struct ClassifyRequest {
     model: Option<String>,
     policy: Option<String>,
+    /// Several policies, each as `policy` takes it: every item is judged
+    /// against each, and the result combines them as `classify` does.
+    policies: Option<Vec<String>>,
     input: Items,
     effort: Option<String>,
     reasoning_effort: Option<String>,
     max_tokens: Option<i64>,
 }
 
+/// The policies of a request: `policies`, else `policy` (or the server's).
+fn policies(request: &ClassifyRequest, fallback: Option<&Policy>) -> Result<Vec<Policy>, ApiError> {
+    let Some(specs) = &request.policies else {
+        return Ok(vec![policy(request.policy.as_deref(), fallback, "policy")?]);
+    };
+    if request.policy.is_some() {
+        return Err(ApiError::invalid_param(
+            "policies",
+            "give \"policy\" or \"policies\", not both",
+        ));
+    }
+    if specs.is_empty() {
+        return Err(ApiError::invalid_param(
+            "policies",
+            "give at least one policy: a shipped name or a policy's text",
+        ));
+    }
+    let mut out: Vec<Policy> = Vec::with_capacity(specs.len());
+    for (i, spec) in specs.iter().enumerate() {
+        let mut policy = policy(Some(spec), None, &format!("policies[{i}]"))?;
+        if policy.path.is_none() && Policy::named(&policy.name).is_none() {
+            // Texts sent inline are told apart by their place in the list.
+            policy.name = format!("policies[{i}]");
+        }
+        if out.iter().any(|p| p.name == policy.name) {
+            return Err(ApiError::invalid_param(
+                &format!("policies[{i}]"),
+                format!("{:?} is already in the list; give each policy once", policy.name),
+            ));
+        }
+        out.push(policy);
+    }
+    Ok(out)
+}
+
 pub async fn classify(State(state): State<Shared>, Body(request): Body<ClassifyRequest>) -> Response {
     let run = async {
         state.check_model(request.model.as_deref())?;
-        let policy = policy(request.policy.as_deref(), state.options().policy.as_ref())?;
+        let policies = policies(&request, state.options().policy.as_ref())?;
         let effort = parse_effort(
             request.effort.as_deref().or(request.reasoning_effort.as_deref()),
             "effort",
         )?;
         let (max_tokens, _) = token_limit(&[("max_tokens", request.max_tokens)])?;
         let items = request.input.into_items()?;
-        let _slot = state.admit_items(items.len(), "input")?;
-        let results = classify_items(&state, &policy, effort, max_tokens, &items).await?;
-        let body = json!({
-            "object": "classification",
-            "model": state.model().id,
-            "policy": policy.name,
-            "results": results.iter().map(Classification::to_json).collect::<Vec<_>>(),
-        });
-        Ok::<_, ApiError>(logged(Json(body), &results))
+        let _slot = state.admit_items(items.len() * policies.len(), "input")?;
+        let mut each = Vec::with_capacity(policies.len());
+        for policy in &policies {
+            each.push(classify_items(&state, policy, effort, max_tokens, &items).await?);
+        }
+        let names: Vec<&str> = policies.iter().map(|p| p.name.as_str()).collect();
+        let body = match each.as_slice() {
+            [results] => json!({
+                "object": "classification",
+                "model": state.model().id,
+                "policy": names[0],
+                "results": results.iter().map(Classification::to_json).collect::<Vec<_>>(),
+            }),
+            _ => json!({
+                "object": "classification",
+                "model": state.model().id,
+                "policies": names,
+                "results": items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, item)| {
+                        let judged: Vec<(&Policy, Value)> =
+                            policies.iter().zip(&each).map(|(p, r)| (p, r[i].to_json())).collect();
+                        combine(&item.id, &judged)
+                    })
+                    .collect::<Vec<_>>(),
+            }),
+        };
+        let all: Vec<Classification> = each.into_iter().flatten().collect();
+        Ok::<_, ApiError>(logged(Json(body), &all))
     };
     run.await.unwrap_or_else(IntoResponse::into_response)
 }
@@ -287,7 +347,11 @@ pub async fn moderations(State(state): State<Shared>, Body(request): Body<Modera
         {
             state.check_model(Some(model))?;
         }
-        let policy = policy(request.policy.as_deref(), state.options().policy.as_ref())?;
+        let policy = policy(
+            request.policy.as_deref(),
+            state.options().policy.as_ref(),
+            "policy",
+        )?;
         let effort = parse_effort(request.effort.as_deref(), "effort")?;
         let (max_tokens, _) = token_limit(&[("max_tokens", request.max_tokens)])?;
         let items = request.input.into_items()?;

@@ -300,3 +300,21 @@ pub fn decode_expr(s: QuantSpec) -> String {
         QuantMode::Affine => format!("deq_affine(w, scales, biases, {}, {})", s.bits, s.group_size),
     }
 }
+
+/// The sha256 of `bytes` by Python's hashlib, in hex.
+pub fn sha256_by_python(bytes: &[u8]) -> String {
+    let output = Command::new(python())
+        .args([
+            "-c",
+            "import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child.stdin.take().unwrap().write_all(bytes)?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
