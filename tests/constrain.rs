@@ -67,7 +67,7 @@ fn sample(mask: &Mask, rng: &mut Rng, stop: u32) -> u32 {
 fn run(constraint: &mut Constraint, prefix: &[u32], stop: u32, rng: &mut Rng) -> Result<String, String> {
     for &token in prefix {
         assert_eq!(constraint.mask(), None, "no mask before the constrained message");
-        constraint.observe(token, tokenizer());
+        constraint.observe(token);
     }
     let mut produced = Vec::new();
     for _ in 0..400 {
@@ -75,7 +75,7 @@ fn run(constraint: &mut Constraint, prefix: &[u32], stop: u32, rng: &mut Rng) ->
             .mask()
             .ok_or_else(|| format!("no mask in the constrained message ({:?})", constraint.failure()))?;
         let token = sample(&mask, rng, stop);
-        constraint.observe(token, tokenizer());
+        constraint.observe(token);
         if token == stop {
             assert_eq!(constraint.phase(), Phase::Watching);
             return Ok(tokenizer().decode(&produced).unwrap());
@@ -235,7 +235,7 @@ fn a_tool_call_is_held_to_its_own_parameters() {
     let mut constraint = Constraint::new(vocabulary(), rules).unwrap();
     for token in header("not_offered").into_iter().chain(answer_prefix("ok")) {
         assert_eq!(constraint.mask(), None);
-        constraint.observe(token, tokenizer());
+        constraint.observe(token);
     }
     assert_eq!(constraint.mask(), None);
 }
@@ -248,12 +248,12 @@ fn the_stop_token_is_allowed_only_where_the_grammar_is_complete() {
     };
     let mut constraint = Constraint::new(vocabulary(), rules).unwrap();
     for token in answer_prefix("The content is spam.") {
-        constraint.observe(token, tokenizer());
+        constraint.observe(token);
     }
     let mask = constraint.mask().unwrap();
     let allowed: Vec<u32> = (0..VOCAB as u32).filter(|&t| mask.allows(t)).collect();
     assert_eq!(allowed, [text_ids("0")[0], text_ids("1")[0]]);
-    constraint.observe(text_ids("1")[0], tokenizer());
+    constraint.observe(text_ids("1")[0]);
     let mask = constraint.mask().unwrap();
     let allowed: Vec<u32> = (0..VOCAB as u32).filter(|&t| mask.allows(t)).collect();
     assert_eq!(allowed, [id("<|return|>")], "after the digit only the stop");

@@ -232,6 +232,7 @@ impl<'t> Judge<'t> {
             top_logprobs: None,
             watch: self.digits.to_vec(),
             group,
+            guide: None,
         }
     }
 

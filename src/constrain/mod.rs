@@ -98,6 +98,12 @@ impl TokenizerEnv for HarmonyEnv {
     }
 }
 
+impl std::fmt::Debug for Vocabulary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vocabulary").field("size", &self.size).finish_non_exhaustive()
+    }
+}
+
 impl Vocabulary {
     /// `size` is the model's vocabulary (the logits' width), which may exceed
     /// the tokenizer's: ids it does not know are never allowed.
@@ -156,6 +162,23 @@ pub struct Rules {
 impl Rules {
     pub fn is_empty(&self) -> bool {
         self.answer.is_none() && self.tools.is_empty()
+    }
+}
+
+/// What a generation job carries: its rules and the vocabulary they are
+/// matched over (shared, so a job is cheap to clone).
+#[derive(Debug, Clone)]
+pub struct Guide {
+    pub vocabulary: Vocabulary,
+    pub rules: Rules,
+}
+
+impl Guide {
+    /// A fresh constraint for the sequence that continues `prompt`.
+    pub fn start(&self, prompt: &[u32]) -> Result<Constraint> {
+        let mut constraint = Constraint::new(&self.vocabulary, self.rules.clone())?;
+        constraint.prime(prompt);
+        Ok(constraint)
     }
 }
 
@@ -224,6 +247,18 @@ impl Constraint {
         })
     }
 
+    /// Reads the header the prompt leaves open, if it does: a prompt that
+    /// already holds `<|start|>assistant<|channel|>final<|message|>` (an
+    /// answer the caller began) is constrained from the first token.
+    pub fn prime(&mut self, prompt: &[u32]) {
+        let start = self.vocabulary.control.start;
+        if let Some(last) = prompt.iter().rposition(|&t| t == start) {
+            for &token in &prompt[last..] {
+                self.observe(token);
+            }
+        }
+    }
+
     pub fn phase(&self) -> Phase {
         self.phase
     }
@@ -234,7 +269,7 @@ impl Constraint {
     }
 
     /// Follows the sampled token.
-    pub fn observe(&mut self, token: u32, tokenizer: &Tokenizer) {
+    pub fn observe(&mut self, token: u32) {
         let control = self.vocabulary.control;
         if let Some(active) = &mut self.active {
             if token == active.stop || control.ends_message(token) {
@@ -257,16 +292,17 @@ impl Constraint {
         } else if token == control.message && self.in_header {
             self.in_header = false;
             let header = std::mem::take(&mut self.header);
-            self.open(&header, tokenizer);
+            self.open(&header);
         } else if self.in_header {
             self.header.push(token);
         }
     }
 
     /// Starts the matcher if the header just read opens a constrained message.
-    fn open(&mut self, header: &[u32], tokenizer: &Tokenizer) {
+    fn open(&mut self, header: &[u32]) {
         let control = self.vocabulary.control;
-        let text = tokenizer.decode(header).unwrap_or_default();
+        // The trie spells control tokens by name, as the tokenizer would.
+        let text = self.vocabulary.factory.tok_env().tok_trie().decode_str(header);
         let channel = text
             .split("<|channel|>")
             .nth(1)
