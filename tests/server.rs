@@ -200,6 +200,11 @@ fn the_openai_python_sdk_calls_tools_and_sends_their_results_back() {
 }
 
 #[test]
+fn the_openai_python_sdk_gets_structured_output_that_validates() {
+    sdk_script("format_client.py", "scripted");
+}
+
+#[test]
 fn greedy_completions_match_mlx_lm_references() {
     // The raw prompt's tokens, greedily continued: what mlx-lm generated for
     // the same ids in float32 (tests/fixtures/references.py).

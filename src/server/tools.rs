@@ -3,10 +3,13 @@
 //! `tool_choice`, and the turns of a conversation that called tools —
 //! assistant calls and their results — as harmony's commentary messages.
 
+use std::collections::HashMap;
+
 use serde_json::Value;
 
 use super::error::ApiError;
-use crate::harmony::{Message, Role, Tool};
+use crate::constrain::{Grammar, Guide, Rules, Vocabulary};
+use crate::harmony::{Message, ResponseFormat, Role, Tool};
 
 /// Tool definitions larger than this are refused: they would fill the
 /// context before the conversation starts.
@@ -213,6 +216,132 @@ pub fn offered(tools: Vec<Tool>, choice: ToolChoice) -> Result<Vec<Tool>, ApiErr
             "forcing a tool call (\"required\" or a named function) is not supported yet: use \"auto\"",
         )),
     }
+}
+
+/// A request's structured output: what the developer message tells the
+/// model (a schema's `# Response Formats`), and the grammar its answer is
+/// held to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputFormat {
+    pub described: Option<ResponseFormat>,
+    pub grammar: Grammar,
+}
+
+/// Chat's `response_format` (`{"type": "json_schema", "json_schema": {name,
+/// description, schema, strict}}`, when `nested`) or Responses'
+/// `text.format` (the same fields flat); `json_object`; `text` is None.
+/// A schema is enforced whether `strict` is set or not: the grammar costs
+/// the model nothing it was asked to do.
+pub fn parse_response_format(
+    format: Option<&Value>,
+    param: &str,
+    nested: bool,
+) -> Result<Option<OutputFormat>, ApiError> {
+    let Some(format) = format.filter(|f| !f.is_null()) else {
+        return Ok(None);
+    };
+    let kind = format.get("type").and_then(Value::as_str).ok_or_else(|| {
+        ApiError::invalid_param(
+            &format!("{param}.type"),
+            "a response format needs a type: \"text\", \"json_object\" or \"json_schema\"",
+        )
+    })?;
+    match kind {
+        "text" => Ok(None),
+        "json_object" => Ok(Some(OutputFormat {
+            described: None,
+            grammar: Grammar::JsonObject,
+        })),
+        "json_schema" => {
+            let (fields, prefix) = if nested {
+                let fields = format.get("json_schema").filter(|f| f.is_object()).ok_or_else(|| {
+                    ApiError::invalid_param(
+                        &format!("{param}.json_schema"),
+                        "a json_schema response format needs a json_schema object with name and schema",
+                    )
+                })?;
+                (fields, format!("{param}.json_schema"))
+            } else {
+                (format, param.to_string())
+            };
+            let text = |key: &str| -> Result<Option<String>, ApiError> {
+                match fields.get(key) {
+                    None | Some(Value::Null) => Ok(None),
+                    Some(Value::String(text)) => Ok(Some(text.clone())),
+                    Some(_) => Err(ApiError::invalid_param(&format!("{prefix}.{key}"), "must be a string")),
+                }
+            };
+            let name = text("name")?.unwrap_or_else(|| "response".to_string());
+            let schema = match fields.get("schema") {
+                Some(schema @ Value::Object(_)) => schema.clone(),
+                _ => {
+                    return Err(ApiError::invalid_param(
+                        &format!("{prefix}.schema"),
+                        "must be a JSON Schema object (e.g. {\"type\": \"object\", \"properties\": {…}})",
+                    ))
+                }
+            };
+            Ok(Some(OutputFormat {
+                grammar: Grammar::JsonSchema(schema.clone()),
+                described: Some(ResponseFormat {
+                    name,
+                    description: text("description")?,
+                    schema,
+                }),
+            }))
+        }
+        other => Err(ApiError::invalid_param(
+            &format!("{param}.type"),
+            format!("unknown response format {other:?}: expected \"text\", \"json_object\" or \"json_schema\""),
+        )),
+    }
+}
+
+/// The grammar a request holds the model to: its answer to `format`
+/// (`format_param` names the field), and every call to an offered tool to
+/// that tool's parameters. Each grammar is checked here, so a schema the
+/// grammar engine cannot enforce is a 400 naming its field, before any work.
+pub fn guide(
+    vocabulary: impl FnOnce() -> Result<Vocabulary, ApiError>,
+    format: Option<&OutputFormat>,
+    format_param: &str,
+    tools: &[Tool],
+    nested: bool,
+) -> Result<Option<Guide>, ApiError> {
+    if format.is_none() && tools.is_empty() {
+        return Ok(None);
+    }
+    let vocabulary = vocabulary()?;
+    let check = |grammar: &Grammar, param: &str| {
+        vocabulary
+            .check(grammar, param)
+            .map_err(|e| ApiError::invalid_param(param, e.to_string()))
+    };
+    let answer = format.map(|f| f.grammar.clone());
+    if let Some(grammar) = &answer {
+        check(grammar, format_param)?;
+    }
+    let mut by_name = HashMap::new();
+    for (i, tool) in tools.iter().enumerate() {
+        let grammar = tool
+            .parameters
+            .clone()
+            .map_or(Grammar::JsonObject, Grammar::JsonSchema);
+        let param = if nested {
+            format!("tools[{i}].function.parameters")
+        } else {
+            format!("tools[{i}].parameters")
+        };
+        check(&grammar, &param)?;
+        by_name.insert(tool.name.clone(), grammar);
+    }
+    Ok(Some(Guide {
+        vocabulary,
+        rules: Rules {
+            answer,
+            tools: by_name,
+        },
+    }))
 }
 
 /// The harmony messages of the turns after the instructions.
