@@ -94,6 +94,7 @@ fn guide() -> Guide {
         rules: Rules {
             answer: Some(Grammar::JsonSchema(schema())),
             tools: HashMap::new(),
+            deadline: None,
         },
     }
 }
@@ -208,7 +209,11 @@ fn greedy_sampled_and_batched_answers_all_validate() {
         batched[0], greedy_alone[0],
         "a greedy answer batched with 20 sampled ones equals the answer decoded alone"
     );
-    let outputs: Vec<String> = batched.iter().enumerate().map(|(i, r)| answer_text(i, r)).collect();
+    let outputs: Vec<String> = batched
+        .iter()
+        .enumerate()
+        .map(|(i, r)| answer_text(i, r))
+        .collect();
     let distinct: std::collections::HashSet<&String> = outputs.iter().collect();
     assert!(distinct.len() > 10, "seeds draw different answers: {outputs:#?}");
     let verdicts = common::jsonschema(json!({"cases": [{"schema": schema(), "outputs": outputs}]}));
@@ -235,7 +240,11 @@ fn the_model_reasons_exactly_as_it_would_unconstrained() {
         ],
         3,
     );
-    assert!(want[0].0.len() > 8, "the model reasons for a while: {:?}", want[0]);
+    assert!(
+        want[0].0.len() > 8,
+        "the model reasons for a while: {:?}",
+        want[0]
+    );
     assert_eq!(got[0], want[0], "greedy");
     assert_eq!(got[1], want[1], "sampled");
     assert_eq!(got[2], want[0], "an unconstrained neighbour");

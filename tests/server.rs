@@ -205,6 +205,11 @@ fn the_openai_python_sdk_gets_structured_output_that_validates() {
 }
 
 #[test]
+fn the_openai_python_sdk_forces_valid_tool_calls_from_a_random_model() {
+    sdk_script("required_client.py", "a-mxfp4");
+}
+
+#[test]
 fn greedy_completions_match_mlx_lm_references() {
     // The raw prompt's tokens, greedily continued: what mlx-lm generated for
     // the same ids in float32 (tests/fixtures/references.py).
@@ -418,10 +423,9 @@ fn bad_requests_get_openai_errors() {
     assert!(chat(json!({"tools": [{"type": "function"}]}))
         .error(400)
         .contains("needs a function object"));
-    let tool = json!([{"type": "function", "function": {"name": "now"}}]);
-    assert!(chat(json!({"tools": tool, "tool_choice": "required"}))
-        .error(400)
-        .contains("not supported yet"));
+    let tool = json!([{"type": "function", "function": {"name": "now", "parameters": {"type": "object", "properties": {"a": {"type": "array", "uniqueItems": true}}}}}]);
+    let message = chat(json!({"tools": tool, "tool_choice": "required"})).error(400);
+    assert!(message.contains("uniqueItems"), "{message}");
     let message =
         chat(json!({"messages": [{"role": "tool", "tool_call_id": "call_9", "content": "1"}]})).error(400);
     assert!(message.contains("call_9"), "{message}");

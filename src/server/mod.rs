@@ -255,7 +255,8 @@ impl AppState {
     pub fn vocabulary(&self) -> Result<&Vocabulary, ApiError> {
         self.vocabulary
             .get_or_init(|| {
-                Vocabulary::new(&self.tokenizer, self.model.config.vocab_size as usize).map_err(|e| e.to_string())
+                Vocabulary::new(&self.tokenizer, self.model.config.vocab_size as usize)
+                    .map_err(|e| e.to_string())
             })
             .as_ref()
             .map_err(|e| ApiError::internal(format!("structured output is unavailable: {e}")))

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use super::error::{ApiError, Body};
 use super::tools::{
     call_name, guide, harmony_messages, offered, parse_response_format, parse_tool_choice, parse_tools,
-    OutputFormat, ToolCall, Turn,
+    OutputFormat, Structure, ToolCall, Turn,
 };
 use super::turn::{Outcome, Turn as Generation, Update};
 use super::{Generate, Shared, Usage};
@@ -398,7 +398,7 @@ impl ChatRequest {
         state.check_model(self.model.as_deref())?;
         let tools = parse_tools(self.tools.as_deref(), true)?;
         let choice = parse_tool_choice(self.tool_choice.as_ref(), &tools)?;
-        let tools = offered(tools, choice)?;
+        let (tools, must_call) = offered(tools, choice);
         let format = parse_response_format(self.response_format.as_ref(), "response_format", true)?;
         if self.messages.is_empty() {
             return Err(ApiError::invalid_param("messages", "messages must not be empty"));
@@ -415,12 +415,20 @@ impl ChatRequest {
                 .or(self.reasoning.as_ref().and_then(|r| r.effort.as_deref())),
             "reasoning_effort",
         )?;
+        let (max_tokens, max_tokens_param) = token_limit(&[
+            ("max_completion_tokens", self.max_completion_tokens),
+            ("max_tokens", self.max_tokens),
+        ])?;
         let guide = guide(
             || state.vocabulary().cloned(),
-            format.as_ref(),
-            "response_format",
-            &tools,
-            true,
+            Structure {
+                format: format.as_ref(),
+                param: "response_format",
+                tools: &tools,
+                nested: true,
+                must_call,
+                max_tokens,
+            },
         )?;
         let (prompt, cache_prefix) = render_chat(
             state.tokenizer(),
@@ -430,10 +438,6 @@ impl ChatRequest {
             effort,
             state.options().effort,
         )?;
-        let (max_tokens, max_tokens_param) = token_limit(&[
-            ("max_completion_tokens", self.max_completion_tokens),
-            ("max_tokens", self.max_tokens),
-        ])?;
         let logprobs = self.logprobs.unwrap_or(false);
         if self.top_logprobs.is_some_and(|k| k > 20) {
             return Err(ApiError::invalid_param(

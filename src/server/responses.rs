@@ -16,7 +16,8 @@ use super::openai::{
     self, new_id, parse_effort, render_chat, token_limit, unix_now, Content, EffortField, Sampling,
 };
 use super::tools::{
-    call_name, guide, offered, parse_response_format, parse_tool_choice, parse_tools, ToolCall, Turn,
+    call_name, guide, offered, parse_response_format, parse_tool_choice, parse_tools, Structure, ToolCall,
+    Turn,
 };
 use super::turn::{CallDelta, Outcome};
 use super::{Generate, Shared};
@@ -173,7 +174,7 @@ fn start(state: &Shared, request: ResponsesRequest) -> Result<Prepared, ApiError
     state.check_model(request.model.as_deref())?;
     let tools = parse_tools(request.tools.as_deref(), false)?;
     let choice = parse_tool_choice(request.tool_choice.as_ref(), &tools)?;
-    let tools = offered(tools, choice)?;
+    let (tools, must_call) = offered(tools, choice);
     if request.previous_response_id.is_some() {
         return Err(ApiError::invalid_param(
             "previous_response_id",
@@ -185,12 +186,17 @@ fn start(state: &Shared, request: ResponsesRequest) -> Result<Prepared, ApiError
         "text.format",
         false,
     )?;
+    let (max_tokens, max_tokens_param) = token_limit(&[("max_output_tokens", request.max_output_tokens)])?;
     let guide = guide(
         || state.vocabulary().cloned(),
-        format.as_ref(),
-        "text.format",
-        &tools,
-        false,
+        Structure {
+            format: format.as_ref(),
+            param: "text.format",
+            tools: &tools,
+            nested: false,
+            must_call,
+            max_tokens,
+        },
     )?;
     let effort = parse_effort(
         request.reasoning.as_ref().and_then(|r| r.effort.as_deref()),
@@ -204,7 +210,6 @@ fn start(state: &Shared, request: ResponsesRequest) -> Result<Prepared, ApiError
         effort,
         state.options().effort,
     )?;
-    let (max_tokens, max_tokens_param) = token_limit(&[("max_output_tokens", request.max_output_tokens)])?;
     let sampler = request.sampling.options()?;
     let echo = Echo {
         instructions: request.instructions,

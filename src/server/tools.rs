@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use super::error::ApiError;
-use crate::constrain::{Grammar, Guide, Rules, Vocabulary};
+use crate::constrain::{Deadline, Grammar, Guide, Rules, Vocabulary};
 use crate::harmony::{Message, ResponseFormat, Role, Tool};
 
 /// Tool definitions larger than this are refused: they would fill the
@@ -203,20 +203,24 @@ pub fn parse_tool_choice(choice: Option<&Value>, tools: &[Tool]) -> Result<ToolC
     }
 }
 
-/// The tools the prompt offers under `choice`: all of them for `auto`, none
-/// for `none`. `required` and a named function must be held to a call by the
-/// grammar, which this server does not apply to tool calls yet: refused, so
-/// no client takes an unforced call for a forced one.
-pub fn offered(tools: Vec<Tool>, choice: ToolChoice) -> Result<Vec<Tool>, ApiError> {
+/// The tools the prompt offers under `choice` (all of them, or none for
+/// `none`), and the names a call must go to when one is required (any
+/// offered tool, or the named one).
+pub fn offered(tools: Vec<Tool>, choice: ToolChoice) -> (Vec<Tool>, Option<Vec<String>>) {
     match choice {
-        ToolChoice::Auto => Ok(tools),
-        ToolChoice::None => Ok(Vec::new()),
-        ToolChoice::Required | ToolChoice::Function(_) => Err(ApiError::invalid_param(
-            "tool_choice",
-            "forcing a tool call (\"required\" or a named function) is not supported yet: use \"auto\"",
-        )),
+        ToolChoice::Auto => (tools, None),
+        ToolChoice::None => (Vec::new(), None),
+        ToolChoice::Required => {
+            let names = tools.iter().map(|t| t.name.clone()).collect();
+            (tools, Some(names))
+        }
+        ToolChoice::Function(name) => (tools, Some(vec![name])),
     }
 }
+
+/// The part of the token budget a model may reason in before a required
+/// call is written for it; a request without a budget gets this many.
+const REQUIRED_CALL_REASONING: usize = 1024;
 
 /// A request's structured output: what the developer message tells the
 /// model (a schema's `# Response Formats`), and the grammar its answer is
@@ -254,12 +258,15 @@ pub fn parse_response_format(
         })),
         "json_schema" => {
             let (fields, prefix) = if nested {
-                let fields = format.get("json_schema").filter(|f| f.is_object()).ok_or_else(|| {
-                    ApiError::invalid_param(
-                        &format!("{param}.json_schema"),
-                        "a json_schema response format needs a json_schema object with name and schema",
-                    )
-                })?;
+                let fields = format
+                    .get("json_schema")
+                    .filter(|f| f.is_object())
+                    .ok_or_else(|| {
+                        ApiError::invalid_param(
+                            &format!("{param}.json_schema"),
+                            "a json_schema response format needs a json_schema object with name and schema",
+                        )
+                    })?;
                 (fields, format!("{param}.json_schema"))
             } else {
                 (format, param.to_string())
@@ -268,7 +275,10 @@ pub fn parse_response_format(
                 match fields.get(key) {
                     None | Some(Value::Null) => Ok(None),
                     Some(Value::String(text)) => Ok(Some(text.clone())),
-                    Some(_) => Err(ApiError::invalid_param(&format!("{prefix}.{key}"), "must be a string")),
+                    Some(_) => Err(ApiError::invalid_param(
+                        &format!("{prefix}.{key}"),
+                        "must be a string",
+                    )),
                 }
             };
             let name = text("name")?.unwrap_or_else(|| "response".to_string());
@@ -292,22 +302,43 @@ pub fn parse_response_format(
         }
         other => Err(ApiError::invalid_param(
             &format!("{param}.type"),
-            format!("unknown response format {other:?}: expected \"text\", \"json_object\" or \"json_schema\""),
+            format!(
+                "unknown response format {other:?}: expected \"text\", \"json_object\" or \"json_schema\""
+            ),
         )),
     }
 }
 
-/// The grammar a request holds the model to: its answer to `format`
-/// (`format_param` names the field), and every call to an offered tool to
-/// that tool's parameters. Each grammar is checked here, so a schema the
-/// grammar engine cannot enforce is a 400 naming its field, before any work.
+/// What a request holds the model to: `format` (named by `param`, as
+/// `tools` are by `nested`) and the offered tools.
+pub struct Structure<'a> {
+    pub format: Option<&'a OutputFormat>,
+    pub param: &'a str,
+    pub tools: &'a [Tool],
+    pub nested: bool,
+    /// The tools one of which must be called (`tool_choice`).
+    pub must_call: Option<Vec<String>>,
+    /// The request's token budget, of which a required call takes the second half.
+    pub max_tokens: Option<usize>,
+}
+
+/// The grammar a request holds the model to: its answer to the format, every
+/// call to an offered tool to that tool's parameters, and a call when one is
+/// required (written for the model once it has reasoned for half its
+/// budget). Each grammar is checked here, so a schema the grammar engine
+/// cannot enforce is a 400 naming its field, before any work.
 pub fn guide(
     vocabulary: impl FnOnce() -> Result<Vocabulary, ApiError>,
-    format: Option<&OutputFormat>,
-    format_param: &str,
-    tools: &[Tool],
-    nested: bool,
+    structure: Structure<'_>,
 ) -> Result<Option<Guide>, ApiError> {
+    let Structure {
+        format,
+        param: format_param,
+        tools,
+        nested,
+        must_call,
+        max_tokens,
+    } = structure;
     if format.is_none() && tools.is_empty() {
         return Ok(None);
     }
@@ -335,11 +366,16 @@ pub fn guide(
         check(&grammar, &param)?;
         by_name.insert(tool.name.clone(), grammar);
     }
+    let deadline = must_call.map(|names| {
+        let after = max_tokens.map_or(REQUIRED_CALL_REASONING, |n| n / 2);
+        Deadline::call(after, &names)
+    });
     Ok(Some(Guide {
         vocabulary,
         rules: Rules {
             answer,
             tools: by_name,
+            deadline,
         },
     }))
 }
@@ -474,10 +510,10 @@ mod tests {
         assert!(parse_tool_choice(Some(&json!({"type": "function", "name": "later"})), &tools).is_err());
         assert!(parse_tool_choice(Some(&json!("required")), &[]).is_err());
         assert!(parse_tool_choice(Some(&json!("sometimes")), &tools).is_err());
-        assert_eq!(offered(tools.clone(), ToolChoice::None).unwrap(), []);
+        assert_eq!(offered(tools.clone(), ToolChoice::None), (Vec::new(), None));
         assert_eq!(
-            param_of(offered(tools, ToolChoice::Required).unwrap_err()),
-            "tool_choice"
+            offered(tools.clone(), ToolChoice::Required),
+            (tools, Some(vec!["now".to_string()]))
         );
     }
 
