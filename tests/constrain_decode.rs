@@ -4,11 +4,16 @@
 //! and validate against its schema as the `jsonschema` package judges it,
 //! and what the model writes outside the constrained message (its
 //! reasoning) must be token for token what it writes unconstrained.
+//! `classify --constrain` on the same model gives every item a verdict.
 
 mod common;
 
 use std::collections::HashMap;
 
+use safeguard_mlx::classify::input::Item;
+use safeguard_mlx::classify::policy::Policy;
+use safeguard_mlx::classify::run::{Classifier, ClassifyOptions};
+use safeguard_mlx::classify::verdict::Keywords;
 use safeguard_mlx::constrain::{Grammar, Guide, Rules, Vocabulary};
 use safeguard_mlx::engine::driver::{Driver, DriverOptions, Event, Job, JobId, Stop};
 use safeguard_mlx::engine::generate::GenerateOptions;
@@ -248,4 +253,72 @@ fn the_model_reasons_exactly_as_it_would_unconstrained() {
     assert_eq!(got[0], want[0], "greedy");
     assert_eq!(got[1], want[1], "sampled");
     assert_eq!(got[2], want[0], "an unconstrained neighbour");
+}
+
+#[test]
+fn a_constrained_classification_gives_every_item_a_verdict() {
+    let s = setup();
+    let items: Vec<Item> = ["BUY CHEAP WATCHES NOW", "My SSN is 078-05-1120", "hello"]
+        .iter()
+        .enumerate()
+        .map(|(i, text)| Item {
+            id: i.to_string(),
+            content: text.to_string(),
+        })
+        .collect();
+    let items: Vec<&Item> = items.iter().collect();
+    // A binary policy, and one that asks for a JSON object with its rule ids;
+    // budgets with room for a few dozen tokens of reasoning before the answer.
+    let pii_answer = json!({
+        "type": "object",
+        "properties": {
+            "violation": {"enum": [0, 1]},
+            "policy_category": {"enum": ["PI0.a", "PI0.b", "PI0.c", "PI0.d", "PI1", "PI2", "PI3", "PI4", null]},
+            "rule_ids": {"type": "array", "items": {"enum": ["PI0.a", "PI0.b", "PI0.c", "PI0.d", "PI1", "PI2", "PI3", "PI4"]}},
+            "confidence": {"enum": ["low", "medium", "high"]},
+            "rationale": {"type": "string"},
+        },
+        "required": ["violation", "policy_category"],
+        "additionalProperties": false,
+    });
+    for (policy, max_tokens) in [("spam", 40), ("pii", 360)] {
+        let options = ClassifyOptions {
+            effort: None,
+            date: None,
+            max_tokens,
+            sampler: SamplerOptions::default(),
+            prefill_step: 2048,
+            keywords: Keywords::default(),
+        };
+        let policy = Policy::find(policy).unwrap();
+        let mut classifier = Classifier::new(&s.model, &s.tokenizer, &policy, options).unwrap();
+        let unconstrained = classifier.classify(items[0]).unwrap();
+        assert_eq!(
+            unconstrained.verdict.label, None,
+            "the random model answers nothing of its own accord"
+        );
+        classifier.constrain(s.model.config.vocab_size as usize).unwrap();
+        let mut answers = Vec::new();
+        classifier
+            .classify_batched(&items, 3, |_, c| {
+                assert!(
+                    c.verdict.label.is_some(),
+                    "{}: no verdict from {:?}",
+                    policy.name,
+                    c.raw
+                );
+                answers.push(c.answer);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(answers.len(), items.len());
+        if policy.name == "pii" {
+            let verdicts = common::jsonschema(json!({"cases": [{"schema": pii_answer, "outputs": answers}]}));
+            for (answer, result) in answers.iter().zip(verdicts[0]["results"].as_array().unwrap()) {
+                assert_eq!(result, &Value::Null, "{answer}");
+            }
+        } else {
+            assert!(answers.iter().all(|a| a == "0" || a == "1"), "{answers:?}");
+        }
+    }
 }
