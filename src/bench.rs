@@ -19,6 +19,7 @@ use crate::classify::input::Item;
 use crate::classify::policy::Policy;
 use crate::classify::run::{Classifier, ClassifyOptions};
 use crate::classify::verdict::Keywords;
+use crate::constrain::{Grammar, Guide, Rules, Vocabulary};
 use crate::engine::cache::{make_caches, LayerCache};
 use crate::engine::generate::{GenerateOptions, Generation};
 use crate::engine::sampler::SamplerOptions;
@@ -281,6 +282,95 @@ pub struct ModelResult {
     pub profile: Option<Profile>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fidelity: Option<Fidelity>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub constraint: Option<ConstraintCost>,
+}
+
+/// What holding an answer to a JSON schema costs a decode step (`--constraint`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ConstraintCost {
+    /// Masks computed, along random walks through the grammar.
+    pub steps: usize,
+    /// Host time per step: the grammar's mask and its expansion to one byte per id.
+    pub mask_ms: f64,
+    /// A decode step at the first context (from its median decode tok/s).
+    pub step_ms: f64,
+    pub percent_of_step: f64,
+}
+
+/// A verdict object like the JSON policies ask for: enums, ids, a bounded
+/// rationale, nested arrays.
+fn bench_schema() -> serde_json::Value {
+    serde_json::json!({
+        "type": "object",
+        "properties": {
+            "violation": {"enum": [0, 1]},
+            "policy_category": {"anyOf": [{"enum": ["PI1", "PI2", "PI3", "PI0.a"]}, {"type": "null"}]},
+            "rule_ids": {"type": "array", "items": {"enum": ["PI1", "PI2", "PI3", "PI0.a"]}, "maxItems": 4},
+            "confidence": {"enum": ["low", "medium", "high"]},
+            "rationale": {"type": "string", "maxLength": 200},
+        },
+        "required": ["violation", "policy_category", "rationale"],
+        "additionalProperties": false,
+    })
+}
+
+/// Times the constraint's host work over `steps` decode steps: the final
+/// answer opened, tokens drawn at random from each mask (a new answer when
+/// one ends), only the masks timed. In the driver this work overlaps the
+/// forward; timed alone, it is an upper bound on what it adds.
+pub fn constraint_cost(
+    tokenizer: &Tokenizer,
+    vocab: usize,
+    steps: usize,
+    step_ms: f64,
+) -> Result<ConstraintCost> {
+    let vocabulary = Vocabulary::new(tokenizer, vocab)?;
+    let control = crate::harmony::ControlTokens::of(tokenizer)?;
+    let guide = Guide {
+        vocabulary,
+        rules: Rules {
+            answer: Some(Grammar::JsonSchema(bench_schema())),
+            tools: Default::default(),
+            deadline: None,
+        },
+    };
+    let header = [
+        vec![control.start],
+        tokenizer.encode_ordinary("assistant")?,
+        vec![control.channel],
+        tokenizer.encode_ordinary("final")?,
+        vec![control.message],
+    ]
+    .concat();
+    let mut constraint = guide.start(&header)?;
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut masked = Duration::ZERO;
+    for _ in 0..steps {
+        let start = Instant::now();
+        let mask = constraint
+            .mask()
+            .ok_or_else(|| anyhow::anyhow!("the answer's grammar gave no mask"))?;
+        std::hint::black_box(mask.bytes(vocab));
+        masked += start.elapsed();
+        let allowed: Vec<u32> = (0..vocab as u32).filter(|&t| mask.allows(t)).collect();
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let token = allowed[(state >> 33) as usize % allowed.len()];
+        if token == control.return_ {
+            constraint = guide.start(&header)?;
+        } else {
+            constraint.observe(token);
+        }
+    }
+    let mask_ms = masked.as_secs_f64() * 1e3 / steps.max(1) as f64;
+    Ok(ConstraintCost {
+        steps,
+        mask_ms,
+        step_ms,
+        percent_of_step: 100.0 * mask_ms / step_ms,
+    })
 }
 
 /// Where a forward's time goes (`--profile`).
@@ -313,6 +403,8 @@ pub struct BenchOptions {
     pub profile: bool,
     /// Positions over which to compare fast with exact CPU kernels.
     pub fidelity: Option<usize>,
+    /// Time the constraint's mask per decode step.
+    pub constraint: bool,
 }
 
 /// Deterministic pseudo-random prompt ids below `vocab` (xorshift).
@@ -541,6 +633,18 @@ pub fn bench_model(
         }
         None => None,
     };
+    let constraint = if options.constraint {
+        progress(&format!("{name}: timing the constraint's masks"));
+        let step_ms = 1e3 / contexts[0].decode_tokens_per_sec.median;
+        Some(constraint_cost(
+            &Tokenizer::load(dir)?,
+            vocab as usize,
+            256,
+            step_ms,
+        )?)
+    } else {
+        None
+    };
     Ok(ModelResult {
         model: name.to_string(),
         path: dir.display().to_string(),
@@ -551,6 +655,7 @@ pub fn bench_model(
         classify,
         profile,
         fidelity,
+        constraint,
     })
 }
 

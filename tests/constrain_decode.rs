@@ -187,7 +187,7 @@ fn run(jobs: Vec<Job>, slots: usize) -> Vec<(Vec<u32>, Stop)> {
 fn sampled(seed: u64) -> SamplerOptions {
     SamplerOptions {
         temperature: 1.0,
-        top_p: if seed % 2 == 0 { 0.9 } else { 0.0 },
+        top_p: if seed.is_multiple_of(2) { 0.9 } else { 0.0 },
         seed,
         ..SamplerOptions::default()
     }

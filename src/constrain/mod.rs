@@ -273,6 +273,11 @@ impl Mask {
             .get(id as usize / 32)
             .is_some_and(|word| word >> (id % 32) & 1 == 1)
     }
+
+    /// One byte per id of `width` (1: allowed), as an array op wants it.
+    pub fn bytes(&self, width: usize) -> Vec<u8> {
+        (0..width as u32).map(|id| u8::from(self.allows(id))).collect()
+    }
 }
 
 impl Constraint {
@@ -508,7 +513,7 @@ impl Constraint {
     fn all_but(&self, banned: &[u32]) -> Mask {
         let size = self.vocabulary.size;
         let mut words = vec![u32::MAX; size.div_ceil(32)];
-        if size % 32 != 0 {
+        if !size.is_multiple_of(32) {
             *words.last_mut().expect("a vocabulary") = (1u32 << (size % 32)) - 1;
         }
         for &token in banned {

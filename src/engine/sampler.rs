@@ -69,8 +69,8 @@ impl Sampler {
             return self.sample(logprobs);
         };
         let width = logprobs.dim(-1)?;
-        let bits: Vec<u8> = (0..width as u32).map(|id| u8::from(mask.allows(id))).collect();
-        let allowed = Array::from_slice(&bits, &[1, width])?.astype(mlx::Dtype::Bool)?;
+        let allowed =
+            Array::from_slice(&mask.bytes(width as usize), &[1, width])?.astype(mlx::Dtype::Bool)?;
         self.sample(&where_(&allowed, logprobs, &neg_inf_like(logprobs)?)?)
     }
 
