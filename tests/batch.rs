@@ -70,6 +70,7 @@ fn job(model: &GptOss, prefix: &[u32], suffix: &[u32], options: GenerateOptions,
         top_logprobs: None,
         watch: (0..model.config.vocab_size as u32).collect(),
         group,
+        guide: None,
     }
 }
 

@@ -9,7 +9,7 @@ mod common;
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use safeguard_mlx::constrain::{Constraint, Grammar, Mask, Phase, Rules, Vocabulary};
+use safeguard_mlx::constrain::{Constraint, Deadline, Grammar, Mask, Phase, Rules, Vocabulary};
 use safeguard_mlx::tokenizer::Tokenizer;
 use serde_json::{json, Value};
 
@@ -67,7 +67,7 @@ fn sample(mask: &Mask, rng: &mut Rng, stop: u32) -> u32 {
 fn run(constraint: &mut Constraint, prefix: &[u32], stop: u32, rng: &mut Rng) -> Result<String, String> {
     for &token in prefix {
         assert_eq!(constraint.mask(), None, "no mask before the constrained message");
-        constraint.observe(token, tokenizer());
+        constraint.observe(token);
     }
     let mut produced = Vec::new();
     for _ in 0..400 {
@@ -75,7 +75,7 @@ fn run(constraint: &mut Constraint, prefix: &[u32], stop: u32, rng: &mut Rng) ->
             .mask()
             .ok_or_else(|| format!("no mask in the constrained message ({:?})", constraint.failure()))?;
         let token = sample(&mask, rng, stop);
-        constraint.observe(token, tokenizer());
+        constraint.observe(token);
         if token == stop {
             assert_eq!(constraint.phase(), Phase::Watching);
             return Ok(tokenizer().decode(&produced).unwrap());
@@ -155,6 +155,7 @@ fn every_constrained_answer_validates_against_its_schema() {
                     let rules = Rules {
                         answer: Some(Grammar::JsonSchema(schema.clone())),
                         tools: HashMap::new(),
+                        deadline: None,
                     };
                     let mut constraint = Constraint::new(vocabulary(), rules).unwrap();
                     let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
@@ -215,6 +216,7 @@ fn a_tool_call_is_held_to_its_own_parameters() {
         let rules = Rules {
             answer: None,
             tools: tools.clone(),
+            deadline: None,
         };
         let mut constraint = Constraint::new(vocabulary(), rules).unwrap();
         let mut rng = Rng(seed * 0x2545_f491);
@@ -231,11 +233,15 @@ fn a_tool_call_is_held_to_its_own_parameters() {
 
     // A call to a tool that was not offered, and an unconstrained final
     // answer, are not held: no mask at all.
-    let rules = Rules { answer: None, tools };
+    let rules = Rules {
+        answer: None,
+        tools,
+        deadline: None,
+    };
     let mut constraint = Constraint::new(vocabulary(), rules).unwrap();
     for token in header("not_offered").into_iter().chain(answer_prefix("ok")) {
         assert_eq!(constraint.mask(), None);
-        constraint.observe(token, tokenizer());
+        constraint.observe(token);
     }
     assert_eq!(constraint.mask(), None);
 }
@@ -245,15 +251,16 @@ fn the_stop_token_is_allowed_only_where_the_grammar_is_complete() {
     let rules = Rules {
         answer: Some(Grammar::Regex("[01]".into())),
         tools: HashMap::new(),
+        deadline: None,
     };
     let mut constraint = Constraint::new(vocabulary(), rules).unwrap();
     for token in answer_prefix("The content is spam.") {
-        constraint.observe(token, tokenizer());
+        constraint.observe(token);
     }
     let mask = constraint.mask().unwrap();
     let allowed: Vec<u32> = (0..VOCAB as u32).filter(|&t| mask.allows(t)).collect();
     assert_eq!(allowed, [text_ids("0")[0], text_ids("1")[0]]);
-    constraint.observe(text_ids("1")[0], tokenizer());
+    constraint.observe(text_ids("1")[0]);
     let mask = constraint.mask().unwrap();
     let allowed: Vec<u32> = (0..VOCAB as u32).filter(|&t| mask.allows(t)).collect();
     assert_eq!(allowed, [id("<|return|>")], "after the digit only the stop");
@@ -265,6 +272,7 @@ fn bad_grammars_are_refused_up_front_naming_the_problem() {
         let rules = Rules {
             answer: Some(grammar),
             tools: HashMap::new(),
+            deadline: None,
         };
         Constraint::new(vocabulary(), rules)
             .err()
@@ -282,4 +290,58 @@ fn bad_grammars_are_refused_up_front_naming_the_problem() {
     );
     let message = refuse(Grammar::Regex("(unclosed".into()));
     assert!(message.contains("response format"), "{message}");
+}
+
+#[test]
+fn a_required_call_is_written_once_the_reasoning_budget_is_spent() {
+    let schema = json!({
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 12}, "days": {"type": "integer", "minimum": 1, "maximum": 7}},
+        "required": ["city", "days"],
+        "additionalProperties": false,
+    });
+    let header = "<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>";
+    let mut outputs = Vec::new();
+    // 0: the deadline falls inside the turn's first header; 6: inside the
+    // reasoning, which is closed first.
+    for (seed, after, opening) in [
+        (1u64, 0usize, header.to_string()),
+        (2, 6, format!("<|end|><|start|>assistant{header}")),
+        (3, 6, format!("<|end|><|start|>assistant{header}")),
+    ] {
+        let names = ["get_weather".to_string(), "get_time".to_string()];
+        let rules = Rules {
+            answer: None,
+            tools: HashMap::from([
+                (names[0].clone(), Grammar::JsonSchema(schema.clone())),
+                (names[1].clone(), Grammar::JsonObject),
+            ]),
+            deadline: Some(Deadline::call(after, &names[..1])),
+        };
+        let mut constraint = Constraint::new(vocabulary(), rules).unwrap();
+        constraint.prime(&[vec![id("<|start|>")], text_ids("assistant")].concat());
+        let reasoning = [
+            vec![id("<|channel|>")],
+            text_ids("analysis"),
+            vec![id("<|message|>")],
+            text_ids("I should answer directly without any tool at all."),
+        ]
+        .concat();
+        for &token in reasoning.iter().take(after) {
+            let mask = constraint.mask().expect("the turn may not end before the call");
+            assert!(mask.allows(token), "the reasoning is free");
+            assert!(!mask.allows(id("<|return|>")) && !mask.allows(id("<|call|>")));
+            constraint.observe(token);
+        }
+        let mut rng = Rng(seed * 0x9e37_79b9);
+        let written = run(&mut constraint, &[], id("<|call|>"), &mut rng).unwrap();
+        let arguments = written
+            .strip_prefix(&opening)
+            .unwrap_or_else(|| panic!("seed {seed}: {written:?} opens with {opening:?}"));
+        outputs.push(arguments.to_string());
+    }
+    let verdicts = common::jsonschema(json!({"cases": [{"schema": schema, "outputs": outputs}]}));
+    for (output, result) in outputs.iter().zip(verdicts[0]["results"].as_array().unwrap()) {
+        assert_eq!(result, &Value::Null, "{output}");
+    }
 }

@@ -200,6 +200,59 @@ fn the_openai_python_sdk_calls_tools_and_sends_their_results_back() {
 }
 
 #[test]
+fn the_openai_python_sdk_gets_structured_output_that_validates() {
+    sdk_script("format_client.py", "scripted");
+}
+
+#[test]
+fn the_openai_python_sdk_forces_valid_tool_calls_from_a_random_model() {
+    sdk_script("required_client.py", "a-mxfp4");
+}
+
+#[test]
+fn constrained_classification_gives_a_random_model_verdicts() {
+    // The random model never answers of its own accord; held to the spam
+    // policy's 0/1 and written in time, every item gets a verdict, through
+    // the API and the CLI alike.
+    let server = Server::start("a-mxfp4", &[]);
+    let request = json!({"policy": "spam", "input": ["Buy now!", "hello"], "max_tokens": 40});
+    let free = server.post("/v1/classify", &request).json();
+    assert!(
+        free["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["label"].is_null()),
+        "{free}"
+    );
+    let mut request = request;
+    request["constrain"] = json!(true);
+    let held = server.post("/v1/classify", &request).json();
+    for result in held["results"].as_array().unwrap() {
+        assert!(result["answer"] == "0" || result["answer"] == "1", "{result}");
+        assert!(!result["label"].is_null(), "{result}");
+    }
+    let cli = Command::new(env!("CARGO_BIN_EXE_safeguard"))
+        .args([
+            "classify",
+            "--json",
+            "--constrain",
+            "--max-tokens",
+            "40",
+            "--policy",
+            "spam",
+            "-m",
+        ])
+        .arg(common::fixture("a-mxfp4"))
+        .arg("Buy now!")
+        .output()
+        .unwrap();
+    let line: Value = serde_json::from_slice(&cli.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&cli.stderr)));
+    assert!(!line["label"].is_null(), "{line}");
+}
+
+#[test]
 fn greedy_completions_match_mlx_lm_references() {
     // The raw prompt's tokens, greedily continued: what mlx-lm generated for
     // the same ids in float32 (tests/fixtures/references.py).
@@ -413,10 +466,9 @@ fn bad_requests_get_openai_errors() {
     assert!(chat(json!({"tools": [{"type": "function"}]}))
         .error(400)
         .contains("needs a function object"));
-    let tool = json!([{"type": "function", "function": {"name": "now"}}]);
-    assert!(chat(json!({"tools": tool, "tool_choice": "required"}))
-        .error(400)
-        .contains("not supported yet"));
+    let tool = json!([{"type": "function", "function": {"name": "now", "parameters": {"type": "object", "properties": {"a": {"type": "array", "uniqueItems": true}}}}}]);
+    let message = chat(json!({"tools": tool, "tool_choice": "required"})).error(400);
+    assert!(message.contains("uniqueItems"), "{message}");
     let message =
         chat(json!({"messages": [{"role": "tool", "tool_call_id": "call_9", "content": "1"}]})).error(400);
     assert!(message.contains("call_9"), "{message}");

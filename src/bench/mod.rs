@@ -5,6 +5,7 @@
 //! TTFT), optionally swept over context lengths, plus classification
 //! throughput through the [`Classifier`] and the machine's decode ceiling.
 
+mod constraint;
 mod plot;
 mod profile;
 mod size;
@@ -22,6 +23,7 @@ use crate::harmony::Effort;
 use crate::model::GptOss;
 use crate::tokenizer::Tokenizer;
 
+pub use constraint::{constraint_cost, ConstraintCost};
 pub use plot::svg_plot;
 pub use profile::{kernel_fidelity, profile, Fidelity, Profile};
 pub use size::{kv_bytes_per_token, model_stats, read_header, ModelStats, TensorInfo};
@@ -63,6 +65,8 @@ pub struct ModelResult {
     pub profile: Option<Profile>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fidelity: Option<Fidelity>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub constraint: Option<ConstraintCost>,
 }
 
 #[derive(Debug, Clone)]
@@ -81,6 +85,8 @@ pub struct BenchOptions {
     pub profile: bool,
     /// Positions over which to compare fast with exact CPU kernels.
     pub fidelity: Option<usize>,
+    /// Time the constraint's mask per decode step.
+    pub constraint: bool,
 }
 
 /// Benchmarks one loaded model.
@@ -174,6 +180,18 @@ pub fn bench_model(
         }
         None => None,
     };
+    let constraint = if options.constraint {
+        progress(&format!("{name}: timing the constraint's masks"));
+        let step_ms = 1e3 / contexts[0].decode_tokens_per_sec.median;
+        Some(constraint_cost(
+            &Tokenizer::load(dir)?,
+            vocab as usize,
+            256,
+            step_ms,
+        )?)
+    } else {
+        None
+    };
     Ok(ModelResult {
         model: name.to_string(),
         path: dir.display().to_string(),
@@ -184,5 +202,6 @@ pub fn bench_model(
         classify,
         profile,
         fidelity,
+        constraint,
     })
 }

@@ -8,9 +8,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use super::front_matter::Output;
 use super::input::Item;
 use super::policy::{Policy, RuleIds};
 use super::verdict::{self, Keywords, Verdict};
+use crate::constrain::{self, Deadline, Grammar, Guide, Rules, Vocabulary};
 use crate::engine::driver::{Driver, DriverOptions, Event, Job, JobId, Token};
 use crate::engine::generate::GenerateOptions;
 use crate::engine::sampler::SamplerOptions;
@@ -162,6 +164,61 @@ pub struct Judge<'t> {
     digits: [u32; 2],
     /// The policy's rule ids, to flag answers citing others.
     rules: RuleIds,
+    /// What the policy declares its answers to be, as a grammar.
+    answer: Grammar,
+    /// Set by [`Judge::constrain`]: every answer held to `answer`.
+    guide: Option<Guide>,
+}
+
+/// The longest rationale a constrained JSON answer may give, in characters.
+const RATIONALE_CHARS: usize = 200;
+
+/// The policy's declared answer as a grammar: one of its declared words (by
+/// default `0` or `1`) for a binary policy; for a JSON one, the object its
+/// template describes, with `policy_category` and `rule_ids` among the ids
+/// it defines. A policy without front matter is JSON when its text asks for
+/// a JSON object.
+fn answer_grammar(policy: &Policy) -> Grammar {
+    let front = policy.front_matter.as_ref();
+    let output = front.and_then(|f| f.output).unwrap_or_else(|| {
+        if policy.text.contains("JSON object") {
+            Output::Json
+        } else {
+            Output::Binary
+        }
+    });
+    let declared: Vec<&String> = front
+        .map(|f| f.violates.iter().chain(&f.safe).chain(&f.escalate).collect())
+        .unwrap_or_default();
+    if output == Output::Binary {
+        let words: Vec<String> = if declared.is_empty() {
+            vec!["0".into(), "1".into()]
+        } else {
+            declared.iter().map(|w| regex::escape(w)).collect()
+        };
+        return Grammar::Regex(words.join("|"));
+    }
+    let ids = RuleIds::of(policy);
+    let ids: Vec<&String> = ids.violating.iter().chain(&ids.safe).collect();
+    let id = if ids.is_empty() {
+        serde_json::json!({"type": "string", "maxLength": 32})
+    } else {
+        serde_json::json!({"enum": ids})
+    };
+    let escalates = front.is_some_and(|f| !f.escalate.is_empty());
+    let violation: Vec<u8> = if escalates { vec![0, 1, 2] } else { vec![0, 1] };
+    Grammar::JsonSchema(serde_json::json!({
+        "type": "object",
+        "properties": {
+            "violation": {"enum": violation},
+            "policy_category": {"anyOf": [id, {"type": "null"}]},
+            "rule_ids": {"type": "array", "items": id, "maxItems": 8},
+            "confidence": {"enum": ["low", "medium", "high"]},
+            "rationale": {"type": "string", "maxLength": RATIONALE_CHARS},
+        },
+        "required": ["violation", "policy_category"],
+        "additionalProperties": false,
+    }))
 }
 
 impl<'t> Judge<'t> {
@@ -193,8 +250,30 @@ impl<'t> Judge<'t> {
             conversation,
             digits: [digit("0")?, digit("1")?],
             rules: RuleIds::of(policy),
+            answer: answer_grammar(policy),
+            guide: None,
             options,
         })
+    }
+
+    /// Holds every answer to the policy's declared output, and has it
+    /// written once the model has reasoned for all the token budget but the
+    /// answer's room, so that every item gets a verdict.
+    pub fn constrain(&mut self, vocabulary: Vocabulary) -> Result<(), constrain::Error> {
+        // Room for the longest answer: a rationale at a token a character,
+        // ids and punctuation; a word is a few tokens.
+        let room = match self.answer {
+            Grammar::JsonSchema(_) => RATIONALE_CHARS + 120,
+            _ => 8,
+        };
+        let rules = Rules {
+            answer: Some(self.answer.clone()),
+            tools: HashMap::new(),
+            deadline: Some(Deadline::answer(self.options.max_tokens.saturating_sub(room))),
+        };
+        vocabulary.check(&self.answer, "the policy's answer")?;
+        self.guide = Some(Guide { vocabulary, rules });
+        Ok(())
     }
 
     /// The prompt for `content`, and how many of its first tokens are the
@@ -207,6 +286,11 @@ impl<'t> Judge<'t> {
             0
         };
         Ok((prompt, shared))
+    }
+
+    /// The grammar every job's answer is held to, once constrained.
+    pub fn guide(&self) -> Option<Guide> {
+        self.guide.clone()
     }
 
     /// The tokens whose probabilities state the verdict ("0", "1").
@@ -237,6 +321,7 @@ impl<'t> Judge<'t> {
             top_logprobs: None,
             watch: self.digits.to_vec(),
             group,
+            guide: self.guide(),
         }
     }
 
@@ -304,6 +389,19 @@ impl<'a> Classifier<'a> {
                 },
             ),
         })
+    }
+
+    /// Holds every answer to its policy's declared output (see
+    /// [`Judge::constrain`]); `vocab_size` is the model's.
+    pub fn constrain(&mut self, vocab_size: usize) -> Result<(), constrain::Error> {
+        let Some(first) = self.judges.first() else {
+            return Ok(());
+        };
+        let vocabulary = Vocabulary::new(first.tokenizer, vocab_size)?;
+        for judge in &mut self.judges {
+            judge.constrain(vocabulary.clone())?;
+        }
+        Ok(())
     }
 
     pub fn classify(&mut self, item: &Item) -> anyhow::Result<Classification> {

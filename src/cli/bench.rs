@@ -53,6 +53,10 @@ pub struct Args {
     /// exact ones over this many prompt positions (top-1 agreement, KL).
     #[arg(long, value_name = "POSITIONS")]
     fidelity: Option<usize>,
+    /// Also time the constrained decoding mask (a JSON schema) per decode
+    /// step, as a share of the step.
+    #[arg(long)]
+    constraint: bool,
     /// Skip the warm-up run.
     #[arg(long)]
     no_warmup: bool,
@@ -88,6 +92,7 @@ pub fn run(args: Args) -> Result<()> {
         classify_batch_size: args.batch_size as usize,
         profile: args.profile,
         fidelity: args.fidelity,
+        constraint: args.constraint,
     };
     if args.distributed.parallel.is_some() {
         return run_split(&args, &options);
@@ -346,6 +351,14 @@ fn print_table(
                 f.top1_agreement * 100.0,
                 f.mean_kl,
                 f.max_kl
+            )?;
+        }
+        if let Some(c) = &r.constraint {
+            writeln!(
+                out,
+                "  constraint (JSON schema): mask {:.3} ms per decode step = {:.1}% of a {:.1} ms step \
+                 ({} steps; in the driver it runs while the forward computes)",
+                c.mask_ms, c.percent_of_step, c.step_ms, c.steps
             )?;
         }
     }

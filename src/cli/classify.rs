@@ -50,6 +50,10 @@ pub struct Args {
     /// Exit with 1 when any item violates the policy.
     #[arg(long)]
     fail_on_violation: bool,
+    /// Hold the answer to the policy's declared output (a 0/1 digit, its
+    /// words, or its JSON object), written in time, so every item gets a verdict.
+    #[arg(long)]
+    constrain: bool,
 }
 
 /// How items are classified: the model and its options, the same for every
@@ -151,6 +155,9 @@ pub fn run(args: Args) -> Result<()> {
 
     let model = GptOss::load(&model_dir, args.run.engine.load_options()).map_err(|e| usage(e.into()))?;
     let mut classifier = Classifier::with_policies(&model, &tokenizer, &policies, options)?;
+    if args.constrain {
+        classifier.constrain(model.config.vocab_size as usize)?;
+    }
     let mut log = args
         .output
         .as_deref()

@@ -13,7 +13,7 @@
 //! the tokens the grammar allows, with the message's stop token only where
 //! the grammar is complete.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use llguidance::api::TopLevelGrammar;
@@ -45,6 +45,8 @@ pub enum Grammar {
     JsonObject,
     /// A regular expression over the whole message (Rust `regex` syntax).
     Regex(String),
+    /// llguidance's Lark syntax, where `<|name|>` is a control token.
+    Lark(String),
 }
 
 impl Grammar {
@@ -57,6 +59,7 @@ impl Grammar {
         };
         let mut schema = match self {
             Grammar::Regex(pattern) => return Ok(TopLevelGrammar::from_regex(pattern)),
+            Grammar::Lark(grammar) => return Ok(TopLevelGrammar::from_lark(grammar.clone())),
             Grammar::JsonObject => serde_json::json!({"type": "object"}),
             Grammar::JsonSchema(schema) if schema.is_object() => schema.clone(),
             Grammar::JsonSchema(other) => {
@@ -95,6 +98,14 @@ impl TokenizerEnv for HarmonyEnv {
     // use; greedy longest-match over the trie is enough for that.
     fn tokenize_bytes(&self, bytes: &[u8]) -> Vec<u32> {
         self.trie.greedy_tokenize(bytes)
+    }
+}
+
+impl std::fmt::Debug for Vocabulary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vocabulary")
+            .field("size", &self.size)
+            .finish_non_exhaustive()
     }
 }
 
@@ -151,11 +162,65 @@ pub struct Rules {
     pub answer: Option<Grammar>,
     /// Each offered tool's arguments, by name (`functions.NAME` is the recipient).
     pub tools: HashMap<String, Grammar>,
+    /// When a constrained message must come however long the model reasons.
+    pub deadline: Option<Deadline>,
 }
 
 impl Rules {
     pub fn is_empty(&self) -> bool {
-        self.answer.is_none() && self.tools.is_empty()
+        self.answer.is_none() && self.tools.is_empty() && self.deadline.is_none()
+    }
+}
+
+/// A constrained message the sequence must write: once it has generated
+/// `after` tokens without opening one, the message it is in is closed
+/// (`<|end|>`) and this header is written for it, so that the answer (or the
+/// call) still comes within the token budget. A model that reasons less
+/// never meets it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deadline {
+    pub after: usize,
+    /// The header from its role on, in Lark (see [`Deadline::answer`]).
+    header: String,
+}
+
+impl Deadline {
+    /// The final answer: `assistant<|channel|>final<|message|>`.
+    pub fn answer(after: usize) -> Deadline {
+        Deadline {
+            after,
+            header: r#"start: "assistant" <|channel|> "final" <|message|>"#.to_string(),
+        }
+    }
+
+    /// A call to one of `names` (each `[A-Za-z0-9_-]`, as tool names are):
+    /// `assistant<|channel|>commentary to=functions.NAME <|constrain|>json<|message|>`.
+    pub fn call(after: usize, names: &[String]) -> Deadline {
+        let names: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
+        Deadline {
+            after,
+            header: format!(
+                r#"start: "assistant" <|channel|> "commentary to=functions." ({}) " " <|constrain|> "json" <|message|>"#,
+                names.join(" | ")
+            ),
+        }
+    }
+}
+
+/// What a generation job carries: its rules and the vocabulary they are
+/// matched over (shared, so a job is cheap to clone).
+#[derive(Debug, Clone)]
+pub struct Guide {
+    pub vocabulary: Vocabulary,
+    pub rules: Rules,
+}
+
+impl Guide {
+    /// A fresh constraint for the sequence that continues `prompt`.
+    pub fn start(&self, prompt: &[u32]) -> Result<Constraint> {
+        let mut constraint = Constraint::new(&self.vocabulary, self.rules.clone())?;
+        constraint.prime(prompt);
+        Ok(constraint)
     }
 }
 
@@ -180,6 +245,13 @@ pub struct Constraint {
     active: Option<Active>,
     phase: Phase,
     failure: Option<String>,
+    /// Tokens observed since the prompt, and whether a constrained message
+    /// has opened among them (see [`Deadline`]).
+    generated: usize,
+    opened: bool,
+    /// Past the deadline: tokens to write next, then the header to match.
+    forced: VecDeque<u32>,
+    forced_header: Option<Matcher>,
 }
 
 struct Active {
@@ -201,6 +273,11 @@ impl Mask {
             .get(id as usize / 32)
             .is_some_and(|word| word >> (id % 32) & 1 == 1)
     }
+
+    /// One byte per id of `width` (1: allowed), as an array op wants it.
+    pub fn bytes(&self, width: usize) -> Vec<u8> {
+        (0..width as u32).map(|id| u8::from(self.allows(id))).collect()
+    }
 }
 
 impl Constraint {
@@ -213,6 +290,9 @@ impl Constraint {
         for (name, grammar) in &rules.tools {
             vocabulary.check(grammar, &format!("the parameters of tool {name:?}"))?;
         }
+        if let Some(deadline) = &rules.deadline {
+            vocabulary.check(&Grammar::Lark(deadline.header.clone()), "the forced header")?;
+        }
         Ok(Constraint {
             vocabulary: vocabulary.clone(),
             rules,
@@ -221,7 +301,24 @@ impl Constraint {
             active: None,
             phase: Phase::Watching,
             failure: None,
+            generated: 0,
+            opened: false,
+            forced: VecDeque::new(),
+            forced_header: None,
         })
+    }
+
+    /// Reads the header the prompt leaves open, if it does: a prompt that
+    /// already holds `<|start|>assistant<|channel|>final<|message|>` (an
+    /// answer the caller began) is constrained from the first token.
+    pub fn prime(&mut self, prompt: &[u32]) {
+        let start = self.vocabulary.control.start;
+        if let Some(last) = prompt.iter().rposition(|&t| t == start) {
+            for &token in &prompt[last..] {
+                self.observe(token);
+            }
+        }
+        self.generated = 0;
     }
 
     pub fn phase(&self) -> Phase {
@@ -234,17 +331,25 @@ impl Constraint {
     }
 
     /// Follows the sampled token.
-    pub fn observe(&mut self, token: u32, tokenizer: &Tokenizer) {
+    pub fn observe(&mut self, token: u32) {
         let control = self.vocabulary.control;
+        self.generated += 1;
+        if self.forced.front() == Some(&token) {
+            self.forced.pop_front();
+        } else if let Some(header) = &mut self.forced_header {
+            if let Err(e) = header.consume_token(token) {
+                self.give_up(e.to_string());
+            } else if token == control.message {
+                self.forced_header = None;
+            }
+        }
         if let Some(active) = &mut self.active {
             if token == active.stop || control.ends_message(token) {
                 self.active = None;
                 self.phase = Phase::Watching;
                 self.in_header = false;
             } else if let Err(e) = active.matcher.consume_token(token) {
-                self.failure = Some(e.to_string());
-                self.active = None;
-                self.phase = Phase::Failed;
+                self.give_up(e.to_string());
             }
             return;
         }
@@ -257,16 +362,17 @@ impl Constraint {
         } else if token == control.message && self.in_header {
             self.in_header = false;
             let header = std::mem::take(&mut self.header);
-            self.open(&header, tokenizer);
+            self.open(&header);
         } else if self.in_header {
             self.header.push(token);
         }
     }
 
     /// Starts the matcher if the header just read opens a constrained message.
-    fn open(&mut self, header: &[u32], tokenizer: &Tokenizer) {
+    fn open(&mut self, header: &[u32]) {
         let control = self.vocabulary.control;
-        let text = tokenizer.decode(header).unwrap_or_default();
+        // The trie spells control tokens by name, as the tokenizer would.
+        let text = self.vocabulary.factory.tok_env().tok_trie().decode_str(header);
         let channel = text
             .split("<|channel|>")
             .nth(1)
@@ -291,6 +397,7 @@ impl Constraint {
             Ok(matcher) => {
                 self.active = Some(Active { matcher, stop });
                 self.phase = Phase::Constrained;
+                self.opened = true;
             }
             Err(e) => {
                 self.failure = Some(e.to_string());
@@ -299,32 +406,126 @@ impl Constraint {
         }
     }
 
+    fn give_up(&mut self, why: String) {
+        self.failure = Some(why);
+        self.active = None;
+        self.forced.clear();
+        self.forced_header = None;
+        self.phase = Phase::Failed;
+    }
+
+    /// At the deadline: what closes the current message and opens the
+    /// required one. A header being written that the required one can still
+    /// become is finished as that; any other is closed as it stands.
+    fn close(&mut self) {
+        let Some(deadline) = &self.rules.deadline else {
+            return;
+        };
+        let grammar = Grammar::Lark(deadline.header.clone());
+        let control = self.vocabulary.control;
+        let fresh = || self.vocabulary.matcher(&grammar, "the forced header");
+        let result = fresh().and_then(|mut matcher| {
+            if self.in_header && matcher.consume_tokens(&self.header).is_ok() {
+                return Ok(matcher);
+            }
+            if self.in_header {
+                self.forced.push_back(control.message);
+            }
+            self.forced.extend([control.end, control.start]);
+            fresh()
+        });
+        match result {
+            Ok(matcher) => self.forced_header = Some(matcher),
+            Err(e) => self.give_up(e.to_string()),
+        }
+    }
+
+    /// Whether a required message has yet to open (so the turn may not end).
+    fn awaits_deadline(&self) -> bool {
+        self.phase == Phase::Watching && !self.opened && self.rules.deadline.is_some()
+    }
+
+    fn due(&self) -> bool {
+        self.awaits_deadline()
+            && self.forced.is_empty()
+            && self.forced_header.is_none()
+            && self
+                .rules
+                .deadline
+                .as_ref()
+                .is_some_and(|d| self.generated >= d.after)
+    }
+
     /// The tokens the next step may sample; `None` while unconstrained.
     pub fn mask(&mut self) -> Option<Mask> {
-        let size = self.vocabulary.size;
+        if self.due() {
+            self.close();
+        }
+        if let Some(&token) = self.forced.front() {
+            return Some(self.only(token));
+        }
+        if let Some(header) = &mut self.forced_header {
+            return match header.compute_mask() {
+                Ok(allowed) => Some(self.words(&allowed, None)),
+                Err(e) => {
+                    self.give_up(e.to_string());
+                    None
+                }
+            };
+        }
         let return_ = self.vocabulary.control.return_;
+        if self.active.is_none() && self.awaits_deadline() {
+            return Some(self.all_but(&self.vocabulary.control.generation_stops()));
+        }
         let active = self.active.as_mut()?;
         // A grammar with nothing left to add (`{"a":1}` closed) is stopped:
         // only the end is allowed then.
+        let stop = active.stop;
         let allowed: SimpleVob = match active.matcher.compute_mask_or_eos() {
             Ok(mask) => mask,
             Err(e) => {
-                self.failure = Some(e.to_string());
-                self.active = None;
-                self.phase = Phase::Failed;
+                self.give_up(e.to_string());
                 return None;
             }
         };
-        let mut words = vec![0u32; size.div_ceil(32)];
         let complete = allowed.is_allowed(return_);
+        Some(self.words(&allowed, complete.then_some(stop)))
+    }
+
+    /// `allowed` as a mask, llguidance's end-of-sequence left out, and `stop`
+    /// let in where given.
+    fn words(&self, allowed: &SimpleVob, stop: Option<u32>) -> Mask {
+        let size = self.vocabulary.size;
+        let return_ = self.vocabulary.control.return_;
+        let mut words = vec![0u32; size.div_ceil(32)];
         allowed.iter_set_entries(|id| {
             if id < size && id as u32 != return_ {
                 words[id / 32] |= 1 << (id % 32);
             }
         });
-        if complete {
-            words[active.stop as usize / 32] |= 1 << (active.stop % 32);
+        if let Some(stop) = stop {
+            words[stop as usize / 32] |= 1 << (stop % 32);
         }
-        Some(Mask { words })
+        Mask { words }
+    }
+
+    /// A mask allowing every token but `banned`.
+    fn all_but(&self, banned: &[u32]) -> Mask {
+        let size = self.vocabulary.size;
+        let mut words = vec![u32::MAX; size.div_ceil(32)];
+        if !size.is_multiple_of(32) {
+            *words.last_mut().expect("a vocabulary") = (1u32 << (size % 32)) - 1;
+        }
+        for &token in banned {
+            words[token as usize / 32] &= !(1 << (token % 32));
+        }
+        Mask { words }
+    }
+
+    /// A mask allowing `token` alone.
+    fn only(&self, token: u32) -> Mask {
+        let mut words = vec![0u32; self.vocabulary.size.div_ceil(32)];
+        words[token as usize / 32] |= 1 << (token % 32);
+        Mask { words }
     }
 }

@@ -27,6 +27,14 @@
 //! forward for token `n + 1` is built from token `n` while that is still
 //! being computed. A slot cancelled in between has one step computed for
 //! nothing.
+//!
+//! A slot under a grammar ([`Job::guide`]) cannot draw its token `n + 1`
+//! when its forward is queued: the grammar's mask depends on token `n`,
+//! which the host learns only when the previous step is read. Its row is
+//! left undrawn; once token `n` is read and observed, the mask is computed
+//! on the host while forward `n + 1` runs, then applied and drawn lazily
+//! (see [`Driver::draw_deferred`]). That adds no host sync: token `n` is
+//! read at that point for every slot anyway.
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -36,6 +44,7 @@ use super::generate::{prefill, GenerateOptions, LogprobsQuery, Step, TokenLogpro
 use super::prefix::PrefixCache;
 use super::sampler::Sampler;
 use super::{Error, Result};
+use crate::constrain::{Constraint, Guide};
 use crate::mlx::memory::WiredLimit;
 use crate::mlx::{self, Array};
 use crate::model::GptOss;
@@ -57,6 +66,8 @@ pub struct Job {
     /// Jobs of one group (the items of one request) share the slots they
     /// get with other groups: a free slot goes to the group holding fewest.
     pub group: u64,
+    /// The grammar that holds the answer or tool calls; None: free text.
+    pub guide: Option<Guide>,
 }
 
 /// A job, as [`Driver::submit`] named it.
@@ -160,6 +171,7 @@ struct Slot {
     stop_tokens: Vec<u32>,
     top_logprobs: Option<usize>,
     watch: Vec<u32>,
+    constraint: Option<Constraint>,
 }
 
 impl Slot {
@@ -169,10 +181,11 @@ impl Slot {
 }
 
 /// A decode forward in flight: which slot each row is, what it drew, and the
-/// distributions it drew from.
+/// distributions it drew from. A constrained row's draw is None until
+/// [`Driver::draw_deferred`] makes it.
 struct Pending {
     ids: Vec<JobId>,
-    sampled: Array,
+    drawn: Vec<Option<Array>>,
     logprobs: Array,
 }
 
@@ -253,7 +266,11 @@ impl<'m> Driver<'m> {
         self.admit(&mut out);
         let ready = match self.pending.take() {
             Some(pending) => Some(pending),
-            None => self.queue(&mut out),
+            // Nothing earlier is unread: every mask can be made now.
+            None => self.queue(&mut out).map(|mut fresh| {
+                self.draw_deferred(&mut fresh, &mut out);
+                fresh
+            }),
         };
         if ready.is_some() {
             self.pending = self.queue(&mut out);
@@ -261,6 +278,10 @@ impl<'m> Driver<'m> {
         self.prefill_chunk(&mut out);
         if let Some(ready) = ready {
             self.read(ready, &mut out);
+        }
+        if let Some(mut pending) = self.pending.take() {
+            self.draw_deferred(&mut pending, &mut out);
+            self.pending = Some(pending);
         }
         out
     }
@@ -323,6 +344,7 @@ impl<'m> Driver<'m> {
             chunks.extend(ranges(0..prefix, step));
         }
         chunks.extend(ranges(prefix..job.prompt.len() - 1, step));
+        let constraint = job.guide.as_ref().map(|g| g.start(&job.prompt)).transpose()?;
         Ok(Slot {
             id,
             group: job.group,
@@ -339,6 +361,7 @@ impl<'m> Driver<'m> {
             top_logprobs: job.top_logprobs,
             watch: job.watch,
             prompt: job.prompt,
+            constraint,
         })
     }
 
@@ -414,34 +437,87 @@ impl<'m> Driver<'m> {
         let mut drawn = Vec::with_capacity(rows.len());
         for (row, slot) in rows.iter_mut().enumerate() {
             let row = row as i32;
-            slot.next = slot.sampler.sample(&logprobs.slice_axis(0, row, row + 1)?)?;
             slot.queued += 1;
-            drawn.push(slot.next.clone());
+            if slot.constraint.is_some() {
+                drawn.push(None);
+                continue;
+            }
+            slot.next = slot.sampler.sample(&logprobs.slice_axis(0, row, row + 1)?)?;
+            drawn.push(Some(slot.next.clone()));
         }
-        let drawn: Vec<&Array> = drawn.iter().collect();
-        let sampled = mlx::concatenate(&drawn, 0)?;
-        mlx::async_eval(&[&sampled, &logprobs])?;
+        let mut started: Vec<&Array> = drawn.iter().flatten().collect();
+        started.push(&logprobs);
+        mlx::async_eval(&started)?;
         Ok(Some(Pending {
             ids: rows.iter().map(|s| s.id).collect(),
-            sampled,
+            drawn,
             logprobs,
         }))
+    }
+
+    /// Draws the constrained rows of `pending`, whose slots have observed
+    /// every token before it: the masks are made on the host while the
+    /// forward runs, and the draws join its graph. A slot whose mask or draw
+    /// fails ends with that error.
+    fn draw_deferred(&mut self, pending: &mut Pending, out: &mut Vec<(JobId, Event)>) {
+        let mut failed = Vec::new();
+        let mut started = Vec::new();
+        for (row, (id, drawn)) in pending.ids.iter().zip(&mut pending.drawn).enumerate() {
+            let Some(slot) = self.slots.iter_mut().find(|s| s.id == *id) else {
+                continue;
+            };
+            let Some(constraint) = slot.constraint.as_mut() else {
+                continue;
+            };
+            let mask = constraint.mask();
+            let row = row as i32;
+            let draw = pending
+                .logprobs
+                .slice_axis(0, row, row + 1)
+                .map_err(Error::from)
+                .and_then(|logprobs| Ok(slot.sampler.sample_within(&logprobs, mask.as_ref())?));
+            match draw {
+                Ok(token) => {
+                    slot.next = token.clone();
+                    started.push(token.clone());
+                    *drawn = Some(token);
+                }
+                Err(e) => failed.push((*id, e)),
+            }
+        }
+        for (id, e) in failed {
+            self.fail(&[id], &e, out);
+        }
+        let started: Vec<&Array> = started.iter().collect();
+        if let Err(e) = mlx::async_eval(&started) {
+            self.fail(&pending.ids, &Error::from(e), out);
+        }
     }
 
     /// Reports the tokens of a decode forward to the slots still running,
     /// their log-probability reads evaluated together (one sync per step
     /// rather than one per slot), and ends the slots that are done.
     fn read(&mut self, ready: Pending, out: &mut Vec<(JobId, Event)>) {
-        let sampled = match ready.sampled.to_vec::<u32>() {
+        // Rows without a draw belong to slots that ended since.
+        let rows: Vec<(usize, JobId, &Array)> = ready
+            .ids
+            .iter()
+            .zip(&ready.drawn)
+            .enumerate()
+            .filter_map(|(row, (&id, drawn))| Some((row, id, drawn.as_ref()?)))
+            .collect();
+        if rows.is_empty() {
+            return;
+        }
+        let drawn: Vec<&Array> = rows.iter().map(|&(_, _, d)| d).collect();
+        let sampled = match mlx::concatenate(&drawn, 0).and_then(|s| s.to_vec::<u32>()) {
             Ok(sampled) => sampled,
             Err(e) => return self.fail(&ready.ids, &Error::from(e), out),
         };
-        let reads: Vec<(JobId, u32, Result<Reads>)> = ready
-            .ids
+        let reads: Vec<(JobId, u32, Result<Reads>)> = rows
             .iter()
             .zip(sampled)
-            .enumerate()
-            .filter_map(|(row, (&id, token))| {
+            .filter_map(|(&(row, id, _), token)| {
                 let slot = self.slots.iter().find(|s| s.id == id)?;
                 let row = row as i32;
                 let reads = (|| {
@@ -469,6 +545,9 @@ impl<'m> Driver<'m> {
                 .expect("reads exist for running slots only");
             let slot = &mut self.slots[index];
             slot.produced += 1;
+            if let Some(constraint) = &mut slot.constraint {
+                constraint.observe(token);
+            }
             let event = reads
                 .and_then(|r| r.token(token))
                 .map_or_else(|e| Event::Failed(e.to_string()), Event::Token);

@@ -18,6 +18,8 @@ pub enum Error {
     EmptyPrompt,
     #[error(transparent)]
     Model(#[from] model::Error),
+    #[error(transparent)]
+    Constraint(#[from] crate::constrain::Error),
 }
 
 impl From<mlx::Error> for Error {

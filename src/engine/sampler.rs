@@ -2,6 +2,7 @@
 //! `sample_utils.make_sampler` does: greedy at temperature 0, otherwise
 //! top-p, min-p and top-k filters, then a categorical draw.
 
+use crate::constrain::Mask;
 use crate::mlx::{self, random, where_, Array};
 use crate::model::Result;
 
@@ -60,6 +61,19 @@ impl Sampler {
 }
 
 impl Sampler {
+    /// As [`Sampler::sample`], from the tokens `allowed` lets through only
+    /// (a grammar's mask over one row `[1, vocab]`); every filter and the
+    /// draw then see the others as impossible.
+    pub fn sample_within(&mut self, logprobs: &Array, allowed: Option<&Mask>) -> Result<Array> {
+        let Some(mask) = allowed else {
+            return self.sample(logprobs);
+        };
+        let width = logprobs.dim(-1)?;
+        let allowed =
+            Array::from_slice(&mask.bytes(width as usize), &[1, width])?.astype(mlx::Dtype::Bool)?;
+        self.sample(&where_(&allowed, logprobs, &neg_inf_like(logprobs)?)?)
+    }
+
     /// The log-probabilities with the tokens the filters exclude set to -inf,
     /// in mlx-lm's order: top-p, then min-p, then top-k.
     pub fn filter(&self, logprobs: &Array) -> Result<Array> {

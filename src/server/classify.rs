@@ -120,6 +120,7 @@ async fn classify_items(
     effort: Option<crate::harmony::Effort>,
     max_tokens: Option<usize>,
     items: &[Item],
+    constrain: bool,
 ) -> Result<Vec<Classification>, ApiError> {
     let options = ClassifyOptions {
         effort: effort.or(policy.effort.is_none().then_some(state.options().effort)),
@@ -149,21 +150,30 @@ async fn classify_items(
             })
             .await?
     };
-    let judge = Judge::new(state.tokenizer(), policy, options).map_err(internal)?;
+    let mut judge = Judge::new(state.tokenizer(), policy, options).map_err(internal)?;
+    if constrain {
+        let vocabulary = state.vocabulary()?.clone();
+        judge
+            .constrain(vocabulary)
+            .map_err(|e| ApiError::invalid_param("constrain", e.to_string()))?;
+    }
     let group = state.group();
     let mut started = Vec::with_capacity(items.len());
     for (item, (prompt, shared)) in items.iter().zip(prompts) {
         let prompt_tokens = prompt.len();
-        let events = state.generate(Generate {
-            prompt,
-            cache_prefix: shared,
-            max_tokens,
-            max_tokens_param: "max_tokens",
-            sampler: SamplerOptions::default(),
-            top_logprobs: None,
-            watch: judge.digits().to_vec(),
-            group: Some(group),
-        })?;
+        let events = state.generate_guided(
+            Generate {
+                prompt,
+                cache_prefix: shared,
+                max_tokens,
+                max_tokens_param: "max_tokens",
+                sampler: SamplerOptions::default(),
+                top_logprobs: None,
+                watch: judge.digits().to_vec(),
+                group: Some(group),
+            },
+            judge.guide(),
+        )?;
         let run = judge
             .start(item, prompt_tokens, 0)
             .map_err(|e| ApiError::internal(e.to_string()))?;
@@ -245,6 +255,9 @@ pub struct ClassifyRequest {
     effort: Option<String>,
     reasoning_effort: Option<String>,
     max_tokens: Option<i64>,
+    /// Hold every answer to the policy's declared output.
+    #[serde(default)]
+    constrain: bool,
 }
 
 /// The policies of a request: `policies`, else `policy` (or the server's).
@@ -295,7 +308,7 @@ pub async fn classify(State(state): State<Shared>, Body(request): Body<ClassifyR
         let _slot = state.admit_items(items.len() * policies.len(), "input")?;
         let mut each = Vec::with_capacity(policies.len());
         for policy in &policies {
-            each.push(classify_items(&state, policy, effort, max_tokens, &items).await?);
+            each.push(classify_items(&state, policy, effort, max_tokens, &items, request.constrain).await?);
         }
         let names: Vec<&str> = policies.iter().map(|p| p.name.as_str()).collect();
         let body = match each.as_slice() {
@@ -356,7 +369,7 @@ pub async fn moderations(State(state): State<Shared>, Body(request): Body<Modera
         let (max_tokens, _) = token_limit(&[("max_tokens", request.max_tokens)])?;
         let items = request.input.into_items()?;
         let _slot = state.admit_items(items.len(), "input")?;
-        let results = classify_items(&state, &policy, effort, max_tokens, &items).await?;
+        let results = classify_items(&state, &policy, effort, max_tokens, &items, false).await?;
         // A moderation client reads `flagged: false` as "safe": an item
         // without a verdict must not look like one, so the request fails.
         let labelled = results

@@ -29,7 +29,7 @@ mod web;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -47,6 +47,7 @@ pub use self::guard::Cors;
 use self::turn::Turn;
 pub use self::web::default_dir as default_policies_dir;
 use crate::classify::policy::Policy;
+use crate::constrain::{Guide, Vocabulary};
 use crate::engine::driver::{DriverOptions, Event, Job};
 use crate::engine::generate::GenerateOptions;
 use crate::engine::sampler::SamplerOptions;
@@ -141,6 +142,9 @@ pub struct AppState {
     /// The longest token, in bytes: text longer than the context times this
     /// cannot fit, which is known before tokenizing it.
     max_token_bytes: usize,
+    /// The grammar engine's view of the vocabulary, built by the first
+    /// request that asks for structured output (it takes a moment).
+    vocabulary: OnceLock<Result<Vocabulary, String>>,
 }
 
 pub type Shared = Arc<AppState>;
@@ -248,8 +252,27 @@ impl AppState {
         self.groups.fetch_add(1, Ordering::Relaxed)
     }
 
+    pub fn vocabulary(&self) -> Result<&Vocabulary, ApiError> {
+        self.vocabulary
+            .get_or_init(|| {
+                Vocabulary::new(&self.tokenizer, self.model.config.vocab_size as usize)
+                    .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| ApiError::internal(format!("structured output is unavailable: {e}")))
+    }
+
     /// Checks `request` against the context and starts it.
     pub fn generate(&self, request: Generate) -> Result<UnboundedReceiver<Event>, ApiError> {
+        self.generate_guided(request, None)
+    }
+
+    /// As [`AppState::generate`], with the answer or tool calls held to `guide`.
+    pub fn generate_guided(
+        &self,
+        request: Generate,
+        guide: Option<Guide>,
+    ) -> Result<UnboundedReceiver<Event>, ApiError> {
         let limit = self.model.context_length;
         let prompt_len = request.prompt.len();
         if prompt_len == 0 {
@@ -304,6 +327,7 @@ impl AppState {
                     top_logprobs: request.top_logprobs,
                     watch: request.watch,
                     group: request.group.unwrap_or_else(|| self.group()),
+                    guide,
                 },
                 events,
             })
@@ -326,9 +350,9 @@ impl AppState {
 
     /// Checks `request` and starts it: everything that can be wrong with a
     /// request is found here, before a streamed answer's 200 is sent.
-    pub fn start(&self, request: Generate) -> Result<Started, ApiError> {
+    pub fn start(&self, request: Generate, guide: Option<Guide>) -> Result<Started, ApiError> {
         let prompt_tokens = request.prompt.len();
-        let events = self.generate(request)?;
+        let events = self.generate_guided(request, guide)?;
         Ok(Started {
             events,
             prompt_tokens,
@@ -419,6 +443,7 @@ async fn serve(model_arg: &str, dir: &Path, options: Options) -> anyhow::Result<
         deadline: watch::channel(false).0,
         groups: AtomicU64::new(0),
         max_token_bytes,
+        vocabulary: OnceLock::new(),
     });
     let grace = state.options.shutdown_grace;
     let limits = conn::Limits {

@@ -18,10 +18,14 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::error::{ApiError, Body};
-use super::tools::{call_name, harmony_messages, offered, parse_tool_choice, parse_tools, ToolCall, Turn};
+use super::tools::{
+    call_name, guide, harmony_messages, offered, parse_response_format, parse_tool_choice, parse_tools,
+    OutputFormat, Structure, ToolCall, Turn,
+};
 use super::turn::{Outcome, Turn as Generation, Update};
 use super::{Generate, Shared, Usage};
 use crate::classify::policy::Policy;
+use crate::constrain::Guide;
 use crate::engine::generate::TokenLogprobs;
 use crate::engine::sampler::SamplerOptions;
 use crate::harmony::{self, Conversation, Effort, SystemContent, Tool};
@@ -234,12 +238,14 @@ impl Content {
 /// developer's instructions (the policy, for the safeguard models), with a
 /// `Reasoning: low|medium|high` line lifted into the system message; the
 /// offered tools join them in the developer message; user, assistant and
-/// tool turns follow. Also returns how many prompt tokens are shared by every
-/// chat with the same instructions and tools (for the prefix cache).
+/// tool turns follow; a schema the answer must follow closes the developer
+/// message. Also returns how many prompt tokens are shared by every chat
+/// with the same instructions, tools and format (for the prefix cache).
 pub fn render_chat(
     tokenizer: &Tokenizer,
     turns: &[Turn],
     tools: Vec<Tool>,
+    format: Option<&OutputFormat>,
     effort: Option<Effort>,
     default_effort: Effort,
 ) -> Result<(Vec<u32>, usize), ApiError> {
@@ -262,6 +268,7 @@ pub fn render_chat(
     let system = SystemContent::default().with_effort(effort.or(lifted).unwrap_or(default_effort));
     let mut conversation = Conversation::new(system).with_tools(tools);
     conversation.instructions = instructions;
+    conversation.response_format = format.and_then(|f| f.described.clone());
     let head = harmony::render_for_completion(&conversation, tokenizer)
         .map_err(|e| ApiError::internal(e.to_string()))?;
     conversation.messages = harmony_messages(turns);
@@ -383,6 +390,7 @@ pub struct Chat {
     pub stream: bool,
     pub include_usage: bool,
     pub logprobs: bool,
+    pub guide: Option<Guide>,
 }
 
 impl ChatRequest {
@@ -390,15 +398,8 @@ impl ChatRequest {
         state.check_model(self.model.as_deref())?;
         let tools = parse_tools(self.tools.as_deref(), true)?;
         let choice = parse_tool_choice(self.tool_choice.as_ref(), &tools)?;
-        let tools = offered(tools, choice)?;
-        if let Some(format) = &self.response_format {
-            if format.get("type").and_then(Value::as_str) != Some("text") {
-                return Err(ApiError::invalid_param(
-                    "response_format",
-                    "only {\"type\": \"text\"} is supported; ask for JSON in the policy instead",
-                ));
-            }
-        }
+        let (tools, must_call) = offered(tools, choice);
+        let format = parse_response_format(self.response_format.as_ref(), "response_format", true)?;
         if self.messages.is_empty() {
             return Err(ApiError::invalid_param("messages", "messages must not be empty"));
         }
@@ -414,12 +415,29 @@ impl ChatRequest {
                 .or(self.reasoning.as_ref().and_then(|r| r.effort.as_deref())),
             "reasoning_effort",
         )?;
-        let (prompt, cache_prefix) =
-            render_chat(state.tokenizer(), &turns, tools, effort, state.options().effort)?;
         let (max_tokens, max_tokens_param) = token_limit(&[
             ("max_completion_tokens", self.max_completion_tokens),
             ("max_tokens", self.max_tokens),
         ])?;
+        let guide = guide(
+            || state.vocabulary().cloned(),
+            Structure {
+                format: format.as_ref(),
+                param: "response_format",
+                tools: &tools,
+                nested: true,
+                must_call,
+                max_tokens,
+            },
+        )?;
+        let (prompt, cache_prefix) = render_chat(
+            state.tokenizer(),
+            &turns,
+            tools,
+            format.as_ref(),
+            effort,
+            state.options().effort,
+        )?;
         let logprobs = self.logprobs.unwrap_or(false);
         if self.top_logprobs.is_some_and(|k| k > 20) {
             return Err(ApiError::invalid_param(
@@ -442,6 +460,7 @@ impl ChatRequest {
             stream: self.stream,
             include_usage: self.stream_options.is_some_and(|o| o.include_usage),
             logprobs,
+            guide,
         })
     }
 }
@@ -466,7 +485,7 @@ pub async fn run_chat(state: Shared, chat: Chat, flavour: Flavour) -> Response {
         Ok(slot) => slot,
         Err(e) => return e.into_response(),
     };
-    let started = match state.start(chat.generate) {
+    let started = match state.start(chat.generate, chat.guide) {
         Ok(started) => started,
         Err(e) => return e.into_response(),
     };
@@ -815,7 +834,7 @@ pub async fn run_completion(
     };
     let stops = Stops::into_vec(request.stop).map_err(bad)?;
     let slot = state.admit().map_err(bad)?;
-    let started = state.start(generate).map_err(bad)?;
+    let started = state.start(generate, None).map_err(bad)?;
     let id = new_id("cmpl-");
     let created = unix_now();
     let with_logprobs = request.logprobs.is_some();

@@ -15,9 +15,13 @@ use super::error::{ApiError, Body};
 use super::openai::{
     self, new_id, parse_effort, render_chat, token_limit, unix_now, Content, EffortField, Sampling,
 };
-use super::tools::{call_name, offered, parse_tool_choice, parse_tools, ToolCall, Turn};
+use super::tools::{
+    call_name, guide, offered, parse_response_format, parse_tool_choice, parse_tools, Structure, ToolCall,
+    Turn,
+};
 use super::turn::{CallDelta, Outcome};
 use super::{Generate, Shared};
+use crate::constrain::Guide;
 
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -157,30 +161,43 @@ fn reasoning_text(item: &Value) -> String {
 
 pub async fn create(State(state): State<Shared>, Body(request): Body<ResponsesRequest>) -> Response {
     match state.off_thread(|state| start(state, request)).await {
-        Ok((generate, echo, stream)) => run(state, generate, echo, stream).await,
+        Ok((generate, guide, echo, stream)) => run(state, generate, guide, echo, stream).await,
         Err(e) => e.into_response(),
     }
 }
 
-fn start(state: &Shared, request: ResponsesRequest) -> Result<(Generate, Echo, bool), ApiError> {
+/// A request ready to run: what to generate under which grammar, what the
+/// response echoes, whether it streams.
+type Prepared = (Generate, Option<Guide>, Echo, bool);
+
+fn start(state: &Shared, request: ResponsesRequest) -> Result<Prepared, ApiError> {
     state.check_model(request.model.as_deref())?;
     let tools = parse_tools(request.tools.as_deref(), false)?;
     let choice = parse_tool_choice(request.tool_choice.as_ref(), &tools)?;
-    let tools = offered(tools, choice)?;
+    let (tools, must_call) = offered(tools, choice);
     if request.previous_response_id.is_some() {
         return Err(ApiError::invalid_param(
             "previous_response_id",
             "responses are not stored here: send the whole conversation as input",
         ));
     }
-    if let Some(format) = request.text.as_ref().and_then(|t| t.get("format")) {
-        if format.get("type").and_then(Value::as_str) != Some("text") {
-            return Err(ApiError::invalid_param(
-                "text.format",
-                "only {\"type\": \"text\"} is supported",
-            ));
-        }
-    }
+    let format = parse_response_format(
+        request.text.as_ref().and_then(|t| t.get("format")),
+        "text.format",
+        false,
+    )?;
+    let (max_tokens, max_tokens_param) = token_limit(&[("max_output_tokens", request.max_output_tokens)])?;
+    let guide = guide(
+        || state.vocabulary().cloned(),
+        Structure {
+            format: format.as_ref(),
+            param: "text.format",
+            tools: &tools,
+            nested: false,
+            must_call,
+            max_tokens,
+        },
+    )?;
     let effort = parse_effort(
         request.reasoning.as_ref().and_then(|r| r.effort.as_deref()),
         "reasoning.effort",
@@ -189,10 +206,10 @@ fn start(state: &Shared, request: ResponsesRequest) -> Result<(Generate, Echo, b
         state.tokenizer(),
         &turns(&request)?,
         tools,
+        format.as_ref(),
         effort,
         state.options().effort,
     )?;
-    let (max_tokens, max_tokens_param) = token_limit(&[("max_output_tokens", request.max_output_tokens)])?;
     let sampler = request.sampling.options()?;
     let echo = Echo {
         instructions: request.instructions,
@@ -211,7 +228,7 @@ fn start(state: &Shared, request: ResponsesRequest) -> Result<(Generate, Echo, b
         watch: Vec::new(),
         group: None,
     };
-    Ok((generate, echo, request.stream))
+    Ok((generate, guide, echo, request.stream))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -412,12 +429,12 @@ fn status_of(outcome: &Outcome) -> &'static str {
     outcome.finish_reason.responses_status()
 }
 
-async fn run(state: Shared, generate: Generate, echo: Echo, stream: bool) -> Response {
+async fn run(state: Shared, generate: Generate, guide: Option<Guide>, echo: Echo, stream: bool) -> Response {
     let slot = match state.admit() {
         Ok(slot) => slot,
         Err(e) => return e.into_response(),
     };
-    let started = match state.start(generate) {
+    let started = match state.start(generate, guide) {
         Ok(started) => started,
         Err(e) => return e.into_response(),
     };

@@ -3,10 +3,13 @@
 //! `tool_choice`, and the turns of a conversation that called tools —
 //! assistant calls and their results — as harmony's commentary messages.
 
+use std::collections::HashMap;
+
 use serde_json::Value;
 
 use super::error::ApiError;
-use crate::harmony::{Message, Role, Tool};
+use crate::constrain::{Deadline, Grammar, Guide, Rules, Vocabulary};
+use crate::harmony::{Message, ResponseFormat, Role, Tool};
 
 /// Tool definitions larger than this are refused: they would fill the
 /// context before the conversation starts.
@@ -200,19 +203,181 @@ pub fn parse_tool_choice(choice: Option<&Value>, tools: &[Tool]) -> Result<ToolC
     }
 }
 
-/// The tools the prompt offers under `choice`: all of them for `auto`, none
-/// for `none`. `required` and a named function must be held to a call by the
-/// grammar, which this server does not apply to tool calls yet: refused, so
-/// no client takes an unforced call for a forced one.
-pub fn offered(tools: Vec<Tool>, choice: ToolChoice) -> Result<Vec<Tool>, ApiError> {
+/// The tools the prompt offers under `choice` (all of them, or none for
+/// `none`), and the names a call must go to when one is required (any
+/// offered tool, or the named one).
+pub fn offered(tools: Vec<Tool>, choice: ToolChoice) -> (Vec<Tool>, Option<Vec<String>>) {
     match choice {
-        ToolChoice::Auto => Ok(tools),
-        ToolChoice::None => Ok(Vec::new()),
-        ToolChoice::Required | ToolChoice::Function(_) => Err(ApiError::invalid_param(
-            "tool_choice",
-            "forcing a tool call (\"required\" or a named function) is not supported yet: use \"auto\"",
+        ToolChoice::Auto => (tools, None),
+        ToolChoice::None => (Vec::new(), None),
+        ToolChoice::Required => {
+            let names = tools.iter().map(|t| t.name.clone()).collect();
+            (tools, Some(names))
+        }
+        ToolChoice::Function(name) => (tools, Some(vec![name])),
+    }
+}
+
+/// The part of the token budget a model may reason in before a required
+/// call is written for it; a request without a budget gets this many.
+const REQUIRED_CALL_REASONING: usize = 1024;
+
+/// A request's structured output: what the developer message tells the
+/// model (a schema's `# Response Formats`), and the grammar its answer is
+/// held to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputFormat {
+    pub described: Option<ResponseFormat>,
+    pub grammar: Grammar,
+}
+
+/// Chat's `response_format` (`{"type": "json_schema", "json_schema": {name,
+/// description, schema, strict}}`, when `nested`) or Responses'
+/// `text.format` (the same fields flat); `json_object`; `text` is None.
+/// A schema is enforced whether `strict` is set or not: the grammar costs
+/// the model nothing it was asked to do.
+pub fn parse_response_format(
+    format: Option<&Value>,
+    param: &str,
+    nested: bool,
+) -> Result<Option<OutputFormat>, ApiError> {
+    let Some(format) = format.filter(|f| !f.is_null()) else {
+        return Ok(None);
+    };
+    let kind = format.get("type").and_then(Value::as_str).ok_or_else(|| {
+        ApiError::invalid_param(
+            &format!("{param}.type"),
+            "a response format needs a type: \"text\", \"json_object\" or \"json_schema\"",
+        )
+    })?;
+    match kind {
+        "text" => Ok(None),
+        "json_object" => Ok(Some(OutputFormat {
+            described: None,
+            grammar: Grammar::JsonObject,
+        })),
+        "json_schema" => {
+            let (fields, prefix) = if nested {
+                let fields = format
+                    .get("json_schema")
+                    .filter(|f| f.is_object())
+                    .ok_or_else(|| {
+                        ApiError::invalid_param(
+                            &format!("{param}.json_schema"),
+                            "a json_schema response format needs a json_schema object with name and schema",
+                        )
+                    })?;
+                (fields, format!("{param}.json_schema"))
+            } else {
+                (format, param.to_string())
+            };
+            let text = |key: &str| -> Result<Option<String>, ApiError> {
+                match fields.get(key) {
+                    None | Some(Value::Null) => Ok(None),
+                    Some(Value::String(text)) => Ok(Some(text.clone())),
+                    Some(_) => Err(ApiError::invalid_param(
+                        &format!("{prefix}.{key}"),
+                        "must be a string",
+                    )),
+                }
+            };
+            let name = text("name")?.unwrap_or_else(|| "response".to_string());
+            let schema = match fields.get("schema") {
+                Some(schema @ Value::Object(_)) => schema.clone(),
+                _ => {
+                    return Err(ApiError::invalid_param(
+                        &format!("{prefix}.schema"),
+                        "must be a JSON Schema object (e.g. {\"type\": \"object\", \"properties\": {…}})",
+                    ))
+                }
+            };
+            Ok(Some(OutputFormat {
+                grammar: Grammar::JsonSchema(schema.clone()),
+                described: Some(ResponseFormat {
+                    name,
+                    description: text("description")?,
+                    schema,
+                }),
+            }))
+        }
+        other => Err(ApiError::invalid_param(
+            &format!("{param}.type"),
+            format!(
+                "unknown response format {other:?}: expected \"text\", \"json_object\" or \"json_schema\""
+            ),
         )),
     }
+}
+
+/// What a request holds the model to: `format` (named by `param`, as
+/// `tools` are by `nested`) and the offered tools.
+pub struct Structure<'a> {
+    pub format: Option<&'a OutputFormat>,
+    pub param: &'a str,
+    pub tools: &'a [Tool],
+    pub nested: bool,
+    /// The tools one of which must be called (`tool_choice`).
+    pub must_call: Option<Vec<String>>,
+    /// The request's token budget, of which a required call takes the second half.
+    pub max_tokens: Option<usize>,
+}
+
+/// The grammar a request holds the model to: its answer to the format, every
+/// call to an offered tool to that tool's parameters, and a call when one is
+/// required (written for the model once it has reasoned for half its
+/// budget). Each grammar is checked here, so a schema the grammar engine
+/// cannot enforce is a 400 naming its field, before any work.
+pub fn guide(
+    vocabulary: impl FnOnce() -> Result<Vocabulary, ApiError>,
+    structure: Structure<'_>,
+) -> Result<Option<Guide>, ApiError> {
+    let Structure {
+        format,
+        param: format_param,
+        tools,
+        nested,
+        must_call,
+        max_tokens,
+    } = structure;
+    if format.is_none() && tools.is_empty() {
+        return Ok(None);
+    }
+    let vocabulary = vocabulary()?;
+    let check = |grammar: &Grammar, param: &str| {
+        vocabulary
+            .check(grammar, param)
+            .map_err(|e| ApiError::invalid_param(param, e.to_string()))
+    };
+    let answer = format.map(|f| f.grammar.clone());
+    if let Some(grammar) = &answer {
+        check(grammar, format_param)?;
+    }
+    let mut by_name = HashMap::new();
+    for (i, tool) in tools.iter().enumerate() {
+        let grammar = tool
+            .parameters
+            .clone()
+            .map_or(Grammar::JsonObject, Grammar::JsonSchema);
+        let param = if nested {
+            format!("tools[{i}].function.parameters")
+        } else {
+            format!("tools[{i}].parameters")
+        };
+        check(&grammar, &param)?;
+        by_name.insert(tool.name.clone(), grammar);
+    }
+    let deadline = must_call.map(|names| {
+        let after = max_tokens.map_or(REQUIRED_CALL_REASONING, |n| n / 2);
+        Deadline::call(after, &names)
+    });
+    Ok(Some(Guide {
+        vocabulary,
+        rules: Rules {
+            answer,
+            tools: by_name,
+            deadline,
+        },
+    }))
 }
 
 /// The harmony messages of the turns after the instructions.
@@ -345,10 +510,10 @@ mod tests {
         assert!(parse_tool_choice(Some(&json!({"type": "function", "name": "later"})), &tools).is_err());
         assert!(parse_tool_choice(Some(&json!("required")), &[]).is_err());
         assert!(parse_tool_choice(Some(&json!("sometimes")), &tools).is_err());
-        assert_eq!(offered(tools.clone(), ToolChoice::None).unwrap(), []);
+        assert_eq!(offered(tools.clone(), ToolChoice::None), (Vec::new(), None));
         assert_eq!(
-            param_of(offered(tools, ToolChoice::Required).unwrap_err()),
-            "tool_choice"
+            offered(tools.clone(), ToolChoice::Required),
+            (tools, Some(vec!["now".to_string()]))
         );
     }
 
