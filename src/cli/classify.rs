@@ -1,7 +1,7 @@
 //! `safeguard classify`: judge text against a policy.
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
@@ -10,9 +10,10 @@ use crate::classify::input::{self, Item, ResultLog};
 use crate::classify::policy::Policy;
 use crate::classify::run::{render_prompt, Classification, Classifier, ClassifyOptions};
 use crate::classify::verdict::Keywords;
+use crate::distributed;
 use crate::engine::sampler::SamplerOptions;
 use crate::harmony::Effort;
-use crate::model::GptOss;
+use crate::mlx::distributed::Group;
 use crate::tokenizer::Tokenizer;
 
 /// Classify text against a policy: one text, a file, a JSONL batch or stdin.
@@ -73,6 +74,10 @@ pub struct RunArgs {
     /// one at a time). 1 decodes one item at a time.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     pub batch_size: u32,
+    #[command(flatten)]
+    pub distributed: super::DistributedArgs,
+    #[command(flatten)]
+    pub memory: super::MemoryArgs,
 }
 
 impl RunArgs {
@@ -120,7 +125,17 @@ pub fn run(args: Args) -> Result<()> {
         return print_prompts(&tokenizer, &policy, &options, &items, args.json);
     }
 
-    let model = GptOss::load(&model_dir, args.run.engine.load_options()).map_err(|e| usage(e.into()))?;
+    if let Some(group) = args.run.distributed.join_data()? {
+        return run_data(&args, &items, &model_dir, &tokenizer, &policy, options, &group);
+    }
+    let longest = longest_prompt(&tokenizer, &policy, &options, items.iter())?;
+    let model = super::load_whole(
+        &model_dir,
+        &args.run.engine,
+        &args.run.memory,
+        longest,
+        args.run.max_tokens,
+    )?;
     let mut classifier = Classifier::new(&model, &tokenizer, &policy, options)?;
     let mut log = args
         .output
@@ -132,16 +147,7 @@ pub fn run(args: Args) -> Result<()> {
         .iter()
         .filter(|item| log.as_ref().is_none_or(|l| !l.is_done(&item.id)))
         .collect();
-    if let Some(log) = &log {
-        if log.done_count() > 0 {
-            eprintln!(
-                "{}: {} items already done, {} to go",
-                args.output.as_ref().expect("log implies output").display(),
-                items.len() - todo.len(),
-                todo.len()
-            );
-        }
-    }
+    say_resumed(&args, log.as_ref(), items.len(), todo.len());
 
     let progress = progress_bar(todo.len());
     let mut stdout = std::io::stdout().lock();
@@ -159,16 +165,107 @@ pub fn run(args: Args) -> Result<()> {
         finished[i] = Some(result);
         while let Some(result) = finished.get_mut(printed).and_then(Option::take) {
             printed += 1;
-            progress.suspend(|| -> Result<()> {
-                if args.json {
-                    writeln!(stdout, "{}", result.to_json())?;
-                } else {
-                    print_human(&mut stdout, &result, colour, args.show_reasoning)?;
-                }
-                Ok(stdout.flush()?)
-            })?;
+            progress.suspend(|| print_result(&mut stdout, &result, &args, colour))?;
         }
         Ok(())
+    })?;
+    progress.finish_and_clear();
+    if args.fail_on_violation && violations > 0 {
+        return Err(ViolationFound(violations).into());
+    }
+    Ok(())
+}
+
+/// On resuming an `--output` file, how much is left.
+fn say_resumed(args: &Args, log: Option<&ResultLog>, items: usize, todo: usize) {
+    if let (Some(path), Some(log)) = (&args.output, log) {
+        if log.done_count() > 0 {
+            eprintln!(
+                "{}: {} items already done, {todo} to go",
+                path.display(),
+                items - todo
+            );
+        }
+    }
+}
+
+fn print_result(out: &mut impl Write, result: &Classification, args: &Args, colour: bool) -> Result<()> {
+    if args.json {
+        writeln!(out, "{}", result.to_json())?;
+    } else {
+        print_human(out, result, colour, args.show_reasoning)?;
+    }
+    Ok(out.flush()?)
+}
+
+/// Prompt tokens of the longest of `items` (by bytes): what the memory
+/// guardrail budgets for.
+pub(super) fn longest_prompt<'i>(
+    tokenizer: &Tokenizer,
+    policy: &Policy,
+    options: &ClassifyOptions,
+    items: impl Iterator<Item = &'i Item>,
+) -> Result<usize> {
+    match items.max_by_key(|item| item.content.len()) {
+        Some(item) => Ok(render_prompt(tokenizer, policy, options, &item.content)?.len()),
+        None => Ok(0),
+    }
+}
+
+/// `--parallel data`: this rank classifies its share of the items; rank 0
+/// alone reads and writes `--output` (the others may run on machines
+/// without it) and prints every result in input order.
+fn run_data(
+    args: &Args,
+    items: &[Item],
+    model_dir: &Path,
+    tokenizer: &Tokenizer,
+    policy: &Policy,
+    options: ClassifyOptions,
+    group: &Group,
+) -> Result<()> {
+    let leader = group.rank() == 0;
+    let mut log = match &args.output {
+        Some(path) if leader => Some(ResultLog::open(path).map_err(|e| UsageError(e.into()))?),
+        _ => None,
+    };
+    let left: Vec<usize> = (0..items.len())
+        .filter(|&i| log.as_ref().is_none_or(|l| !l.is_done(&items[i].id)))
+        .collect();
+    let ids: Vec<&str> = items.iter().map(|item| item.id.as_str()).collect();
+    let todo = distributed::data::agree(group, &ids, &left)?;
+    say_resumed(args, log.as_ref(), items.len(), todo.len());
+    if todo.is_empty() {
+        return Ok(());
+    }
+    let longest = longest_prompt(tokenizer, policy, &options, todo.iter().map(|&i| &items[i]))?;
+    let model = super::load_whole(
+        model_dir,
+        &args.run.engine,
+        &args.run.memory,
+        longest,
+        args.run.max_tokens,
+    )?;
+    super::data::announce(group);
+    let mut classifier = Classifier::new(&model, tokenizer, policy, options)?;
+    let progress = if leader {
+        progress_bar(todo.len())
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut stdout = std::io::stdout().lock();
+    let colour = stdout.is_terminal();
+    let mut violations = 0;
+    let refs: Vec<&Item> = items.iter().collect();
+    let batch_size = args.run.batch_size as usize;
+    super::data::classify(group, &mut classifier, &refs, &todo, batch_size, |_, json| {
+        let result = Classification::from_json(&json).map_err(|e| anyhow::anyhow!(e))?;
+        violations += usize::from(result.violates());
+        if let Some(log) = &mut log {
+            log.append(&result.id, &json)?;
+        }
+        progress.inc(1);
+        progress.suspend(|| print_result(&mut stdout, &result, args, colour))
     })?;
     progress.finish_and_clear();
     if args.fail_on_violation && violations > 0 {

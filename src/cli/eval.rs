@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{anyhow, Result};
 use serde_json::Value;
 
-use super::classify::{progress_bar, RunArgs};
+use super::classify::{longest_prompt, progress_bar, RunArgs};
 use super::UsageError;
 use crate::classify::input::Item;
 use crate::classify::lint;
@@ -24,7 +24,7 @@ use crate::eval::report::{self, Cost, Evaluation, Gate};
 use crate::eval::results::{self, Outcome};
 use crate::harmony::Effort;
 use crate::mlx;
-use crate::model::GptOss;
+use crate::mlx::distributed::Group;
 use crate::tokenizer::Tokenizer;
 
 /// Measure a policy on labelled examples: metrics with intervals, every
@@ -42,7 +42,7 @@ pub struct Args {
     #[arg(long)]
     baseline: Option<PathBuf>,
     /// Score this `classify --output` file instead of running the model.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "parallel")]
     results: Option<PathBuf>,
     /// CSV/TSV column holding the text; default `text`, else `content`.
     #[arg(long)]
@@ -135,14 +135,22 @@ pub fn run(args: Args) -> Result<()> {
         &source,
         super::policies::count_tokens(&args.run.model, &policy.text),
     );
+    let group = args.run.distributed.join_data()?;
     let mut evaluations = Vec::new();
     for effort in efforts {
-        let mut evaluation = evaluate(&args, &policy, &examples, &dataset, effort)?;
+        // Under --parallel data only rank 0 gets the results to score.
+        let Some(mut evaluation) = evaluate(&args, &policy, &examples, &dataset, effort, group.as_ref())?
+        else {
+            continue;
+        };
         evaluation.lint = Some(lint.clone());
         if let Some(baseline) = &baseline {
             evaluation.comparison = Some(compare::compare(baseline, &evaluation, &examples));
         }
         evaluations.push(evaluation);
+    }
+    if evaluations.is_empty() {
+        return Ok(());
     }
     let colour = std::io::stdout().is_terminal();
     let failures: Vec<String> = evaluations
@@ -193,7 +201,8 @@ fn evaluate(
     examples: &[Example],
     dataset: &FileInfo,
     effort: Option<Effort>,
-) -> Result<Evaluation> {
+    group: Option<&Group>,
+) -> Result<Option<Evaluation>> {
     let usage = |e: anyhow::Error| UsageError(e);
     let options = args.run.options(effort);
     let mut manifest = Manifest {
@@ -227,7 +236,10 @@ fn evaluate(
                 Cost::default(),
             )
         }
-        None => classify(args, policy, examples, options, &mut manifest)?,
+        None => match classify(args, policy, examples, options, &mut manifest, group)? {
+            Some(classified) => classified,
+            None => return Ok(None),
+        },
     };
     let gate = Gate {
         min_precision: args.min_precision,
@@ -239,7 +251,7 @@ fn evaluate(
         target_recall: args.target_recall,
         ..Default::default()
     };
-    Ok(report::evaluate(
+    Ok(Some(report::evaluate(
         examples,
         &outcomes,
         &RuleIds::of(policy),
@@ -247,7 +259,7 @@ fn evaluate(
         manifest,
         &gate,
         cost,
-    ))
+    )))
 }
 
 /// The labelled set: `--input`, else the set shipped with a shipped policy.
@@ -311,14 +323,17 @@ fn default_cache_dir() -> Option<PathBuf> {
 
 /// Results for every example: from the cache where the same text was
 /// judged under the same run key, else from the model (through the same
-/// classifier as `safeguard classify`), cached as each finishes.
+/// classifier as `safeguard classify`), cached as each finishes. Under
+/// `--parallel data` the ranks share the texts left and rank 0 alone reads
+/// and writes the cache; None on the other ranks.
 fn classify(
     args: &Args,
     policy: &Policy,
     examples: &[Example],
     options: ClassifyOptions,
     manifest: &mut Manifest,
-) -> Result<(HashMap<String, Outcome>, Cost)> {
+    group: Option<&Group>,
+) -> Result<Option<(HashMap<String, Outcome>, Cost)>> {
     let usage = |e: anyhow::Error| UsageError(e);
     let model_dir = super::resolve_model(&args.run.model)?;
     let fingerprint = manifest::model_fingerprint(&model_dir)
@@ -340,7 +355,8 @@ fn classify(
         cpu_kernels: manifest.cpu_kernels.clone(),
         device: manifest.device.clone(),
     };
-    let cache_dir = if args.no_cache {
+    let leader = group.is_none_or(|g| g.rank() == 0);
+    let cache_dir = if args.no_cache || !leader {
         None
     } else {
         args.cache_dir.clone().or_else(default_cache_dir)
@@ -352,23 +368,33 @@ fn classify(
     manifest.cache = cache.as_ref().map(|c| c.path().display().to_string());
 
     // Each distinct text is judged once, whatever ids it has.
-    let mut todo: Vec<Item> = Vec::new();
+    let mut texts: Vec<Item> = Vec::new();
     let mut queued = HashSet::new();
     for example in examples {
         let text = &example.item.content;
         let hash = sha256_hex(text.as_bytes());
-        if cache.as_ref().is_none_or(|c| c.get(text).is_none()) && queued.insert(hash.clone()) {
-            todo.push(Item {
+        if queued.insert(hash.clone()) {
+            texts.push(Item {
                 id: hash,
                 content: text.clone(),
             });
         }
     }
+    let left: Vec<usize> = (0..texts.len())
+        .filter(|&i| cache.as_ref().is_none_or(|c| c.get(&texts[i].content).is_none()))
+        .collect();
+    let todo = match group {
+        Some(group) => {
+            let ids: Vec<&str> = texts.iter().map(|t| t.id.as_str()).collect();
+            crate::distributed::data::agree(group, &ids, &left)?
+        }
+        None => left,
+    };
     let mut fresh: HashMap<String, Value> = HashMap::new();
     let mut cost = Cost::default();
     if !todo.is_empty() {
         let done = examples.len() - todo.len();
-        if done > 0 {
+        if leader && done > 0 {
             eprintln!(
                 "{} of {} examples cached, {} to classify",
                 done,
@@ -377,24 +403,54 @@ fn classify(
             );
         }
         let tokenizer = Tokenizer::load(&model_dir).map_err(|e| usage(e.into()))?;
-        let model = GptOss::load(&model_dir, args.run.engine.load_options()).map_err(|e| usage(e.into()))?;
+        let longest = longest_prompt(&tokenizer, policy, &options, todo.iter().map(|&i| &texts[i]))?;
+        let model = super::load_whole(
+            &model_dir,
+            &args.run.engine,
+            &args.run.memory,
+            longest,
+            args.run.max_tokens,
+        )?;
         let mut classifier = Classifier::new(&model, &tokenizer, policy, options)?;
-        let progress = progress_bar(todo.len());
-        let refs: Vec<&Item> = todo.iter().collect();
+        let progress = if leader {
+            progress_bar(todo.len())
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
         let start = Instant::now();
-        classifier.classify_batched(&refs, args.run.batch_size as usize, |_, result| {
-            let json = result.to_json();
+        let batch_size = args.run.batch_size as usize;
+        let mut keep = |json: Value| -> Result<()> {
             if let Some(cache) = &mut cache {
                 cache.put(json.clone())?;
             }
-            fresh.insert(result.id, json);
+            let id = json["id"]
+                .as_str()
+                .expect("a result has its item's id")
+                .to_string();
+            fresh.insert(id, json);
             progress.inc(1);
             Ok(())
-        })?;
+        };
+        match group {
+            Some(group) => {
+                super::data::announce(group);
+                let refs: Vec<&Item> = texts.iter().collect();
+                super::data::classify(group, &mut classifier, &refs, &todo, batch_size, |_, json| {
+                    keep(json)
+                })?;
+            }
+            None => {
+                let refs: Vec<&Item> = todo.iter().map(|&i| &texts[i]).collect();
+                classifier.classify_batched(&refs, batch_size, |_, result| keep(result.to_json()))?;
+            }
+        }
         progress.finish_and_clear();
         let seconds = start.elapsed().as_secs_f64();
         cost.wall_seconds = Some(seconds);
         cost.items_per_second = (seconds > 0.0).then(|| todo.len() as f64 / seconds);
+    }
+    if !leader {
+        return Ok(None);
     }
     cost.classified = todo.len() as u64;
 
@@ -419,5 +475,5 @@ fn classify(
         })?;
         outcomes.insert(example.item.id.clone(), outcome);
     }
-    Ok((outcomes, cost))
+    Ok(Some((outcomes, cost)))
 }
