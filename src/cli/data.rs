@@ -19,7 +19,7 @@ const ROUND_BATCHES: usize = 4;
 /// Says what this rank holds, once the model is loaded.
 pub(super) fn announce(group: &Group) {
     eprintln!(
-        "[rank {}/{} (data parallel): the whole model, every {}th item; {:.1} MB of weights]",
+        "[rank {}/{} (data parallel): the whole model, one item in {}; {:.1} MB of weights]",
         group.rank(),
         group.size(),
         group.size(),
