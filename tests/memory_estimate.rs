@@ -235,29 +235,15 @@ fn classify_eval_and_serve_refuse_over_budget_unless_forced() {
     let model = common::fixture("a-bf16");
     let dir = model.to_str().unwrap();
     let small = ["--memory-budget", "1MB"];
-    let commands: [Vec<&str>; 3] = [
-        vec![
-            "classify",
-            "-m",
-            dir,
-            "--policy",
-            "spam",
-            "--max-tokens",
-            "2",
-            "hello",
-        ],
-        vec![
-            "eval",
-            "-m",
-            dir,
-            "--policy",
-            "spam",
-            "--max-tokens",
-            "2",
-            "--no-cache",
-        ],
-        vec!["serve", "-m", dir, "--port", "0", "--context-length", "64"],
+    let run = |command| vec![command, "-m", dir, "--policy", "spam", "--max-tokens", "2"];
+    let mut commands = [
+        run("classify"),
+        run("eval"),
+        vec!["serve", "-m", dir, "--port", "0"],
     ];
+    commands[0].push("hello");
+    commands[1].push("--no-cache");
+    commands[2].extend(["--context-length", "64"]);
     for command in &commands {
         let mut args = command.clone();
         args.extend(small);

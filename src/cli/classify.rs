@@ -14,6 +14,7 @@ use crate::distributed;
 use crate::engine::sampler::SamplerOptions;
 use crate::harmony::Effort;
 use crate::mlx::distributed::Group;
+use crate::model::GptOss;
 use crate::tokenizer::Tokenizer;
 
 /// Classify text against a policy: one text, a file, a JSONL batch or stdin.
@@ -81,6 +82,24 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    /// Loads the model in `dir` to classify `items`, after the memory
+    /// guardrail: budgeted for the prompt of the longest item (by bytes)
+    /// and --max-tokens.
+    pub(super) fn load<'i>(
+        &self,
+        dir: &Path,
+        tokenizer: &Tokenizer,
+        policy: &Policy,
+        options: &ClassifyOptions,
+        items: impl Iterator<Item = &'i Item>,
+    ) -> Result<GptOss> {
+        let longest = match items.max_by_key(|item| item.content.len()) {
+            Some(item) => render_prompt(tokenizer, policy, options, &item.content)?.len(),
+            None => 0,
+        };
+        super::load_whole(dir, &self.engine, &self.memory, longest, self.max_tokens)
+    }
+
     pub fn options(&self, effort: Option<Effort>) -> ClassifyOptions {
         ClassifyOptions {
             effort,
@@ -128,14 +147,9 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(group) = args.run.distributed.join_data()? {
         return run_data(&args, &items, &model_dir, &tokenizer, &policy, options, &group);
     }
-    let longest = longest_prompt(&tokenizer, &policy, &options, items.iter())?;
-    let model = super::load_whole(
-        &model_dir,
-        &args.run.engine,
-        &args.run.memory,
-        longest,
-        args.run.max_tokens,
-    )?;
+    let model = args
+        .run
+        .load(&model_dir, &tokenizer, &policy, &options, items.iter())?;
     let mut classifier = Classifier::new(&model, &tokenizer, &policy, options)?;
     let mut log = args
         .output
@@ -198,20 +212,6 @@ fn print_result(out: &mut impl Write, result: &Classification, args: &Args, colo
     Ok(out.flush()?)
 }
 
-/// Prompt tokens of the longest of `items` (by bytes): what the memory
-/// guardrail budgets for.
-pub(super) fn longest_prompt<'i>(
-    tokenizer: &Tokenizer,
-    policy: &Policy,
-    options: &ClassifyOptions,
-    items: impl Iterator<Item = &'i Item>,
-) -> Result<usize> {
-    match items.max_by_key(|item| item.content.len()) {
-        Some(item) => Ok(render_prompt(tokenizer, policy, options, &item.content)?.len()),
-        None => Ok(0),
-    }
-}
-
 /// `--parallel data`: this rank classifies its share of the items; rank 0
 /// alone reads and writes `--output` (the others may run on machines
 /// without it) and prints every result in input order.
@@ -238,13 +238,12 @@ fn run_data(
     if todo.is_empty() {
         return Ok(());
     }
-    let longest = longest_prompt(tokenizer, policy, &options, todo.iter().map(|&i| &items[i]))?;
-    let model = super::load_whole(
+    let model = args.run.load(
         model_dir,
-        &args.run.engine,
-        &args.run.memory,
-        longest,
-        args.run.max_tokens,
+        tokenizer,
+        policy,
+        &options,
+        todo.iter().map(|&i| &items[i]),
     )?;
     super::data::announce(group);
     let mut classifier = Classifier::new(&model, tokenizer, policy, options)?;

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{anyhow, Result};
 use serde_json::Value;
 
-use super::classify::{longest_prompt, progress_bar, RunArgs};
+use super::classify::{progress_bar, RunArgs};
 use super::UsageError;
 use crate::classify::input::Item;
 use crate::classify::lint;
@@ -403,13 +403,12 @@ fn classify(
             );
         }
         let tokenizer = Tokenizer::load(&model_dir).map_err(|e| usage(e.into()))?;
-        let longest = longest_prompt(&tokenizer, policy, &options, todo.iter().map(|&i| &texts[i]))?;
-        let model = super::load_whole(
+        let model = args.run.load(
             &model_dir,
-            &args.run.engine,
-            &args.run.memory,
-            longest,
-            args.run.max_tokens,
+            &tokenizer,
+            policy,
+            &options,
+            todo.iter().map(|&i| &texts[i]),
         )?;
         let mut classifier = Classifier::new(&model, &tokenizer, policy, options)?;
         let progress = if leader {
