@@ -41,7 +41,21 @@ fn long_prompt(model: &Path) -> (String, usize) {
 
 #[test]
 fn the_estimate_is_within_ten_percent_of_the_measured_peak() {
-    for fixture in ["a-bf16", "a-mxfp4", "b-q4", "b-q8", "a-original"] {
+    // Every fixture layout: dense, MXFP4, affine 4 and 8 bits, the original
+    // release layout (raw and converted), and the three model shapes.
+    for fixture in [
+        "a-bf16",
+        "a-mxfp4",
+        "a-q4",
+        "a-q8",
+        "a-original",
+        "a-original-mlx",
+        "b-bf16",
+        "b-mxfp4",
+        "b-q4",
+        "b-q8",
+        "c-bf16",
+    ] {
         let model = common::fixture(fixture);
         let dir = model.to_str().unwrap();
         let (prompt, len) = long_prompt(&model);
@@ -211,4 +225,86 @@ fn ls_says_whether_each_catalog_model_fits() {
         assert_eq!(model["fits"], size <= available, "{model}");
         assert_eq!(model["needed_bytes"], size);
     }
+}
+
+/// Every command that loads a model goes through the guardrail: under a
+/// budget far below the model, classify, eval and serve refuse before
+/// loading, saying what is needed and what is free; `--force` loads anyway.
+#[test]
+fn classify_eval_and_serve_refuse_over_budget_unless_forced() {
+    let model = common::fixture("a-bf16");
+    let dir = model.to_str().unwrap();
+    let small = ["--memory-budget", "1MB"];
+    let run = |command| vec![command, "-m", dir, "--policy", "spam", "--max-tokens", "2"];
+    let mut commands = [
+        run("classify"),
+        run("eval"),
+        vec!["serve", "-m", dir, "--port", "0"],
+    ];
+    commands[0].push("hello");
+    commands[1].push("--no-cache");
+    commands[2].extend(["--context-length", "64"]);
+    for command in &commands {
+        let mut args = command.clone();
+        args.extend(small);
+        // A serve that skipped the guardrail would run until killed.
+        let child = Command::new(env!("CARGO_BIN_EXE_safeguard"))
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let refused = common::ranks::wait(child, deadline, command[0]);
+        assert_eq!(
+            refused.status.code(),
+            Some(2),
+            "{}: {}",
+            command[0],
+            String::from_utf8_lossy(&refused.stderr)
+        );
+        let err = String::from_utf8_lossy(&refused.stderr);
+        for part in [
+            "the model does not fit: it needs about",
+            "(weights 217.0 MB + KV cache",
+            "1.0 MB (--memory-budget) is free",
+            "--force loads it anyway",
+        ] {
+            assert!(err.contains(part), "{}: missing {part:?} in: {err}", command[0]);
+        }
+    }
+    for command in &commands[..2] {
+        let mut args = command.clone();
+        args.extend(small);
+        args.push("--force");
+        let output = safeguard(&args);
+        assert!(
+            output.status.success(),
+            "{} --force: {}",
+            command[0],
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let mut args = commands[2].clone();
+    args.extend(small);
+    args.push("--force");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_safeguard"))
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = std::io::BufRead::lines(std::io::BufReader::new(server.stderr.take().unwrap()));
+    let mut seen = Vec::new();
+    for line in lines {
+        let line = line.unwrap();
+        if line.contains("serving on http://127.0.0.1:") {
+            break;
+        }
+        seen.push(line);
+    }
+    let running = server.try_wait().unwrap().is_none();
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert!(running, "serve --force did not come up: {}", seen.join("\n"));
 }

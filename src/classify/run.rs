@@ -6,12 +6,13 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::front_matter::Output;
 use super::input::Item;
 use super::policy::{Policy, RuleIds};
-use super::verdict::{self, Keywords, Verdict};
+use super::verdict::{self, AnswerFormat, Keywords, Verdict};
 use crate::constrain::{self, Deadline, Grammar, Guide, Rules, Vocabulary};
 use crate::engine::driver::{Driver, DriverOptions, Event, Job, JobId, Token};
 use crate::engine::generate::GenerateOptions;
@@ -105,6 +106,71 @@ impl Classification {
                 "answer_tokens": self.answer_tokens,
             },
             "latency_ms": (self.latency.as_secs_f64() * 1e3).round(),
+        })
+    }
+
+    /// A result line of [`Classification::to_json`] read back, for results
+    /// classified by another process (`--parallel data`).
+    pub fn from_json(value: &Value) -> Result<Classification, String> {
+        #[derive(Deserialize)]
+        struct Usage {
+            prompt_tokens: usize,
+            cached_tokens: usize,
+            completion_tokens: usize,
+            answer_tokens: usize,
+        }
+        #[derive(Deserialize)]
+        struct Line {
+            id: String,
+            label: Option<u8>,
+            outcome: Option<String>,
+            policy_category: Option<String>,
+            rule_ids: Vec<String>,
+            confidence: Option<f64>,
+            model_confidence: Option<String>,
+            rationale: Option<String>,
+            reasoning: String,
+            answer: String,
+            raw: String,
+            answer_format: AnswerFormat,
+            error: Option<String>,
+            undeclared_ids: Vec<String>,
+            finish_reason: String,
+            usage: Usage,
+            latency_ms: f64,
+        }
+        let line = Line::deserialize(value).map_err(|e| format!("an unreadable result: {e}"))?;
+        let finish = match line.finish_reason.as_str() {
+            "stop" => Finish::Return,
+            "tool_calls" => Finish::Call,
+            "length" => Finish::Length,
+            other => return Err(format!("an unknown finish_reason {other:?}")),
+        };
+        Ok(Classification {
+            id: line.id,
+            verdict: Verdict {
+                label: line.label,
+                escalate: line.outcome.as_deref() == Some("escalate"),
+                policy_category: line.policy_category,
+                rule_ids: line.rule_ids,
+                confidence: line.model_confidence,
+                rationale: line.rationale,
+                format: line.answer_format,
+                // Only `error` carries it on the wire.
+                parse_error: None,
+            },
+            confidence: line.confidence,
+            reasoning: line.reasoning,
+            answer: line.answer,
+            raw: line.raw,
+            error: line.error,
+            undeclared_ids: line.undeclared_ids,
+            finish,
+            prompt_tokens: line.usage.prompt_tokens,
+            cached_tokens: line.usage.cached_tokens,
+            completion_tokens: line.usage.completion_tokens,
+            answer_tokens: line.usage.answer_tokens,
+            latency: Duration::from_secs_f64(line.latency_ms.max(0.0) / 1e3),
         })
     }
 }

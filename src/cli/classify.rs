@@ -1,7 +1,7 @@
 //! `safeguard classify`: judge text against a policy.
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
@@ -13,8 +13,10 @@ use crate::classify::input::{self, Item, ResultLog};
 use crate::classify::policy::Policy;
 use crate::classify::run::{render_prompt, Classification, Classifier, ClassifyOptions};
 use crate::classify::verdict::Keywords;
+use crate::distributed;
 use crate::engine::sampler::SamplerOptions;
 use crate::harmony::Effort;
+use crate::mlx::distributed::Group;
 use crate::model::GptOss;
 use crate::tokenizer::Tokenizer;
 
@@ -81,9 +83,33 @@ pub struct RunArgs {
     /// one at a time). 1 decodes one item at a time.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     pub batch_size: u32,
+    #[command(flatten)]
+    pub distributed: super::DistributedArgs,
+    #[command(flatten)]
+    pub memory: super::MemoryArgs,
 }
 
 impl RunArgs {
+    /// Loads the model in `dir` to classify `items`, after the memory
+    /// guardrail: budgeted for the prompt of the longest item (by bytes)
+    /// and --max-tokens.
+    pub(super) fn load<'i>(
+        &self,
+        dir: &Path,
+        tokenizer: &Tokenizer,
+        policies: &[Policy],
+        options: &ClassifyOptions,
+        items: impl Iterator<Item = &'i Item>,
+    ) -> Result<GptOss> {
+        let mut longest = 0;
+        if let Some(item) = items.max_by_key(|item| item.content.len()) {
+            for policy in policies {
+                longest = longest.max(render_prompt(tokenizer, policy, options, &item.content)?.len());
+            }
+        }
+        super::load_whole(dir, &self.engine, &self.memory, longest, self.max_tokens)
+    }
+
     pub fn options(&self, effort: Option<Effort>) -> ClassifyOptions {
         ClassifyOptions {
             effort,
@@ -153,7 +179,18 @@ pub fn run(args: Args) -> Result<()> {
         return Ok(());
     }
 
-    let model = GptOss::load(&model_dir, args.run.engine.load_options()).map_err(|e| usage(e.into()))?;
+    if let Some(group) = args.run.distributed.join_data()? {
+        let [policy] = policies.as_slice() else {
+            return Err(usage(anyhow::anyhow!(
+                "--parallel data takes one --policy; run each policy on its own, or several without --parallel"
+            ))
+            .into());
+        };
+        return run_data(&args, &items, &model_dir, &tokenizer, policy, options, &group);
+    }
+    let model = args
+        .run
+        .load(&model_dir, &tokenizer, &policies, &options, items.iter())?;
     let mut classifier = Classifier::with_policies(&model, &tokenizer, &policies, options)?;
     if args.constrain {
         classifier.constrain(model.config.vocab_size as usize)?;
@@ -168,16 +205,7 @@ pub fn run(args: Args) -> Result<()> {
         .iter()
         .filter(|item| log.as_ref().is_none_or(|l| !l.is_done(&item.id)))
         .collect();
-    if let Some(log) = &log {
-        if log.done_count() > 0 {
-            eprintln!(
-                "{}: {} items already done, {} to go",
-                args.output.as_ref().expect("log implies output").display(),
-                items.len() - todo.len(),
-                todo.len()
-            );
-        }
-    }
+    say_resumed(&args, log.as_ref(), items.len(), todo.len());
 
     let progress = progress_bar(todo.len());
     let mut stdout = std::io::stdout().lock();
@@ -219,31 +247,108 @@ pub fn run(args: Args) -> Result<()> {
         while let Some((json, results)) = finished.get_mut(printed).and_then(Option::take) {
             printed += 1;
             progress.suspend(|| -> Result<()> {
-                if args.json {
-                    writeln!(stdout, "{json}")?;
-                } else if let [one] = results.as_slice() {
-                    print_human(
-                        &mut stdout,
-                        &format!("[{}]", one.id),
-                        one,
-                        colour,
-                        args.show_reasoning,
-                        "",
-                    )?;
-                } else {
-                    print_combined(
-                        &mut stdout,
-                        &json,
-                        &policies,
-                        &results,
-                        colour,
-                        args.show_reasoning,
-                    )?;
+                match results.as_slice() {
+                    [one] => return print_result(&mut stdout, one, &args, colour),
+                    _ if args.json => writeln!(stdout, "{json}")?,
+                    all => print_combined(&mut stdout, &json, &policies, all, colour, args.show_reasoning)?,
                 }
                 Ok(stdout.flush()?)
             })?;
         }
         Ok(())
+    })?;
+    progress.finish_and_clear();
+    if args.fail_on_violation && violations > 0 {
+        return Err(ViolationFound(violations).into());
+    }
+    Ok(())
+}
+
+/// On resuming an `--output` file, how much is left.
+fn say_resumed(args: &Args, log: Option<&ResultLog>, items: usize, todo: usize) {
+    if let (Some(path), Some(log)) = (&args.output, log) {
+        if log.done_count() > 0 {
+            eprintln!(
+                "{}: {} items already done, {todo} to go",
+                path.display(),
+                items - todo
+            );
+        }
+    }
+}
+
+fn print_result(out: &mut impl Write, result: &Classification, args: &Args, colour: bool) -> Result<()> {
+    if args.json {
+        writeln!(out, "{}", result.to_json())?;
+    } else {
+        print_human(
+            out,
+            &format!("[{}]", result.id),
+            result,
+            colour,
+            args.show_reasoning,
+            "",
+        )?;
+    }
+    Ok(out.flush()?)
+}
+
+/// `--parallel data`: this rank classifies its share of the items; rank 0
+/// alone reads and writes `--output` (the others may run on machines
+/// without it) and prints every result in input order.
+fn run_data(
+    args: &Args,
+    items: &[Item],
+    model_dir: &Path,
+    tokenizer: &Tokenizer,
+    policy: &Policy,
+    options: ClassifyOptions,
+    group: &Group,
+) -> Result<()> {
+    let leader = group.rank() == 0;
+    let mut log = match &args.output {
+        Some(path) if leader => Some(ResultLog::open(path).map_err(|e| UsageError(e.into()))?),
+        _ => None,
+    };
+    let left: Vec<usize> = (0..items.len())
+        .filter(|&i| log.as_ref().is_none_or(|l| !l.is_done(&items[i].id)))
+        .collect();
+    let ids: Vec<&str> = items.iter().map(|item| item.id.as_str()).collect();
+    let todo = distributed::data::agree(group, &ids, &left)?;
+    say_resumed(args, log.as_ref(), items.len(), todo.len());
+    if todo.is_empty() {
+        return Ok(());
+    }
+    let model = args.run.load(
+        model_dir,
+        tokenizer,
+        std::slice::from_ref(policy),
+        &options,
+        todo.iter().map(|&i| &items[i]),
+    )?;
+    super::data::announce(group);
+    let mut classifier = Classifier::new(&model, tokenizer, policy, options)?;
+    if args.constrain {
+        classifier.constrain(model.config.vocab_size as usize)?;
+    }
+    let progress = if leader {
+        progress_bar(todo.len())
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut stdout = std::io::stdout().lock();
+    let colour = stdout.is_terminal();
+    let mut violations = 0;
+    let refs: Vec<&Item> = items.iter().collect();
+    let batch_size = args.run.batch_size as usize;
+    super::data::classify(group, &mut classifier, &refs, &todo, batch_size, |_, json| {
+        let result = Classification::from_json(&json).map_err(|e| anyhow::anyhow!(e))?;
+        violations += usize::from(result.violates());
+        if let Some(log) = &mut log {
+            log.append(&result.id, &json)?;
+        }
+        progress.inc(1);
+        progress.suspend(|| print_result(&mut stdout, &result, args, colour))
     })?;
     progress.finish_and_clear();
     if args.fail_on_violation && violations > 0 {

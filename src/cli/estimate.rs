@@ -5,7 +5,7 @@ use anyhow::Result;
 use serde_json::json;
 
 use super::UsageError;
-use crate::distributed::memory::{self, Request};
+use crate::distributed::memory;
 use crate::distributed::Parallel;
 use crate::hub::human_bytes;
 use crate::model::Config;
@@ -38,16 +38,13 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let dir = super::resolve_model(&args.model)?;
     let config = Config::load(&dir).map_err(|e| UsageError(e.into()))?;
-    let request = Request {
-        context: args.context_length.max(1),
-        prompt: None,
-        prefill_step: args.engine.prefill_step(),
-        load: args.engine.load_options(),
-        split: args.parallel.map(|p| (p, args.ranks)),
-    };
+    let request = args.engine.memory_request(
+        args.context_length.max(1),
+        None,
+        args.parallel.map(|p| (p, args.ranks)),
+    );
     let estimate = memory::estimate(&dir, &config, request).map_err(|e| UsageError(e.into()))?;
-    let budget = super::MemoryArgs {
-        context_length: None,
+    let budget = super::GuardArgs {
         force: false,
         memory_budget: args.memory_budget,
     }

@@ -25,7 +25,7 @@ use crate::eval::report::{self, Cost, Evaluation, Gate};
 use crate::eval::results::{self, Outcome};
 use crate::harmony::Effort;
 use crate::mlx;
-use crate::model::GptOss;
+use crate::mlx::distributed::Group;
 use crate::tokenizer::Tokenizer;
 
 /// Measure a policy on labelled examples: metrics with intervals, every
@@ -44,7 +44,7 @@ pub struct Args {
     #[arg(long)]
     baseline: Option<PathBuf>,
     /// Score this `classify --output` file instead of running the model.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "parallel")]
     results: Option<PathBuf>,
     /// CSV/TSV column holding the text; default `text`, else `content`.
     #[arg(long)]
@@ -142,9 +142,20 @@ pub fn run(args: Args) -> Result<()> {
             ))
         })
         .collect::<Result<Vec<_>>>()?;
+    let group = args.run.distributed.join_data()?;
+    if group.is_some() && policies.len() > 1 {
+        return Err(usage(anyhow!(
+            "--parallel data takes one --policy; evaluate each policy on its own, or several without --parallel"
+        ))
+        .into());
+    }
     let mut evaluations = Vec::new();
     for effort in efforts {
-        let mut evaluation = evaluate(&args, &policies, &examples, &dataset, effort)?;
+        // Under --parallel data only rank 0 gets the results to score.
+        let Some(mut evaluation) = evaluate(&args, &policies, &examples, &dataset, effort, group.as_ref())?
+        else {
+            continue;
+        };
         match evaluation.policies.as_mut_slice() {
             [] => evaluation.lint = lints.first().cloned(),
             each => {
@@ -157,6 +168,9 @@ pub fn run(args: Args) -> Result<()> {
             evaluation.comparison = Some(compare::compare(baseline, &evaluation, &examples));
         }
         evaluations.push(evaluation);
+    }
+    if evaluations.is_empty() {
+        return Ok(());
     }
     let colour = std::io::stdout().is_terminal();
     let failures: Vec<String> = evaluations
@@ -211,7 +225,8 @@ fn evaluate(
     examples: &[Example],
     dataset: &FileInfo,
     effort: Option<Effort>,
-) -> Result<Evaluation> {
+    group: Option<&Group>,
+) -> Result<Option<Evaluation>> {
     let usage = |e: anyhow::Error| UsageError(e);
     let options = args.run.options(effort);
     let mut manifest = Manifest {
@@ -250,7 +265,10 @@ fn evaluate(
                 .collect::<Result<Vec<_>, _>>()?;
             (each, combined, Cost::default())
         }
-        None => classify(args, policies, examples, options.clone(), &mut manifest)?,
+        None => match classify(args, policies, examples, options.clone(), &mut manifest, group)? {
+            Some(classified) => classified,
+            None => return Ok(None),
+        },
     };
     let gate = Gate {
         min_precision: args.min_precision,
@@ -290,7 +308,7 @@ fn evaluate(
         cost,
     );
     evaluation.policies = per_policy;
-    Ok(evaluation)
+    Ok(Some(evaluation))
 }
 
 fn policy_info(policy: &Policy) -> FileInfo {
@@ -402,14 +420,17 @@ fn default_cache_dir() -> Option<PathBuf> {
 /// Results for every example under every policy: from the cache where the
 /// same text was judged under the same run key, else from the model
 /// (through the same classifier as `safeguard classify`), cached as each
-/// finishes; and their combination.
+/// finishes; and their combination. Under `--parallel data` the ranks share
+/// the texts left and rank 0 alone reads and writes the cache; None on the
+/// other ranks.
 fn classify(
     args: &Args,
     policies: &[Policy],
     examples: &[Example],
     options: ClassifyOptions,
     manifest: &mut Manifest,
-) -> Result<(Vec<Outcomes>, Outcomes, Cost)> {
+    group: Option<&Group>,
+) -> Result<Option<(Vec<Outcomes>, Outcomes, Cost)>> {
     let usage = |e: anyhow::Error| UsageError(e);
     let model_dir = super::resolve_model(&args.run.model)?;
     let fingerprint = manifest::model_fingerprint(&model_dir)
@@ -419,7 +440,8 @@ fn classify(
         path: model_dir.display().to_string(),
         fingerprint: fingerprint.clone(),
     });
-    let cache_dir = if args.no_cache {
+    let leader = group.is_none_or(|g| g.rank() == 0);
+    let cache_dir = if args.no_cache || !leader {
         None
     } else {
         args.cache_dir.clone().or_else(default_cache_dir)
@@ -455,14 +477,14 @@ fn classify(
     manifest.cache = (!cache_files.is_empty()).then(|| cache_files.join(", "));
 
     // Each distinct text is judged once per policy, whatever ids it has.
-    let mut todo: Vec<(usize, Item)> = Vec::new();
+    let mut pairs: Vec<(usize, Item)> = Vec::new();
     let mut queued = HashSet::new();
-    for (p, cache) in caches.iter().enumerate() {
+    for p in 0..policies.len() {
         for example in examples {
             let text = &example.item.content;
             let hash = sha256_hex(text.as_bytes());
-            if cache.as_ref().is_none_or(|c| c.get(text).is_none()) && queued.insert((p, hash.clone())) {
-                todo.push((
+            if queued.insert((p, hash.clone())) {
+                pairs.push((
                     p,
                     Item {
                         id: hash,
@@ -472,11 +494,25 @@ fn classify(
             }
         }
     }
+    let left: Vec<usize> = (0..pairs.len())
+        .filter(|&i| {
+            let (p, item) = &pairs[i];
+            caches[*p].as_ref().is_none_or(|c| c.get(&item.content).is_none())
+        })
+        .collect();
+    // Only rank 0 has the cache: the ranks take its list of what is left.
+    let todo = match group {
+        Some(group) => {
+            let ids: Vec<&str> = pairs.iter().map(|(_, item)| item.id.as_str()).collect();
+            crate::distributed::data::agree(group, &ids, &left)?
+        }
+        None => left,
+    };
     let mut fresh: Vec<HashMap<String, Value>> = vec![HashMap::new(); policies.len()];
     let mut cost = Cost::default();
     if !todo.is_empty() {
         let judgements = examples.len() * policies.len();
-        if todo.len() < judgements {
+        if leader && todo.len() < judgements {
             eprintln!(
                 "{} of {judgements} judgements cached, {} to make",
                 judgements - todo.len(),
@@ -484,25 +520,56 @@ fn classify(
             );
         }
         let tokenizer = Tokenizer::load(&model_dir).map_err(|e| usage(e.into()))?;
-        let model = GptOss::load(&model_dir, args.run.engine.load_options()).map_err(|e| usage(e.into()))?;
+        let model = args.run.load(
+            &model_dir,
+            &tokenizer,
+            policies,
+            &options,
+            todo.iter().map(|&i| &pairs[i].1),
+        )?;
         let mut classifier = Classifier::with_policies(&model, &tokenizer, policies, options)?;
-        let progress = progress_bar(todo.len());
-        let pairs: Vec<(usize, &Item)> = todo.iter().map(|(p, item)| (*p, item)).collect();
+        let progress = if leader {
+            progress_bar(todo.len())
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
         let start = Instant::now();
-        classifier.classify_pairs(&pairs, args.run.batch_size as usize, |pair, result| {
-            let p = pairs[pair].0;
-            let json = result.to_json();
+        let batch_size = args.run.batch_size as usize;
+        let mut keep = |p: usize, json: Value| -> Result<()> {
             if let Some(cache) = &mut caches[p] {
                 cache.put(json.clone())?;
             }
-            fresh[p].insert(result.id, json);
+            let id = json["id"]
+                .as_str()
+                .expect("a result has its item's id")
+                .to_string();
+            fresh[p].insert(id, json);
             progress.inc(1);
             Ok(())
-        })?;
+        };
+        match group {
+            Some(group) => {
+                // One policy under --parallel data (checked in `run`).
+                super::data::announce(group);
+                let refs: Vec<&Item> = pairs.iter().map(|(_, item)| item).collect();
+                super::data::classify(group, &mut classifier, &refs, &todo, batch_size, |_, json| {
+                    keep(0, json)
+                })?;
+            }
+            None => {
+                let refs: Vec<(usize, &Item)> = todo.iter().map(|&i| (pairs[i].0, &pairs[i].1)).collect();
+                classifier.classify_pairs(&refs, batch_size, |pair, result| {
+                    keep(refs[pair].0, result.to_json())
+                })?;
+            }
+        }
         progress.finish_and_clear();
         let seconds = start.elapsed().as_secs_f64();
         cost.wall_seconds = Some(seconds);
         cost.items_per_second = (seconds > 0.0).then(|| todo.len() as f64 / seconds);
+    }
+    if !leader {
+        return Ok(None);
     }
     cost.classified = todo.len() as u64;
 
@@ -540,5 +607,5 @@ fn classify(
         };
         combined.insert(id.clone(), outcome);
     }
-    Ok((each, combined, cost))
+    Ok(Some((each, combined, cost)))
 }

@@ -2,6 +2,7 @@
 
 mod bench;
 mod classify;
+mod data;
 mod estimate;
 mod eval;
 mod generate;
@@ -15,11 +16,11 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use crate::distributed::{self, Parallel, Rank};
+use crate::distributed::{self, Mode, Rank};
 use crate::hub::{self, HubConfig, HubError};
 use crate::kernels::CpuKernels;
 use crate::mlx;
-use crate::mlx::distributed::Backend;
+use crate::mlx::distributed::{Backend, Group};
 use crate::model::{ComputeDtype, GptOss, LoadOptions};
 
 /// Run OpenAI's gpt-oss-safeguard policy classifiers locally on MLX.
@@ -79,6 +80,22 @@ impl EngineArgs {
             cpu_kernels: self.cpu_kernels,
         }
     }
+
+    /// What the memory estimate needs to know of a run with these options.
+    fn memory_request(
+        &self,
+        context: usize,
+        prompt: Option<usize>,
+        split: Option<(distributed::Parallel, i32)>,
+    ) -> distributed::memory::Request {
+        distributed::memory::Request {
+            context,
+            prompt,
+            prefill_step: self.prefill_step(),
+            load: self.load_options(),
+            split,
+        }
+    }
 }
 
 /// Running one model split across processes that MLX launched (`mlx.launch`,
@@ -87,9 +104,10 @@ impl EngineArgs {
 pub struct DistributedArgs {
     /// Split the model across the launched ranks: tensor (heads and each
     /// expert's intermediate dimension, as mlx-lm) or expert (whole experts
-    /// per rank, attention by heads).
-    #[arg(long, value_parser = clap::builder::ValueParser::new(str::parse::<Parallel>))]
-    parallel: Option<Parallel>,
+    /// per rank, attention by heads); or, for classify and eval, data (the
+    /// whole model on every rank, the items shared among them).
+    #[arg(long, value_parser = clap::builder::ValueParser::new(str::parse::<Mode>))]
+    parallel: Option<Mode>,
     /// MLX's communication backend for --parallel: any, ring, mpi, jaccl or nccl.
     #[arg(long, default_value = "any", requires = "parallel", value_parser = clap::builder::ValueParser::new(str::parse::<Backend>))]
     backend: Backend,
@@ -109,6 +127,24 @@ impl DistributedArgs {
             distributed::Watchdog::start(std::time::Duration::from_secs(self.step_timeout), r.index())
         })
     }
+
+    /// Under --parallel data, joins the launched ranks; commands that share
+    /// items (classify, eval) call this instead of splitting the model.
+    pub(crate) fn join_data(&self) -> anyhow::Result<Option<Group>> {
+        match self.parallel {
+            None => Ok(None),
+            Some(Mode::Data) => {
+                let timeout = std::time::Duration::from_secs(self.peer_timeout);
+                let group = Group::init(self.backend, timeout).map_err(|e| UsageError(e.into()))?;
+                Ok(Some(group))
+            }
+            Some(Mode::Split(parallel)) => Err(UsageError(anyhow::anyhow!(
+                "--parallel {parallel} splits one model for generate, bench and serve; classify and eval \
+                 share their items among whole models instead: use --parallel data"
+            ))
+            .into()),
+        }
+    }
 }
 
 /// The memory guardrail: checked before a model is loaded.
@@ -118,6 +154,14 @@ pub struct MemoryArgs {
     /// command needs, e.g. the prompt plus --max-tokens).
     #[arg(long, value_name = "N")]
     context_length: Option<usize>,
+    #[command(flatten)]
+    guard: GuardArgs,
+}
+
+/// Whether and against what the memory estimate is checked (`serve` has a
+/// `--context-length` of its own, so it takes these alone).
+#[derive(Debug, clap::Args)]
+pub struct GuardArgs {
     /// Load even when the estimate exceeds the memory the device gives.
     #[arg(long)]
     force: bool,
@@ -127,7 +171,7 @@ pub struct MemoryArgs {
     memory_budget: Option<u64>,
 }
 
-impl MemoryArgs {
+impl GuardArgs {
     fn budget(&self) -> distributed::memory::Budget {
         match self.memory_budget {
             Some(bytes) => distributed::memory::Budget {
@@ -168,6 +212,40 @@ fn parse_size(text: &str) -> Result<u64, String> {
     Ok((value * scale) as u64)
 }
 
+/// The memory a run of the model in `dir` needs, checked against the
+/// budget unless --force: the one guardrail of every command that loads a
+/// model. `split`: this rank's part only.
+pub(crate) fn check_memory(
+    dir: &std::path::Path,
+    engine: &EngineArgs,
+    guard: &GuardArgs,
+    context: usize,
+    prompt: Option<usize>,
+    split: Option<(distributed::Parallel, i32)>,
+) -> anyhow::Result<()> {
+    if guard.force {
+        return Ok(());
+    }
+    let request = engine.memory_request(context.max(1), prompt, split);
+    let config = crate::model::Config::load(dir).map_err(|e| UsageError(e.into()))?;
+    distributed::memory::check(dir, &config, request, &guard.budget()).map_err(|e| UsageError(e.into()))?;
+    Ok(())
+}
+
+/// Loads the whole model in `dir` after the guardrail: a `prompt` and
+/// `generated` tokens must fit (or --context-length, when given).
+pub(crate) fn load_whole(
+    dir: &std::path::Path,
+    engine: &EngineArgs,
+    memory: &MemoryArgs,
+    prompt: usize,
+    generated: usize,
+) -> anyhow::Result<GptOss> {
+    let context = memory.context_length.unwrap_or(prompt + generated);
+    check_memory(dir, engine, &memory.guard, context, Some(prompt), None)?;
+    Ok(GptOss::load(dir, engine.load_options()).map_err(|e| UsageError(e.into()))?)
+}
+
 /// Loads the model in `dir` whole, or this rank's part of it under
 /// --parallel (each rank then prints its share on stderr), after checking
 /// that a `prompt` and `generated` tokens fit unless --force.
@@ -179,28 +257,28 @@ pub(crate) fn load_model(
     prompt: usize,
     generated: usize,
 ) -> anyhow::Result<(GptOss, Option<Rank>)> {
-    let request = distributed::memory::Request {
-        context: memory.context_length.unwrap_or(prompt + generated),
-        prompt: Some(prompt),
-        prefill_step: engine.prefill_step(),
-        load: engine.load_options(),
-        split: None,
-    };
-    let guard = (!memory.force).then(|| (request, memory.budget()));
-    let Some(parallel) = dist.parallel else {
-        if std::env::var_os("MLX_RANK").is_some() {
-            tracing::warn!(
-                "MLX_RANK is set but --parallel is not: this process runs the whole model on its own \
-                 (add --parallel tensor or expert to split it across the ranks)"
-            );
+    let parallel = match dist.parallel {
+        None => {
+            if std::env::var_os("MLX_RANK").is_some() {
+                tracing::warn!(
+                    "MLX_RANK is set but --parallel is not: this process runs the whole model on its own \
+                     (add --parallel tensor or expert to split it across the ranks)"
+                );
+            }
+            return Ok((load_whole(dir, engine, memory, prompt, generated)?, None));
         }
-        if let Some((request, budget)) = &guard {
-            let config = crate::model::Config::load(dir).map_err(|e| UsageError(e.into()))?;
-            distributed::memory::check(dir, &config, *request, budget).map_err(|e| UsageError(e.into()))?;
+        Some(Mode::Data) => {
+            return Err(UsageError(anyhow::anyhow!(
+                "--parallel data shares the items of classify and eval among the ranks; this command runs \
+                 one prompt: split the model with --parallel tensor or expert"
+            ))
+            .into())
         }
-        let model = GptOss::load(dir, engine.load_options()).map_err(|e| UsageError(e.into()))?;
-        return Ok((model, None));
+        Some(Mode::Split(parallel)) => parallel,
     };
+    let context = memory.context_length.unwrap_or(prompt + generated);
+    let request = engine.memory_request(context, Some(prompt), None);
+    let guard = (!memory.guard.force).then(|| (request, memory.guard.budget()));
     let (model, rank) = distributed::load(
         dir,
         engine.load_options(),

@@ -76,6 +76,8 @@ pub struct Args {
     policies_dir: Option<PathBuf>,
     #[command(flatten)]
     engine: super::EngineArgs,
+    #[command(flatten)]
+    guard: super::GuardArgs,
 }
 
 /// Prompt tokens per chunk while serving: a new prompt goes in one chunk per
@@ -117,6 +119,11 @@ pub fn run(args: Args) -> Result<()> {
             dir.display()
         )));
     }
+    // Budgeted for one request filling the context, the most one can hold.
+    let config = crate::model::Config::load(&dir).map_err(|e| usage(e.into()))?;
+    let context = args.context_length.unwrap_or(config.max_position_embeddings);
+    let prefill_step = args.engine.prefill_step_or(SERVE_PREFILL_STEP);
+    super::check_memory(&dir, &args.engine, &args.guard, context, Some(prefill_step), None)?;
     let options = Options {
         host: args.host,
         port: args.port,
@@ -129,7 +136,7 @@ pub fn run(args: Args) -> Result<()> {
         max_tokens_cap: args.max_tokens_cap.map(|n| n as usize),
         max_body_bytes: args.max_body_mib << 20,
         prefix_cache_bytes: args.prefix_cache_mib << 20,
-        prefill_step: args.engine.prefill_step_or(SERVE_PREFILL_STEP),
+        prefill_step,
         load: args.engine.load_options(),
         policy,
         effort: args.effort,

@@ -7,6 +7,7 @@
 //! same logits after each step's sums, so each samples the same tokens without
 //! any other exchange; rank 0 prints.
 
+pub mod data;
 pub mod memory;
 mod split;
 
@@ -39,6 +40,28 @@ impl FromStr for Parallel {
             other => Err(format!(
                 "unknown --parallel {other:?} (expected tensor or expert)"
             )),
+        }
+    }
+}
+
+/// What `--parallel` asks for: the model split across the ranks, or whole
+/// models on every rank sharing the items (`classify`, `eval`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Split(Parallel),
+    Data,
+}
+
+impl FromStr for Mode {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Mode, String> {
+        match s {
+            "data" => Ok(Mode::Data),
+            other => other
+                .parse()
+                .map(Mode::Split)
+                .map_err(|_| format!("unknown --parallel {other:?} (expected tensor, expert or data)")),
         }
     }
 }

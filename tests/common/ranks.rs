@@ -1,6 +1,7 @@
 //! Runs N processes as the ranks of one MLX ring on 127.0.0.1, the way a
 //! user sets them up by hand: `MLX_RANK` and `MLX_HOSTFILE` per process.
 
+use std::io::Read;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -33,22 +34,43 @@ pub fn rank_command(mut command: Command, hostfile: &Path, rank: usize) -> Comma
 }
 
 /// Waits for a process, killing it (and failing the test) past `deadline`:
-/// a rank that hangs is the failure these tests look for.
+/// a rank that hangs is the failure these tests look for. Its pipes are
+/// drained meanwhile, so a rank that prints a lot never blocks on a full one.
 pub fn wait(mut child: Child, deadline: Instant, what: &str) -> Output {
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                pipe.read_to_end(&mut bytes).unwrap();
+            }
+            bytes
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
         }
         if Instant::now() > deadline {
             child.kill().unwrap();
-            let output = child.wait_with_output().unwrap();
-            panic!(
-                "{what} still ran at the deadline (killed); stderr:\n{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
+            child.wait().unwrap();
+            break None;
         }
         std::thread::sleep(Duration::from_millis(50));
+    };
+    let output = Output {
+        status: status.unwrap_or_else(|| child.wait().unwrap()),
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    };
+    if status.is_none() {
+        panic!(
+            "{what} still ran at the deadline (killed); stderr:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
+    output
 }
 
 /// Starts one process per command (rank order) and waits for all of them.

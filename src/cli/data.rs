@@ -1,0 +1,52 @@
+//! `--parallel data` for `classify` and `eval`: every rank loads the whole
+//! model and classifies its share of the items ([`crate::distributed::data`]);
+//! rank 0 gets every result, in input order, and alone writes them.
+
+use anyhow::Result;
+use serde_json::Value;
+
+use crate::classify::input::Item;
+use crate::classify::run::Classifier;
+use crate::distributed::data;
+use crate::mlx;
+use crate::mlx::distributed::Group;
+
+/// Items per rank in one round, in batches: enough to keep continuous
+/// batching busy between the round's ends, few enough that a killed run
+/// loses little.
+const ROUND_BATCHES: usize = 4;
+
+/// Says what this rank holds, once the model is loaded.
+pub(super) fn announce(group: &Group) {
+    eprintln!(
+        "[rank {}/{} (data parallel): the whole model, one item in {}; {:.1} MB of weights]",
+        group.rank(),
+        group.size(),
+        group.size(),
+        mlx::memory::active() as f64 / 1e6
+    );
+}
+
+/// Classifies `items[i]` for every `i` in `todo` (the same list on every
+/// rank, from [`data::agree`]), `batch_size` at a time on each rank; on rank
+/// 0, `collect` gets each result line (`Classification::to_json`) with its
+/// index, in `todo` order.
+pub(super) fn classify(
+    group: &Group,
+    classifier: &mut Classifier<'_>,
+    items: &[&Item],
+    todo: &[usize],
+    batch_size: usize,
+    collect: impl FnMut(usize, Value) -> Result<()>,
+) -> Result<()> {
+    let work = |mine: &[usize]| -> Result<Vec<Value>> {
+        let mine: Vec<&Item> = mine.iter().map(|&i| items[i]).collect();
+        let mut results = vec![Value::Null; mine.len()];
+        classifier.classify_batched(&mine, batch_size, |i, result| {
+            results[i] = result.to_json();
+            Ok(())
+        })?;
+        Ok(results)
+    };
+    data::run(group, todo, batch_size * ROUND_BATCHES, work, collect)
+}
