@@ -44,11 +44,11 @@ pub struct EngineStopped;
 
 impl Engine {
     /// Starts the engine thread and loads the model there with `load`,
-    /// returning once it is ready, with what `load` returned besides it.
-    pub fn start<I: Send + 'static>(
-        load: impl FnOnce() -> anyhow::Result<(GptOss, I)> + Send + 'static,
+    /// returning once it is ready.
+    pub fn start(
+        load: impl FnOnce() -> anyhow::Result<GptOss> + Send + 'static,
         options: DriverOptions,
-    ) -> anyhow::Result<(Engine, I)> {
+    ) -> anyhow::Result<Engine> {
         let (requests, incoming) = mpsc::channel();
         let (ready, loaded) = mpsc::sync_channel(1);
         let status = Arc::new(Status::default());
@@ -56,18 +56,18 @@ impl Engine {
         thread::Builder::new()
             .name("engine".into())
             .spawn(move || match load() {
-                Ok((model, info)) => {
-                    let _ = ready.send(Ok(info));
+                Ok(model) => {
+                    let _ = ready.send(Ok(()));
                     serve(Driver::new(&model, options), &incoming, &shared);
                 }
                 Err(e) => {
                     let _ = ready.send(Err(e));
                 }
             })?;
-        let info = loaded
+        loaded
             .recv()
             .map_err(|_| anyhow::anyhow!("the engine thread died while loading the model"))??;
-        Ok((Engine { requests, status }, info))
+        Ok(Engine { requests, status })
     }
 
     /// Requests holding a slot now (prefilling or decoding).

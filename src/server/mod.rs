@@ -386,17 +386,14 @@ pub fn run(model_arg: &str, dir: &Path, options: Options) -> anyhow::Result<()> 
 
 async fn serve(model_arg: &str, dir: &Path, options: Options) -> anyhow::Result<()> {
     let tokenizer = Tokenizer::load(dir)?;
+    let config = Config::load(dir)?;
+    let stop_tokens = model::stop_tokens(dir, &config)?;
     let load_start = Instant::now();
-    let (engine, (config, stop_tokens)) = {
+    let engine = {
         let dir = dir.to_path_buf();
         let load = options.load;
         Engine::start(
-            move || {
-                let model = GptOss::load(&dir, load)?;
-                let stops = model::stop_tokens(&dir, &model.config)?;
-                let config = model.config.clone();
-                Ok((model, (config, stops)))
-            },
+            move || Ok(GptOss::load(&dir, load)?),
             DriverOptions {
                 max_slots: options.max_batch,
                 prefix_cache_bytes: options.prefix_cache_bytes,
