@@ -4,6 +4,7 @@
 //! policy or a message stays those characters, never the control token.
 //! Only the prompt renderer places control tokens, by id.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use tokenizers::decoders::DecoderWrapper;
@@ -25,6 +26,8 @@ pub struct Tokenizer {
     full: tokenizers::Tokenizer,
     /// Reads special tokens as text, so encoding never produces a control token.
     ordinary: tokenizers::Tokenizer,
+    /// Ids of the added tokens: the control tokens, which text never encodes to.
+    added: HashSet<u32>,
     /// Whether vocabulary entries are byte-level BPE strings (GPT-2's byte
     /// alphabet), as in every gpt-oss tokenizer.json.
     byte_level: bool,
@@ -56,12 +59,14 @@ impl Tokenizer {
                 token.content
             )));
         }
+        let added = decoder.keys().copied().collect();
         let mut ordinary = full.clone();
         ordinary.set_encode_special_tokens(true);
         let byte_level = matches!(full.get_decoder(), Some(DecoderWrapper::ByteLevel(_)));
         Ok(Tokenizer {
             full,
             ordinary,
+            added,
             byte_level,
         })
     }
@@ -83,7 +88,7 @@ impl Tokenizer {
     /// Whether `id` is an added token (`<|end|>` and the other control tokens),
     /// which ordinary text never encodes to.
     pub fn is_control(&self, id: u32) -> bool {
-        self.ordinary.id_to_token(id).is_none() && self.full.id_to_token(id).is_some()
+        self.added.contains(&id)
     }
 
     /// Text of `ids`, control tokens written out.
@@ -97,10 +102,11 @@ impl Tokenizer {
     /// control token gives its name (`<|end|>`). `None` for an id the
     /// tokenizer does not know.
     pub fn token_bytes(&self, id: u32) -> Option<Vec<u8>> {
-        let Some(piece) = self.ordinary.id_to_token(id) else {
+        let piece = self.full.id_to_token(id)?;
+        if self.is_control(id) {
             // An added token: its text as it is.
-            return self.full.id_to_token(id).map(String::into_bytes);
-        };
+            return Some(piece.into_bytes());
+        }
         if self.byte_level {
             piece.chars().map(byte_level_byte).collect()
         } else {

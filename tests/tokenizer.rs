@@ -117,3 +117,19 @@ fn token_bytes_are_tiktokens_bytes_for_every_id() {
     // Past the added tokens the tokenizer knows no names.
     assert_eq!(ours.token_bytes(200019), None);
 }
+
+#[test]
+fn control_tokens_are_tiktokens_special_tokens() {
+    let ours = tokenizer();
+    let reference = o200k_harmony_singleton();
+    let special: std::collections::HashSet<u32> = reference
+        .special_tokens()
+        .into_iter()
+        .filter_map(|name| ours.token_id(name))
+        .collect();
+    assert!(special.len() >= 10, "the harmony control tokens: {special:?}");
+    for id in 0..200019 {
+        let named_special = special.contains(&id) || id == 200018;
+        assert_eq!(ours.is_control(id), named_special, "token {id}");
+    }
+}
