@@ -21,7 +21,9 @@ mod error;
 mod guard;
 mod lmstudio;
 mod openai;
+mod request;
 mod responses;
+mod sse;
 mod tools;
 mod turn;
 mod web;
@@ -588,7 +590,7 @@ pub struct Usage {
 async fn log_request(request: Request, next: Next) -> Response {
     let (method, path) = (request.method().clone(), request.uri().path().to_string());
     // Every answer carries an id (the OpenAI SDK's `request_id`), also in the log.
-    let request_id = openai::new_id("req_");
+    let request_id = request::new_id("req_");
     let start = Instant::now();
     let mut response = next.run(request).await;
     let status = response.status().as_u16();
