@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::tools::{harmony_messages, OutputFormat, Turn};
 use super::turn::Outcome;
-use super::Usage;
+use super::{Shared, Usage};
 use crate::classify::policy::Policy;
 use crate::engine::sampler::SamplerOptions;
 use crate::harmony::{self, Conversation, Effort, SystemContent, Tool};
@@ -275,4 +275,20 @@ pub fn with_usage(body: Json<Value>, outcome: &Outcome) -> Response {
         tokens_per_second: outcome.tokens_per_second(),
     });
     response
+}
+
+/// Fields another API adds to a generation's final answer or chunk (LM
+/// Studio: `stats`, `model_info`, `runtime`), passed in by its module so the
+/// OpenAI endpoints need not know it.
+pub type Extras = fn(&Shared, &Outcome) -> Vec<(&'static str, Value)>;
+
+/// OpenAI's own endpoints: nothing beyond OpenAI's fields.
+pub fn no_extras(_: &Shared, _: &Outcome) -> Vec<(&'static str, Value)> {
+    Vec::new()
+}
+
+pub fn add_extras(body: &mut Value, fields: Vec<(&'static str, Value)>) {
+    for (key, value) in fields {
+        body[key] = value;
+    }
 }

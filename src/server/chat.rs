@@ -1,10 +1,9 @@
-//! OpenAI-compatible endpoints: `/v1/models`, `/v1/chat/completions` (harmony
-//! chat, reasoning apart from the answer) and `/v1/completions` (raw text, no
-//! template). Field names and stream chunks follow OpenAI's API; reasoning
-//! is in `reasoning` (LM Studio, mlx-lm) and `reasoning_content` (DeepSeek
+//! OpenAI's `/v1/chat/completions`: a harmony chat, reasoning apart from
+//! the answer. Field names and stream chunks follow OpenAI's API; reasoning
+//! is in `reasoning` (mlx-lm and other local servers) and `reasoning_content` (DeepSeek
 //! style, read by Zed and others).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
@@ -12,41 +11,25 @@ use serde_json::{json, Value};
 
 use super::error::{ApiError, Body};
 use super::request::{
-    new_id, parse_effort, render_chat, token_limit, unix_now, usage_json, with_usage, Content, EffortField,
-    Sampling, Stops, StreamOptions,
+    add_extras, new_id, no_extras, parse_effort, render_chat, token_limit, unix_now, usage_json, with_usage,
+    Content, EffortField, Extras, Sampling, Stops, StreamOptions,
 };
 use super::sse::{log_stream, next_or_gone, send, sse};
 use super::tools::{
     call_name, guide, offered, parse_response_format, parse_tool_choice, parse_tools, Structure, ToolCall,
     Turn,
 };
-use super::turn::{Outcome, Update};
+use super::turn::Update;
 use super::{Generate, Shared};
 use crate::constrain::Guide;
 use crate::engine::generate::TokenLogprobs;
 use crate::tokenizer::Tokenizer;
 
-pub async fn models(State(state): State<Shared>) -> Json<Value> {
-    Json(json!({"object": "list", "data": [model_object(&state)]}))
-}
-
-pub async fn model(State(state): State<Shared>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    state.check_model(Some(&id))?;
-    Ok(Json(model_object(&state)))
-}
-
-fn model_object(state: &Shared) -> Value {
-    let m = state.model();
-    json!({"id": m.id, "object": "model", "created": m.created, "owned_by": "organization_owner"})
-}
-
-// ---- /v1/chat/completions ----
-
 #[derive(Debug, Deserialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: Option<Content>,
-    /// An earlier assistant turn's reasoning, as we and LM Studio send it
+    /// An earlier assistant turn's reasoning, as we send it
     /// (`reasoning`) or DeepSeek-style clients do (`reasoning_content`).
     pub reasoning: Option<String>,
     pub reasoning_content: Option<String>,
@@ -223,20 +206,12 @@ impl ChatRequest {
 
 pub async fn chat_completions(State(state): State<Shared>, Body(request): Body<ChatRequest>) -> Response {
     match state.off_thread(|state| request.into_chat(state)).await {
-        Ok(chat) => run_chat(state, chat, Flavour::OpenAi).await,
+        Ok(chat) => run_chat(state, chat, no_extras).await,
         Err(e) => e.into_response(),
     }
 }
 
-/// Which API's extras a chat completion carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flavour {
-    OpenAi,
-    /// LM Studio's `/api/v0`: `stats`, `model_info`, `runtime`.
-    LmStudio,
-}
-
-pub async fn run_chat(state: Shared, chat: Chat, flavour: Flavour) -> Response {
+pub async fn run_chat(state: Shared, chat: Chat, extras: Extras) -> Response {
     let slot = match state.admit() {
         Ok(slot) => slot,
         Err(e) => return e.into_response(),
@@ -290,9 +265,7 @@ pub async fn run_chat(state: Shared, chat: Chat, flavour: Flavour) -> Response {
                 }
                 if let Some(outcome) = outcome {
                     let mut last = chunk(json!({}), Some(outcome.finish_reason.reason()), None);
-                    if flavour == Flavour::LmStudio {
-                        add_lmstudio_fields(&state, &mut last, &outcome);
-                    }
+                    add_extras(&mut last, extras(&state, &outcome));
                     if !send(&tx, last).await {
                         return false;
                     }
@@ -361,9 +334,7 @@ pub async fn run_chat(state: Shared, chat: Chat, flavour: Flavour) -> Response {
         }],
         "usage": usage_json(&outcome),
     });
-    if flavour == Flavour::LmStudio {
-        add_lmstudio_fields(&state, &mut body, &outcome);
-    }
+    add_extras(&mut body, extras(&state, &outcome));
     with_usage(Json(body), &outcome)
 }
 
@@ -400,220 +371,4 @@ fn content_logprob(tokenizer: &Tokenizer, l: &TokenLogprobs) -> Value {
     let mut value = entry(l.token, l.logprob);
     value["top_logprobs"] = l.top.iter().map(|&(id, lp)| entry(id, lp)).collect();
     value
-}
-
-fn add_lmstudio_fields(state: &Shared, body: &mut Value, outcome: &Outcome) {
-    let extra = super::lmstudio::extras(state, outcome);
-    for (key, value) in extra {
-        body[key] = value;
-    }
-}
-
-// ---- /v1/completions ----
-
-/// `prompt`: text, or token ids fed as they are.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum Prompt {
-    Text(String),
-    Tokens(Vec<u32>),
-    Texts(Vec<String>),
-}
-
-#[derive(Debug, Deserialize)]
-pub struct CompletionRequest {
-    pub model: Option<String>,
-    pub prompt: Prompt,
-    #[serde(default)]
-    pub stream: bool,
-    pub stream_options: Option<StreamOptions>,
-    pub max_tokens: Option<i64>,
-    #[serde(flatten)]
-    pub sampling: Sampling,
-    pub stop: Option<Stops>,
-    /// The number of alternatives to report per token (OpenAI: 0–5).
-    pub logprobs: Option<usize>,
-    #[serde(default)]
-    pub echo: bool,
-    pub suffix: Option<String>,
-    pub best_of: Option<u32>,
-}
-
-pub async fn completions(State(state): State<Shared>, Body(request): Body<CompletionRequest>) -> Response {
-    match run_completion(state, request, Flavour::OpenAi).await {
-        Ok(response) | Err(response) => response,
-    }
-}
-
-pub async fn run_completion(
-    state: Shared,
-    mut request: CompletionRequest,
-    flavour: Flavour,
-) -> Result<Response, Response> {
-    let bad = |e: ApiError| e.into_response();
-    state.check_model(request.model.as_deref()).map_err(bad)?;
-    if request.echo || request.suffix.is_some() || request.best_of.is_some_and(|b| b != 1) {
-        return Err(bad(ApiError::invalid(
-            "echo, suffix and best_of are not supported",
-        )));
-    }
-    if request.logprobs.is_some_and(|k| k > 20) {
-        return Err(bad(ApiError::invalid_param(
-            "logprobs",
-            "logprobs must be at most 20",
-        )));
-    }
-    let text = match std::mem::replace(&mut request.prompt, Prompt::Tokens(Vec::new())) {
-        Prompt::Tokens(ids) => Err(ids),
-        Prompt::Text(text) => Ok(text),
-        Prompt::Texts(mut texts) if texts.len() == 1 => Ok(texts.remove(0)),
-        Prompt::Texts(_) => {
-            return Err(bad(ApiError::invalid_param(
-                "prompt",
-                "send one prompt per request",
-            )))
-        }
-    };
-    let prompt = match text {
-        Err(ids) => ids,
-        Ok(text) => {
-            state.check_text(text.len(), "prompt").map_err(bad)?;
-            state
-                .off_thread(move |state| {
-                    state
-                        .tokenizer()
-                        .encode_ordinary(&text)
-                        .map_err(|e| ApiError::internal(e.to_string()))
-                })
-                .await
-                .map_err(bad)?
-        }
-    };
-    let (max_tokens, max_tokens_param) = token_limit(&[("max_tokens", request.max_tokens)]).map_err(bad)?;
-    let generate = Generate {
-        prompt,
-        cache_prefix: 0,
-        max_tokens,
-        max_tokens_param,
-        sampler: request.sampling.options().map_err(bad)?,
-        top_logprobs: request.logprobs,
-        watch: Vec::new(),
-        group: None,
-    };
-    let stops = Stops::into_vec(request.stop).map_err(bad)?;
-    let slot = state.admit().map_err(bad)?;
-    let started = state.start(generate, None).map_err(bad)?;
-    let id = new_id("cmpl-");
-    let created = unix_now();
-    let with_logprobs = request.logprobs.is_some();
-    let include_usage = request.stream_options.is_some_and(|o| o.include_usage);
-    if request.stream {
-        return Ok(sse(state, move |state, tx| async move {
-            let _slot = slot;
-            let mut turn = match state.turn(started, false, stops) {
-                Ok(turn) => turn,
-                Err(e) => return send(&tx, e.body()).await,
-            };
-            let mut offset = 0;
-            loop {
-                let (update, outcome) = match next_or_gone(&mut turn, &tx).await {
-                    None => return false,
-                    Some(Ok(next)) => next,
-                    Some(Err(e)) => return send(&tx, e.body()).await,
-                };
-                let mut logprobs = CompletionLogprobs::default();
-                if with_logprobs {
-                    if let Some(l) = &update.logprobs {
-                        logprobs.push(turn.tokenizer(), l, &mut offset);
-                    }
-                }
-                let choice = |text: &str, finish: Option<&str>| {
-                    json!({
-                        "id": id, "object": "text_completion", "created": created, "model": state.model().id,
-                        "choices": [{"index": 0, "text": text, "logprobs": with_logprobs.then(|| logprobs.to_json()), "finish_reason": finish}],
-                    })
-                };
-                if (!update.content.is_empty() || with_logprobs && update.logprobs.is_some())
-                    && !send(&tx, choice(&update.content, None)).await
-                {
-                    return false;
-                }
-                if let Some(outcome) = outcome {
-                    let mut last = json!({
-                        "id": id, "object": "text_completion", "created": created, "model": state.model().id,
-                        "choices": [{"index": 0, "text": "", "logprobs": null, "finish_reason": outcome.finish_reason.reason()}],
-                    });
-                    if flavour == Flavour::LmStudio {
-                        add_lmstudio_fields(&state, &mut last, &outcome);
-                    }
-                    if include_usage {
-                        last["usage"] = usage_json(&outcome);
-                    }
-                    log_stream(&outcome);
-                    return send(&tx, last).await;
-                }
-            }
-        }));
-    }
-    let _slot = slot;
-    let mut turn = state.turn(started, false, stops).map_err(bad)?;
-    let (mut text, mut logprobs, mut offset) = (String::new(), CompletionLogprobs::default(), 0);
-    let outcome = loop {
-        let (update, outcome) = match turn.next().await {
-            Ok(next) => next,
-            Err(e) => return Err(bad(e)),
-        };
-        if let Some(l) = update.logprobs.as_ref().filter(|_| with_logprobs) {
-            logprobs.push(turn.tokenizer(), l, &mut offset);
-        }
-        text.push_str(&update.content);
-        if let Some(outcome) = outcome {
-            break outcome;
-        }
-    };
-    let mut body = json!({
-        "id": id, "object": "text_completion", "created": created, "model": state.model().id,
-        "choices": [{
-            "index": 0, "text": text,
-            "logprobs": with_logprobs.then(|| logprobs.to_json()),
-            "finish_reason": outcome.finish_reason.reason(),
-        }],
-        "usage": usage_json(&outcome),
-    });
-    if flavour == Flavour::LmStudio {
-        add_lmstudio_fields(&state, &mut body, &outcome);
-    }
-    Ok(with_usage(Json(body), &outcome))
-}
-
-/// The legacy completions `logprobs` object: parallel lists per token.
-#[derive(Default)]
-struct CompletionLogprobs {
-    tokens: Vec<String>,
-    token_logprobs: Vec<f32>,
-    top_logprobs: Vec<serde_json::Map<String, Value>>,
-    text_offset: Vec<usize>,
-}
-
-impl CompletionLogprobs {
-    fn push(&mut self, tokenizer: &Tokenizer, l: &TokenLogprobs, offset: &mut usize) {
-        let text =
-            |id: u32| String::from_utf8_lossy(&tokenizer.token_bytes(id).unwrap_or_default()).into_owned();
-        let token = text(l.token);
-        self.text_offset.push(*offset);
-        *offset += token.len();
-        self.tokens.push(token);
-        self.token_logprobs.push(l.logprob);
-        self.top_logprobs
-            .push(l.top.iter().map(|&(id, lp)| (text(id), json!(lp))).collect());
-    }
-
-    fn to_json(&self) -> Value {
-        json!({
-            "tokens": self.tokens,
-            "token_logprobs": self.token_logprobs,
-            "top_logprobs": self.top_logprobs,
-            "text_offset": self.text_offset,
-        })
-    }
 }
