@@ -14,7 +14,6 @@ use super::error::ApiError;
 use super::tools::{harmony_messages, OutputFormat, Turn};
 use super::turn::Outcome;
 use super::{Shared, Usage};
-use crate::classify::policy::Policy;
 use crate::engine::sampler::SamplerOptions;
 use crate::harmony::{self, Conversation, Effort, SystemContent, Tool};
 use crate::tokenizer::Tokenizer;
@@ -221,22 +220,7 @@ pub fn render_chat(
     effort: Option<Effort>,
     default_effort: Effort,
 ) -> Result<(Vec<u32>, usize), ApiError> {
-    let instructions: Vec<&str> = turns
-        .iter()
-        .filter_map(|turn| match turn {
-            Turn::Instructions(text) => Some(text.as_str()),
-            _ => None,
-        })
-        .collect();
-    let mut lifted = None;
-    let instructions = if instructions.is_empty() {
-        None
-    } else {
-        let policy = Policy::from_text("instructions", &instructions.join("\n\n"))
-            .map_err(|e| ApiError::invalid_param("messages", format!("the system message: {e}")))?;
-        lifted = policy.effort.as_deref().and_then(|e| e.parse().ok());
-        Some(policy.text)
-    };
+    let (instructions, lifted) = instructions(turns);
     let system = SystemContent::default().with_effort(effort.or(lifted).unwrap_or(default_effort));
     let mut conversation = Conversation::new(system).with_tools(tools);
     conversation.instructions = instructions;
@@ -248,6 +232,32 @@ pub fn render_chat(
         .map_err(|e| ApiError::internal(e.to_string()))?;
     let shared = head.iter().zip(&prompt).take_while(|(a, b)| a == b).count();
     Ok((prompt, shared))
+}
+
+/// The developer's instructions of a chat and the effort its first line
+/// sets. A chat is not a policy: any text goes, a blank one is no
+/// instructions at all, and a first line `Reasoning: …` that names no effort
+/// stays part of the text.
+fn instructions(turns: &[Turn]) -> (Option<String>, Option<Effort>) {
+    let text = turns
+        .iter()
+        .filter_map(|turn| match turn {
+            Turn::Instructions(text) => Some(text.as_str()),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join("\n\n");
+    let first = text.lines().find(|line| !line.trim().is_empty()).unwrap_or("");
+    let lifted = first
+        .trim()
+        .strip_prefix("Reasoning:")
+        .and_then(|value| value.trim().parse::<Effort>().ok());
+    let body = match lifted {
+        Some(_) => text.split_once(first).map_or("", |(_, rest)| rest),
+        None => &text,
+    }
+    .trim();
+    ((!body.is_empty()).then(|| body.to_string()), lifted)
 }
 
 #[derive(Debug, Deserialize)]
