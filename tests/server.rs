@@ -359,6 +359,49 @@ fn lm_studio_endpoints_use_its_enum_values_and_add_stats() {
     assert_eq!(cut.json()["stats"]["stop_reason"], "maxPredictedTokensReached");
 }
 
+/// A chat's system message is the developer's instructions as the user
+/// wrote them, not a policy: a blank one is no developer message (as
+/// openai-harmony renders a chat without instructions) rather than "the
+/// policy is empty", and text a policy file would treat as front matter
+/// stays text. Prompt lengths are compared with openai-harmony's render.
+#[test]
+fn a_chat_system_message_is_instructions_not_a_policy() {
+    let server = Server::start("scripted", &[]);
+    let system = safeguard_mlx::harmony::SystemContent::default();
+    let front_matter = "---\nname: notes\n---\nBe brief.";
+    // (system message, the instructions harmony renders, the effort it sets)
+    let cases = [
+        ("", None, "medium"),
+        ("  \n\t ", None, "medium"),
+        ("Be brief.", Some("Be brief."), "medium"),
+        ("Reasoning: high\n\nBe brief.", Some("Be brief."), "high"),
+        (front_matter, Some(front_matter), "medium"),
+    ];
+    let conversations: Vec<Value> = cases
+        .iter()
+        .map(|(_, instructions, effort)| {
+            json!({
+                "system": {"identity": system.identity, "knowledge_cutoff": system.knowledge_cutoff, "effort": effort},
+                "instructions": instructions,
+                "messages": [{"role": "user", "content": "hi"}],
+            })
+        })
+        .collect();
+    let expected = common::harmony(json!({"render": conversations}));
+    for ((message, _, _), reference) in cases.iter().zip(expected["render"].as_array().unwrap()) {
+        let reply = server.post(
+            "/v1/chat/completions",
+            &json!({"messages": [{"role": "system", "content": message}, {"role": "user", "content": "hi"}], "max_tokens": 2}),
+        );
+        assert_eq!(reply.status, 200, "system message {message:?}: {}", reply.body);
+        assert_eq!(
+            reply.json()["usage"]["prompt_tokens"],
+            reference.as_array().unwrap().len(),
+            "system message {message:?}"
+        );
+    }
+}
+
 #[test]
 fn classify_and_moderations_give_the_cli_verdicts() {
     let server = Server::start("scripted", &[]);

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::{ApiError, Body};
-use super::openai::{new_id, parse_effort, token_limit, Content};
+use super::request::{new_id, parse_effort, token_limit, Content};
 use super::turn::past;
 use super::{Generate, Shared, Usage};
 use crate::classify::combine::combine;

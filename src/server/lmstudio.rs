@@ -8,8 +8,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
+use super::chat::{run_chat, ChatRequest};
+use super::completions::{run_completion, CompletionRequest};
 use super::error::{ApiError, Body};
-use super::openai::{self, ChatRequest, CompletionRequest, Flavour};
 use super::turn::Outcome;
 use super::Shared;
 use crate::hub::{cache, HubConfig};
@@ -85,19 +86,19 @@ fn downloaded(state: &Shared) -> Vec<(String, Value)> {
 
 pub async fn chat_completions(State(state): State<Shared>, Body(request): Body<ChatRequest>) -> Response {
     match state.off_thread(|state| request.into_chat(state)).await {
-        Ok(chat) => openai::run_chat(state, chat, Flavour::LmStudio).await,
+        Ok(chat) => run_chat(state, chat, extras).await,
         Err(e) => e.into_response(),
     }
 }
 
 pub async fn completions(State(state): State<Shared>, Body(request): Body<CompletionRequest>) -> Response {
-    match openai::run_completion(state, request, Flavour::LmStudio).await {
+    match run_completion(state, request, extras).await {
         Ok(response) | Err(response) => response,
     }
 }
 
 /// `stats`, `model_info` and `runtime` of an `/api/v0` completion.
-pub fn extras(state: &Shared, outcome: &Outcome) -> Vec<(&'static str, Value)> {
+fn extras(state: &Shared, outcome: &Outcome) -> Vec<(&'static str, Value)> {
     let m = state.model();
     let stop_reason = outcome.finish_reason.lm_studio_reason();
     vec![

@@ -1,7 +1,9 @@
 //! `safeguard serve`: an HTTP API over one loaded model (axum on tokio).
 //!
 //! - OpenAI-compatible: `/v1/models`, `/v1/chat/completions`,
-//!   `/v1/completions`, `/v1/responses` ([`openai`], [`responses`]);
+//!   `/v1/completions`, `/v1/responses` ([`models`], [`chat`],
+//!   [`completions`], [`responses`]), with the request fields they share in
+//!   [`request`] and event streams in [`sse`];
 //! - LM Studio's REST API: `/api/v0/models`, `/api/v0/chat/completions`,
 //!   `/api/v0/completions` ([`lmstudio`]);
 //! - classification: `/v1/classify` and `/v1/moderations` ([`classify`]);
@@ -15,13 +17,17 @@
 //! it gets 503 with `Retry-After`. Each request is a group of its own in the
 //! engine's [`crate::engine::driver`], which shares its slots between groups.
 
+mod chat;
 mod classify;
+mod completions;
 mod conn;
 mod error;
 mod guard;
 mod lmstudio;
-mod openai;
+mod models;
+mod request;
 mod responses;
+mod sse;
 mod tools;
 mod turn;
 mod web;
@@ -534,10 +540,10 @@ fn router(state: Shared) -> Router {
     let max_body = state.options.max_body_bytes;
     let mut app = Router::new()
         .route("/health", get(health))
-        .route("/v1/models", get(openai::models))
-        .route("/v1/models/{*id}", get(openai::model))
-        .route("/v1/chat/completions", post(openai::chat_completions))
-        .route("/v1/completions", post(openai::completions))
+        .route("/v1/models", get(models::models))
+        .route("/v1/models/{*id}", get(models::model))
+        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/completions", post(completions::completions))
         .route("/v1/responses", post(responses::create))
         .route("/v1/classify", post(classify::classify))
         .route("/v1/moderations", post(classify::moderations))
@@ -588,7 +594,7 @@ pub struct Usage {
 async fn log_request(request: Request, next: Next) -> Response {
     let (method, path) = (request.method().clone(), request.uri().path().to_string());
     // Every answer carries an id (the OpenAI SDK's `request_id`), also in the log.
-    let request_id = openai::new_id("req_");
+    let request_id = request::new_id("req_");
     let start = Instant::now();
     let mut response = next.run(request).await;
     let status = response.status().as_u16();

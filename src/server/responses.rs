@@ -12,9 +12,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::{ApiError, Body};
-use super::openai::{
-    self, new_id, parse_effort, render_chat, token_limit, unix_now, Content, EffortField, Sampling,
+use super::request::{
+    new_id, parse_effort, render_chat, token_limit, unix_now, with_usage, Content, EffortField, Sampling,
 };
+use super::sse;
 use super::tools::{
     call_name, guide, offered, parse_response_format, parse_tool_choice, parse_tools, Structure, ToolCall,
     Turn,
@@ -441,7 +442,7 @@ async fn run(state: Shared, generate: Generate, guide: Option<Guide>, echo: Echo
     let id = new_id("resp_");
     let created = unix_now();
     if stream {
-        return openai::sse_with(
+        return sse::sse_with(
             state,
             move |state, tx| async move {
                 let _slot = slot;
@@ -474,7 +475,7 @@ async fn run(state: Shared, generate: Generate, guide: Option<Guide>, echo: Echo
                 let mut output = Output::new();
                 loop {
                     let mut events = Vec::new();
-                    let (update, outcome) = match openai::next_or_gone(&mut turn, &tx).await {
+                    let (update, outcome) = match sse::next_or_gone(&mut turn, &tx).await {
                         None => return false,
                         Some(Ok(next)) => next,
                         Some(Err(e)) => {
@@ -512,7 +513,7 @@ async fn run(state: Shared, generate: Generate, guide: Option<Guide>, echo: Echo
                             "response.completed"
                         };
                         events.push((name, json!({"response": last})));
-                        openai::log_stream(&outcome);
+                        sse::log_stream(&outcome);
                         return emit(events).await;
                     }
                     if !emit(events).await {
@@ -547,7 +548,7 @@ async fn run(state: Shared, generate: Generate, guide: Option<Guide>, echo: Echo
     let status = status_of(&outcome);
     output.close(status, &mut ignored);
     let body = response_object(&state, &id, created, &echo, status, &output.items, Some(&outcome));
-    openai::with_usage(Json(body), &outcome)
+    with_usage(Json(body), &outcome)
 }
 
 fn error_event(e: &ApiError) -> Value {

@@ -31,7 +31,8 @@ use crate::eval::metrics;
 use crate::eval::report::{self, Cost, Evaluation, Gate};
 use crate::eval::results::Outcome;
 use crate::server::error::{ApiError, Body};
-use crate::server::openai::{new_id, parse_effort, send, sse_with, token_limit};
+use crate::server::request::{new_id, parse_effort, token_limit};
+use crate::server::sse::{send, sse_with};
 use crate::server::{AppState, Shared};
 
 /// Finished runs kept for `GET`; older ones are forgotten.

@@ -16,7 +16,8 @@ use crate::classify::policy::Policy;
 use crate::classify::run::Judge;
 use crate::eval::results::Outcome;
 use crate::server::error::{ApiError, Body};
-use crate::server::openai::{parse_effort, send, sse, token_limit};
+use crate::server::request::{parse_effort, token_limit};
+use crate::server::sse::{send, sse};
 use crate::server::Shared;
 
 /// Items per request, at most: more is an eval.

@@ -1,0 +1,374 @@
+//! OpenAI's `/v1/chat/completions`: a harmony chat, reasoning apart from
+//! the answer. Field names and stream chunks follow OpenAI's API; reasoning
+//! is in `reasoning` (mlx-lm and other local servers) and `reasoning_content` (DeepSeek
+//! style, read by Zed and others).
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::error::{ApiError, Body};
+use super::request::{
+    add_extras, new_id, no_extras, parse_effort, render_chat, token_limit, unix_now, usage_json, with_usage,
+    Content, EffortField, Extras, Sampling, Stops, StreamOptions,
+};
+use super::sse::{log_stream, next_or_gone, send, sse};
+use super::tools::{
+    call_name, guide, offered, parse_response_format, parse_tool_choice, parse_tools, Structure, ToolCall,
+    Turn,
+};
+use super::turn::Update;
+use super::{Generate, Shared};
+use crate::constrain::Guide;
+use crate::engine::generate::TokenLogprobs;
+use crate::tokenizer::Tokenizer;
+
+#[derive(Debug, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: Option<Content>,
+    /// An earlier assistant turn's reasoning, as we send it
+    /// (`reasoning`) or DeepSeek-style clients do (`reasoning_content`).
+    pub reasoning: Option<String>,
+    pub reasoning_content: Option<String>,
+    pub tool_calls: Option<Vec<ChatToolCall>>,
+    pub tool_call_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChatToolCall {
+    pub id: String,
+    pub function: ChatFunctionCall,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChatFunctionCall {
+    pub name: String,
+    #[serde(default)]
+    pub arguments: String,
+}
+
+impl ChatMessage {
+    /// The message as a turn; `earlier` are the turns before it (a tool
+    /// result names the call it answers by id).
+    fn turn(&self, i: usize, earlier: &[Turn]) -> Result<Turn, ApiError> {
+        let param = format!("messages[{i}]");
+        let text = match &self.content {
+            Some(content) => content.text(&format!("{param}.content"))?,
+            None => String::new(),
+        };
+        Ok(match self.role.as_str() {
+            "system" | "developer" => Turn::Instructions(text),
+            "user" => Turn::User(text),
+            "assistant" => Turn::Assistant {
+                reasoning: self.reasoning.clone().or_else(|| self.reasoning_content.clone()),
+                calls: self
+                    .tool_calls
+                    .iter()
+                    .flatten()
+                    .map(|call| ToolCall {
+                        id: call.id.clone(),
+                        name: call.function.name.clone(),
+                        arguments: call.function.arguments.clone(),
+                    })
+                    .collect(),
+                content: self.content.is_some().then_some(text),
+            },
+            "tool" => {
+                let id = self.tool_call_id.as_deref().ok_or_else(|| {
+                    ApiError::invalid_param(
+                        &format!("{param}.tool_call_id"),
+                        "a tool message needs the id of the call it answers",
+                    )
+                })?;
+                let name = call_name(earlier, id).ok_or_else(|| {
+                    ApiError::invalid_param(
+                        &format!("{param}.tool_call_id"),
+                        format!("no earlier assistant message has a tool call with id {id:?}"),
+                    )
+                })?;
+                Turn::ToolResult { name, content: text }
+            }
+            other => {
+                return Err(ApiError::invalid_param(
+                    &format!("{param}.role"),
+                    format!("unknown role {other:?}: expected system, developer, user, assistant or tool"),
+                ))
+            }
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChatRequest {
+    pub model: Option<String>,
+    pub messages: Vec<ChatMessage>,
+    #[serde(default)]
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+    pub max_tokens: Option<i64>,
+    pub max_completion_tokens: Option<i64>,
+    #[serde(flatten)]
+    pub sampling: Sampling,
+    pub stop: Option<Stops>,
+    pub logprobs: Option<bool>,
+    pub top_logprobs: Option<usize>,
+    pub reasoning_effort: Option<String>,
+    pub reasoning: Option<EffortField>,
+    pub tools: Option<Vec<Value>>,
+    pub tool_choice: Option<Value>,
+    pub response_format: Option<Value>,
+}
+
+/// A checked chat request, ready to run.
+pub struct Chat {
+    pub generate: Generate,
+    pub stops: Vec<String>,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub logprobs: bool,
+    pub guide: Option<Guide>,
+}
+
+impl ChatRequest {
+    pub fn into_chat(self, state: &Shared) -> Result<Chat, ApiError> {
+        state.check_model(self.model.as_deref())?;
+        let tools = parse_tools(self.tools.as_deref(), true)?;
+        let choice = parse_tool_choice(self.tool_choice.as_ref(), &tools)?;
+        let (tools, must_call) = offered(tools, choice);
+        let format = parse_response_format(self.response_format.as_ref(), "response_format", true)?;
+        if self.messages.is_empty() {
+            return Err(ApiError::invalid_param("messages", "messages must not be empty"));
+        }
+        let mut turns = Vec::new();
+        for (i, message) in self.messages.iter().enumerate() {
+            let turn = message.turn(i, &turns)?;
+            turns.push(turn);
+        }
+        state.check_text(turns.iter().map(Turn::text_len).sum(), "messages")?;
+        let effort = parse_effort(
+            self.reasoning_effort
+                .as_deref()
+                .or(self.reasoning.as_ref().and_then(|r| r.effort.as_deref())),
+            "reasoning_effort",
+        )?;
+        let (max_tokens, max_tokens_param) = token_limit(&[
+            ("max_completion_tokens", self.max_completion_tokens),
+            ("max_tokens", self.max_tokens),
+        ])?;
+        let guide = guide(
+            || state.vocabulary().cloned(),
+            Structure {
+                format: format.as_ref(),
+                param: "response_format",
+                tools: &tools,
+                nested: true,
+                must_call,
+                max_tokens,
+            },
+        )?;
+        let (prompt, cache_prefix) = render_chat(
+            state.tokenizer(),
+            &turns,
+            tools,
+            format.as_ref(),
+            effort,
+            state.options().effort,
+        )?;
+        let logprobs = self.logprobs.unwrap_or(false);
+        if self.top_logprobs.is_some_and(|k| k > 20) {
+            return Err(ApiError::invalid_param(
+                "top_logprobs",
+                "top_logprobs must be at most 20",
+            ));
+        }
+        Ok(Chat {
+            generate: Generate {
+                prompt,
+                cache_prefix,
+                max_tokens,
+                max_tokens_param,
+                sampler: self.sampling.options()?,
+                top_logprobs: logprobs.then(|| self.top_logprobs.unwrap_or(0)),
+                watch: Vec::new(),
+                group: None,
+            },
+            stops: Stops::into_vec(self.stop)?,
+            stream: self.stream,
+            include_usage: self.stream_options.is_some_and(|o| o.include_usage),
+            logprobs,
+            guide,
+        })
+    }
+}
+
+pub async fn chat_completions(State(state): State<Shared>, Body(request): Body<ChatRequest>) -> Response {
+    match state.off_thread(|state| request.into_chat(state)).await {
+        Ok(chat) => run_chat(state, chat, no_extras).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+pub async fn run_chat(state: Shared, chat: Chat, extras: Extras) -> Response {
+    let slot = match state.admit() {
+        Ok(slot) => slot,
+        Err(e) => return e.into_response(),
+    };
+    let started = match state.start(chat.generate, chat.guide) {
+        Ok(started) => started,
+        Err(e) => return e.into_response(),
+    };
+    let id = new_id("chatcmpl-");
+    let created = unix_now();
+    if chat.stream {
+        return sse(state, move |state, tx| async move {
+            let _slot = slot;
+            let mut turn = match state.turn(started, true, chat.stops) {
+                Ok(turn) => turn,
+                Err(e) => return send(&tx, e.body()).await,
+            };
+            let chunk = |delta: Value, finish: Option<&str>, logprobs: Option<Value>| {
+                json!({
+                    "id": id, "object": "chat.completion.chunk", "created": created, "model": state.model().id,
+                    "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
+                })
+            };
+            if !send(
+                &tx,
+                chunk(json!({"role": "assistant", "content": ""}), None, None),
+            )
+            .await
+            {
+                return false;
+            }
+            let mut call_ids = Vec::new();
+            loop {
+                let (update, outcome) = match next_or_gone(&mut turn, &tx).await {
+                    None => return false,
+                    Some(Ok(next)) => next,
+                    Some(Err(e)) => return send(&tx, e.body()).await,
+                };
+                for delta in deltas(&update, &mut call_ids) {
+                    let logprobs = (chat.logprobs && delta.get("content").is_some())
+                        .then(|| {
+                            update
+                                .logprobs
+                                .as_ref()
+                                .map(|l| json!({"content": [content_logprob(turn.tokenizer(), l)]}))
+                        })
+                        .flatten();
+                    if !send(&tx, chunk(delta, None, logprobs)).await {
+                        return false;
+                    }
+                }
+                if let Some(outcome) = outcome {
+                    let mut last = chunk(json!({}), Some(outcome.finish_reason.reason()), None);
+                    add_extras(&mut last, extras(&state, &outcome));
+                    if !send(&tx, last).await {
+                        return false;
+                    }
+                    log_stream(&outcome);
+                    if chat.include_usage {
+                        let usage = json!({
+                            "id": id, "object": "chat.completion.chunk", "created": created,
+                            "model": state.model().id, "choices": [], "usage": usage_json(&outcome),
+                        });
+                        if !send(&tx, usage).await {
+                            return false;
+                        }
+                    }
+                    return true;
+                }
+            }
+        });
+    }
+    let _slot = slot;
+    let mut turn = match state.turn(started, true, chat.stops) {
+        Ok(turn) => turn,
+        Err(e) => return e.into_response(),
+    };
+    let (mut reasoning, mut content, mut logprobs) = (String::new(), String::new(), Vec::new());
+    let mut calls: Vec<Value> = Vec::new();
+    let outcome = loop {
+        let (update, outcome) = match turn.next().await {
+            Ok(next) => next,
+            Err(e) => return e.into_response(),
+        };
+        reasoning.push_str(&update.reasoning);
+        content.push_str(&update.content);
+        if let Some(call) = update.call {
+            if let Some(name) = call.name {
+                calls.push(json!({"id": new_id("call_"), "type": "function", "function": {"name": name, "arguments": ""}}));
+            }
+            let arguments = &mut calls[call.index]["function"]["arguments"];
+            *arguments = Value::String(format!(
+                "{}{}",
+                arguments.as_str().unwrap_or_default(),
+                call.arguments
+            ));
+        }
+        if let (true, Some(l)) = (chat.logprobs, &update.logprobs) {
+            logprobs.push(content_logprob(turn.tokenizer(), l));
+        }
+        if let Some(outcome) = outcome {
+            break outcome;
+        }
+    };
+    let mut message = json!({"role": "assistant", "content": content, "reasoning": reasoning, "reasoning_content": reasoning});
+    if !calls.is_empty() {
+        // OpenAI's shape: no text answer beside the calls is `null`, not "".
+        if content.is_empty() {
+            message["content"] = Value::Null;
+        }
+        message["tool_calls"] = Value::Array(calls);
+    }
+    let mut body = json!({
+        "id": id, "object": "chat.completion", "created": created, "model": state.model().id,
+        "choices": [{
+            "index": 0,
+            "message": message,
+            "logprobs": chat.logprobs.then(|| json!({"content": logprobs})),
+            "finish_reason": outcome.finish_reason.reason(),
+        }],
+        "usage": usage_json(&outcome),
+    });
+    add_extras(&mut body, extras(&state, &outcome));
+    with_usage(Json(body), &outcome)
+}
+
+/// The chunk deltas one update makes: reasoning, content, then a tool call
+/// (OpenAI's pieces: id, type and name first, then the arguments). `call_ids`
+/// holds the ids given to this turn's calls so far.
+fn deltas(update: &Update, call_ids: &mut Vec<String>) -> Vec<Value> {
+    let mut out = Vec::new();
+    if !update.reasoning.is_empty() {
+        out.push(json!({"reasoning": update.reasoning, "reasoning_content": update.reasoning}));
+    }
+    if !update.content.is_empty() {
+        out.push(json!({"content": update.content}));
+    }
+    if let Some(call) = &update.call {
+        let mut piece = json!({"index": call.index, "function": {"arguments": call.arguments}});
+        if let Some(name) = &call.name {
+            call_ids.push(new_id("call_"));
+            piece["id"] = json!(call_ids[call.index]);
+            piece["type"] = json!("function");
+            piece["function"]["name"] = json!(name);
+        }
+        out.push(json!({"tool_calls": [piece]}));
+    }
+    out
+}
+
+/// One entry of a chat completion's `logprobs.content`.
+fn content_logprob(tokenizer: &Tokenizer, l: &TokenLogprobs) -> Value {
+    let entry = |id: u32, logprob: f32| {
+        let bytes = tokenizer.token_bytes(id).unwrap_or_default();
+        json!({"token": String::from_utf8_lossy(&bytes), "logprob": logprob, "bytes": bytes})
+    };
+    let mut value = entry(l.token, l.logprob);
+    value["top_logprobs"] = l.top.iter().map(|&(id, lp)| entry(id, lp)).collect();
+    value
+}
