@@ -22,10 +22,9 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 pub struct Tokenizer {
-    /// With the added (special) tokens: decodes them and finds their ids.
-    full: tokenizers::Tokenizer,
-    /// Reads special tokens as text, so encoding never produces a control token.
-    ordinary: tokenizers::Tokenizer,
+    /// Knows the added (special) tokens, to decode them and find their ids,
+    /// but encodes their text as plain text: no control token from text.
+    inner: tokenizers::Tokenizer,
     /// Ids of the added tokens: the control tokens, which text never encodes to.
     added: HashSet<u32>,
     /// Whether vocabulary entries are byte-level BPE strings (GPT-2's byte
@@ -47,11 +46,10 @@ impl Tokenizer {
             path: path.clone(),
             message,
         };
-        let full = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| invalid(e.to_string()))?;
-        // Parsing the 27 MB file is most of a start-up, so the plain-text tokenizer is a
-        // copy told to read special tokens as text, not a second parse without them. That
-        // covers every added token only when all are special, as in every gpt-oss file.
-        let decoder = full.get_added_tokens_decoder();
+        let mut inner = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| invalid(e.to_string()))?;
+        // Reading special tokens as text keeps every added token out of encoded
+        // text only when all are special, as in every gpt-oss file.
+        let decoder = inner.get_added_tokens_decoder();
         if let Some(token) = decoder.values().find(|t| !t.special) {
             return Err(invalid(format!(
                 "added token {:?} is not marked special; gpt-oss tokenizers mark every added token \
@@ -60,12 +58,10 @@ impl Tokenizer {
             )));
         }
         let added = decoder.keys().copied().collect();
-        let mut ordinary = full.clone();
-        ordinary.set_encode_special_tokens(true);
-        let byte_level = matches!(full.get_decoder(), Some(DecoderWrapper::ByteLevel(_)));
+        inner.set_encode_special_tokens(true);
+        let byte_level = matches!(inner.get_decoder(), Some(DecoderWrapper::ByteLevel(_)));
         Ok(Tokenizer {
-            full,
-            ordinary,
+            inner,
             added,
             byte_level,
         })
@@ -74,7 +70,7 @@ impl Tokenizer {
     /// Ids of `text` as plain text (no control tokens recognised).
     pub fn encode_ordinary(&self, text: &str) -> Result<Vec<u32>> {
         let encoding = self
-            .ordinary
+            .inner
             .encode_fast(text, false)
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(encoding.get_ids().to_vec())
@@ -82,7 +78,7 @@ impl Tokenizer {
 
     /// The id of a token such as `<|start|>`.
     pub fn token_id(&self, token: &str) -> Option<u32> {
-        self.full.token_to_id(token)
+        self.inner.token_to_id(token)
     }
 
     /// Whether `id` is an added token (`<|end|>` and the other control tokens),
@@ -93,7 +89,7 @@ impl Tokenizer {
 
     /// Text of `ids`, control tokens written out.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.full
+        self.inner
             .decode(ids, false)
             .map_err(|e| Error::Tokenizer(e.to_string()))
     }
@@ -102,7 +98,7 @@ impl Tokenizer {
     /// control token gives its name (`<|end|>`). `None` for an id the
     /// tokenizer does not know.
     pub fn token_bytes(&self, id: u32) -> Option<Vec<u8>> {
-        let piece = self.full.id_to_token(id)?;
+        let piece = self.inner.id_to_token(id)?;
         if self.is_control(id) {
             // An added token: its text as it is.
             return Some(piece.into_bytes());
