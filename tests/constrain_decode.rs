@@ -281,7 +281,28 @@ fn a_constrained_classification_gives_every_item_a_verdict() {
         "required": ["violation", "policy_category"],
         "additionalProperties": false,
     });
-    for (policy, max_tokens) in [("spam", 40), ("pii", 360)] {
+    // A JSON policy whose front matter declares its fields: the answer must
+    // have exactly those, or the verdict parser refuses it.
+    let declared = Policy::from_text(
+        "pii-fields",
+        &format!(
+            "---\noutput: json\nfields: violation, rationale\n---\n{}",
+            Policy::find("pii").unwrap().text
+        ),
+    )
+    .unwrap();
+    let declared_answer = json!({
+        "type": "object",
+        "properties": {"violation": {"enum": [0, 1]}, "rationale": {"type": "string"}},
+        "required": ["violation", "rationale"],
+        "additionalProperties": false,
+    });
+    let policies = [
+        (Policy::find("spam").unwrap(), 40),
+        (Policy::find("pii").unwrap(), 360),
+        (declared, 360),
+    ];
+    for (policy, max_tokens) in policies {
         let options = ClassifyOptions {
             effort: None,
             date: None,
@@ -290,7 +311,6 @@ fn a_constrained_classification_gives_every_item_a_verdict() {
             prefill_step: 2048,
             keywords: Keywords::default(),
         };
-        let policy = Policy::find(policy).unwrap();
         let mut classifier = Classifier::new(&s.model, &s.tokenizer, &policy, options).unwrap();
         let unconstrained = classifier.classify(items[0]).unwrap();
         assert_eq!(
@@ -312,13 +332,17 @@ fn a_constrained_classification_gives_every_item_a_verdict() {
             })
             .unwrap();
         assert_eq!(answers.len(), items.len());
-        if policy.name == "pii" {
-            let verdicts = common::jsonschema(json!({"cases": [{"schema": pii_answer, "outputs": answers}]}));
-            for (answer, result) in answers.iter().zip(verdicts[0]["results"].as_array().unwrap()) {
-                assert_eq!(result, &Value::Null, "{answer}");
+        let schema = match policy.name.as_str() {
+            "pii" => &pii_answer,
+            "pii-fields" => &declared_answer,
+            _ => {
+                assert!(answers.iter().all(|a| a == "0" || a == "1"), "{answers:?}");
+                continue;
             }
-        } else {
-            assert!(answers.iter().all(|a| a == "0" || a == "1"), "{answers:?}");
+        };
+        let verdicts = common::jsonschema(json!({"cases": [{"schema": schema, "outputs": answers}]}));
+        for (answer, result) in answers.iter().zip(verdicts[0]["results"].as_array().unwrap()) {
+            assert_eq!(result, &Value::Null, "{answer}");
         }
     }
 }

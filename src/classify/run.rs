@@ -273,16 +273,34 @@ fn answer_grammar(policy: &Policy) -> Grammar {
     };
     let escalates = front.is_some_and(|f| !f.escalate.is_empty());
     let violation: Vec<u8> = if escalates { vec![0, 1, 2] } else { vec![0, 1] };
+    let known = serde_json::json!({
+        "violation": {"enum": violation},
+        "policy_category": {"anyOf": [id, {"type": "null"}]},
+        "rule_ids": {"type": "array", "items": id, "maxItems": 8},
+        "confidence": {"enum": ["low", "medium", "high"]},
+        "rationale": {"type": "string", "maxLength": RATIONALE_CHARS},
+    });
+    // Declared fields are exactly the answer's (the verdict parser holds it
+    // to them); otherwise the usual object, its verdict and category required.
+    let (properties, required) = match front.map(|f| &f.fields).filter(|f| !f.is_empty()) {
+        Some(fields) => {
+            let properties: serde_json::Map<String, Value> = fields
+                .iter()
+                .map(|field| {
+                    let schema = known.get(field).cloned().unwrap_or_else(
+                        || serde_json::json!({"type": "string", "maxLength": RATIONALE_CHARS}),
+                    );
+                    (field.clone(), schema)
+                })
+                .collect();
+            (Value::Object(properties), serde_json::json!(fields))
+        }
+        None => (known, serde_json::json!(["violation", "policy_category"])),
+    };
     Grammar::JsonSchema(serde_json::json!({
         "type": "object",
-        "properties": {
-            "violation": {"enum": violation},
-            "policy_category": {"anyOf": [id, {"type": "null"}]},
-            "rule_ids": {"type": "array", "items": id, "maxItems": 8},
-            "confidence": {"enum": ["low", "medium", "high"]},
-            "rationale": {"type": "string", "maxLength": RATIONALE_CHARS},
-        },
-        "required": ["violation", "policy_category"],
+        "properties": properties,
+        "required": required,
         "additionalProperties": false,
     }))
 }
