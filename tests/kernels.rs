@@ -483,3 +483,39 @@ fn a_quantization_without_a_kernel_falls_back_to_mlx_with_a_warning() {
     assert_eq!(tokens, mlx_tokens);
     assert_eq!(logprobs, mlx_logprobs);
 }
+
+/// A row's product must not depend on the rows computed beside it: batched
+/// decoding and the experts' varying token counts rely on it to give every
+/// sequence the tokens it gets alone. Rows that cross the panel and tiling
+/// thresholds (1, 3, 8, 64, 300) against the same rows one at a time, bit for
+/// bit, for every instruction set and precision.
+#[test]
+fn a_rows_product_does_not_depend_on_the_rows_beside_it() {
+    let (n, k) = (37, 256);
+    for (i, spec) in specs().into_iter().enumerate() {
+        let q = quantized(&[n, k], spec, 1400 + i as u64);
+        let (x, _) = rand_array(&[300, k], 1500 + i as u64);
+        for isa in kernels::instruction_sets() {
+            for precision in [Precision::Exact, Precision::Fast] {
+                let product = |rows: &Array| {
+                    kernels::quantized_matmul(rows, &q, precision, Some(&isa))
+                        .unwrap()
+                        .to_vec::<f32>()
+                        .unwrap()
+                };
+                let alone: Vec<Vec<f32>> = (0..300)
+                    .map(|r| product(&x.slice_axis(0, r, r + 1).unwrap()))
+                    .collect();
+                for rows in [1, 3, 8, 64, 300] {
+                    let together = product(&x.slice_axis(0, 0, rows).unwrap());
+                    for (r, row) in together.chunks(n as usize).enumerate() {
+                        assert!(
+                            row.iter().zip(&alone[r]).all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "{isa} {precision:?} {spec:?}: row {r} of {rows} differs from the row alone"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -133,6 +133,12 @@ constexpr int kPrefetchBlocks = 16;
 // Twice the E2M1 value of each 4-bit code (bit 3 is the sign): small
 // integers, so a byte-table lookup (pshufb, tbl) decodes 16 codes at once.
 const v16i8 kE2m1Doubled = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+#if defined(QMM_WIDE)
+// The same as floats, for a 16-lane permute (code 8 is +0, as above). A plain
+// array: a vector constant would be built by AVX-512 code at start-up, on
+// machines without it too.
+alignas(64) constexpr float kE2m1DoubledFloat[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+#endif
 
 // Half of each E8M0 scale 2^(e - 127), to undo the doubling: exact, as both
 // factors are powers of two. A table, as the subnormal cases (e ≤ 1) would
@@ -310,6 +316,19 @@ struct RowReader {
       w1 = mul_add(to_float(hi), s, z);
       return;
     }
+#if defined(QMM_WIDE)
+    if (p.format == Format::Mxfp4) {
+      // The 16 values scaled once, then looked up per lane straight from the
+      // codes: the permute reads only an index's low 4 bits, so the high
+      // nibble needs one shift and the low one nothing. Same products as the
+      // byte-table path below (both exact), so the same bits.
+      const __m512 table = _mm512_mul_ps(_mm512_load_ps(kE2m1DoubledFloat), _mm512_set1_ps(e8m0_half(e8m0[group])));
+      const __m512i codes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes + b * 16)));
+      w0.part[0] = (vf)_mm512_permutexvar_ps(codes, table);
+      w1.part[0] = (vf)_mm512_permutexvar_ps(_mm512_srli_epi32(codes, 4), table);
+      return;
+    }
+#endif
     v16u8 packed;
     std::memcpy(&packed, bytes + b * 16, 16);
     v16u8 low = packed & 15, high = packed >> 4;
