@@ -355,7 +355,9 @@ inline float sum_lanes(const Lanes& v) {
 
 // out[rows × cols] for `rows` input rows against `cols` weight rows, the
 // weights either decoded on the fly (`readers`) or read from a decoded panel.
-template <int ROWS, int COLS>
+// One instance per source: with both loops in one body the compiler keeps
+// the accumulators on the stack, a load and a store around every FMA.
+template <int ROWS, int COLS, bool PANEL>
 void tile(int blocks, const float* const* x, const RowReader* readers, const float* const* panel,
           float* const* out) {
   Lanes acc[ROWS][COLS];
@@ -364,7 +366,7 @@ void tile(int blocks, const float* const* x, const RowReader* readers, const flo
   for (int b = 0; b < blocks; ++b) {
     Lanes w0[COLS], w1[COLS];
     for (int c = 0; c < COLS; ++c) {
-      if (panel) {
+      if constexpr (PANEL) {
         w0[c] = load16(panel[c] + b * 32);
         w1[c] = load16(panel[c] + b * 32 + 16);
       } else {
@@ -386,19 +388,20 @@ void tile(int blocks, const float* const* x, const RowReader* readers, const flo
 
 using TileFn = void (*)(int, const float* const*, const RowReader*, const float* const*, float* const*);
 
-template <int R, int... C>
+template <bool PANEL, int R, int... C>
 constexpr auto tile_row(std::integer_sequence<int, C...>) {
-  return std::array<TileFn, sizeof...(C)>{&tile<R, C + 1>...};
+  return std::array<TileFn, sizeof...(C)>{&tile<R, C + 1, PANEL>...};
 }
 
-template <int... R>
+template <bool PANEL, int... R>
 constexpr auto tile_table(std::integer_sequence<int, R...>) {
   return std::array<std::array<TileFn, kMaxCols>, sizeof...(R)>{
-      tile_row<R + 1>(std::make_integer_sequence<int, kMaxCols>{})...};
+      tile_row<PANEL, R + 1>(std::make_integer_sequence<int, kMaxCols>{})...};
 }
 
-// kTiles[rows - 1][cols - 1]: the tile function for a partial tile too.
-const auto kTiles = tile_table(std::make_integer_sequence<int, kMaxRows>{});
+// kTiles[panel][rows - 1][cols - 1]: the tile function for a partial tile too.
+const std::array kTiles = {tile_table<false>(std::make_integer_sequence<int, kMaxRows>{}),
+                           tile_table<true>(std::make_integer_sequence<int, kMaxRows>{})};
 
 // The fast tile: int8 input codes, weights decoded to bytes per block.
 template <int ROWS, int COLS>
@@ -490,7 +493,7 @@ void run_tile(const Problem& p, uint32_t expert, const RowJob* rows, size_t row_
       if (fast)
         kFastTiles[count - 1][cols - 1](blocks, in, x_rows, p.in_dims, readers, out);
       else
-        kTiles[count - 1][cols - 1](blocks, x, readers, use_panel ? panel : nullptr, out);
+        kTiles[use_panel][count - 1][cols - 1](blocks, x, readers, panel, out);
       for (int r = 0; r < count; ++r) {
         float* dst = p.out + size_t(rows[r0 + r].out_row) * p.out_dims + n0;
         for (int c = 0; c < cols; ++c) dst[c] = result[r][c];
