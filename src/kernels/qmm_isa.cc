@@ -291,17 +291,16 @@ struct RowReader {
     __builtin_prefetch(bytes + b * (p.format == Format::Affine8 ? 32 : 16));
   }
 
+  template <Format F>
   inline Block8 block8(int b) const {
     const int group = b >> group_shift;
-    switch (p.format) {
-      case Format::Mxfp4:
-        return {e2m1_doubled(nibbles(bytes + b * 16)), e8m0_half(e8m0[group]), 0.0f};
-      case Format::Affine4:
-        return {nibbles(bytes + b * 16), scales[group], biases[group]};
-      case Format::Affine8:
-      default:
-        // Codes q as signed q - 128: s·q + z = s·(q - 128) + (128·s + z).
-        return {minus_128(load32(bytes + b * 32)), scales[group], 128.0f * scales[group] + biases[group]};
+    if constexpr (F == Format::Mxfp4) {
+      return {e2m1_doubled(nibbles(bytes + b * 16)), e8m0_half(e8m0[group]), 0.0f};
+    } else if constexpr (F == Format::Affine4) {
+      return {nibbles(bytes + b * 16), scales[group], biases[group]};
+    } else {
+      // Codes q as signed q - 128: s·q + z = s·(q - 128) + (128·s + z).
+      return {minus_128(load32(bytes + b * 32)), scales[group], 128.0f * scales[group] + biases[group]};
     }
   }
 
@@ -403,12 +402,14 @@ constexpr auto tile_table(std::integer_sequence<int, R...>) {
 const std::array kTiles = {tile_table<false>(std::make_integer_sequence<int, kMaxRows>{}),
                            tile_table<true>(std::make_integer_sequence<int, kMaxRows>{})};
 
-// The fast tile: int8 input codes, weights decoded to bytes per block.
-template <int ROWS, int COLS>
+// The fast tile: int8 input codes, weights decoded to bytes per block. One
+// instance per format: tested at run time inside the loop, the format's
+// branches kept the accumulators in memory.
+template <Format F, int ROWS, int COLS>
 void tile_fast(int blocks, const Inputs& in, const size_t* x_rows, int k, const RowReader* readers,
                float* const* out) {
-  const bool unsigned_weights = readers[0].p.format == Format::Affine4;
-  const bool offsets = readers[0].p.format != Format::Mxfp4;
+  constexpr bool unsigned_weights = F == Format::Affine4;
+  constexpr bool offsets = F != Format::Mxfp4;
   v8f acc[ROWS][COLS];
   float offset_acc[ROWS][COLS];
   for (int r = 0; r < ROWS; ++r)
@@ -420,16 +421,20 @@ void tile_fast(int blocks, const Inputs& in, const size_t* x_rows, int k, const 
     Block8 w[COLS];
     for (int c = 0; c < COLS; ++c) {
       readers[c].prefetch(b + kPrefetchBlocks);
-      w[c] = readers[c].block8(b);
+      w[c] = readers[c].template block8<F>(b);
     }
     for (int r = 0; r < ROWS; ++r) {
       const size_t block = x_rows[r] * (k / 32) + b;
       const Bytes32 x = load32(in.q + x_rows[r] * k + b * 32);
       const float d = in.scale[block];
       for (int c = 0; c < COLS; ++c) {
-        const v8i lanes = unsigned_weights ? dot_unsigned(w[c].bytes, x) : dot_signed(w[c].bytes, x);
+        v8i lanes;
+        if constexpr (unsigned_weights)
+          lanes = dot_unsigned(w[c].bytes, x);
+        else
+          lanes = dot_signed(w[c].bytes, x);
         acc[r][c] = __builtin_convertvector(lanes, v8f) * (v8f{} + d * w[c].factor) + acc[r][c];
-        if (offsets) offset_acc[r][c] = (d * w[c].offset) * float(in.sum[block]) + offset_acc[r][c];
+        if constexpr (offsets) offset_acc[r][c] = (d * w[c].offset) * float(in.sum[block]) + offset_acc[r][c];
       }
     }
   }
@@ -439,18 +444,21 @@ void tile_fast(int blocks, const Inputs& in, const size_t* x_rows, int k, const 
 
 using FastTileFn = void (*)(int, const Inputs&, const size_t*, int, const RowReader*, float* const*);
 
-template <int R, int... C>
+template <Format F, int R, int... C>
 constexpr auto fast_tile_row(std::integer_sequence<int, C...>) {
-  return std::array<FastTileFn, sizeof...(C)>{&tile_fast<R, C + 1>...};
+  return std::array<FastTileFn, sizeof...(C)>{&tile_fast<F, R, C + 1>...};
 }
 
-template <int... R>
+template <Format F, int... R>
 constexpr auto fast_tile_table(std::integer_sequence<int, R...>) {
   return std::array<std::array<FastTileFn, kMaxCols>, sizeof...(R)>{
-      fast_tile_row<R + 1>(std::make_integer_sequence<int, kMaxCols>{})...};
+      fast_tile_row<F, R + 1>(std::make_integer_sequence<int, kMaxCols>{})...};
 }
 
-const auto kFastTiles = fast_tile_table(std::make_integer_sequence<int, kMaxRows>{});
+// kFastTiles[format][rows - 1][cols - 1], in the order of `Format`.
+const std::array kFastTiles = {fast_tile_table<Format::Mxfp4>(std::make_integer_sequence<int, kMaxRows>{}),
+                               fast_tile_table<Format::Affine4>(std::make_integer_sequence<int, kMaxRows>{}),
+                               fast_tile_table<Format::Affine8>(std::make_integer_sequence<int, kMaxRows>{})};
 
 }  // namespace
 
@@ -491,7 +499,7 @@ void run_tile(const Problem& p, uint32_t expert, const RowJob* rows, size_t row_
         out[r] = result[r];
       }
       if (fast)
-        kFastTiles[count - 1][cols - 1](blocks, in, x_rows, p.in_dims, readers, out);
+        kFastTiles[size_t(p.format)][count - 1][cols - 1](blocks, in, x_rows, p.in_dims, readers, out);
       else
         kTiles[use_panel][count - 1][cols - 1](blocks, x, readers, panel, out);
       for (int r = 0; r < count; ++r) {
