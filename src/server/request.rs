@@ -129,6 +129,33 @@ pub fn new_id(prefix: &str) -> String {
     format!("{prefix}{now:x}{:04x}", next_serial() & 0xffff)
 }
 
+/// What every object of one answer repeats: its id, when it was made and
+/// the model that made it.
+pub struct Head {
+    id: String,
+    created: u64,
+    model: String,
+}
+
+impl Head {
+    /// A new answer's head; `prefix` as for [`new_id`].
+    pub fn new(prefix: &str, state: &Shared) -> Head {
+        Head {
+            id: new_id(prefix),
+            created: unix_now(),
+            model: state.model().id.clone(),
+        }
+    }
+
+    /// An `object` of this answer with its `choices`.
+    pub fn object(&self, object: &str, choices: Value) -> Value {
+        json!({
+            "id": self.id, "object": object, "created": self.created, "model": self.model,
+            "choices": choices,
+        })
+    }
+}
+
 pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
