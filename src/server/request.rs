@@ -274,16 +274,15 @@ fn instructions(turns: &[Turn]) -> (Option<String>, Option<Effort>) {
         })
         .collect::<Vec<_>>()
         .join("\n\n");
-    let first = text.lines().find(|line| !line.trim().is_empty()).unwrap_or("");
-    let lifted = first
-        .trim()
-        .strip_prefix("Reasoning:")
-        .and_then(|value| value.trim().parse::<Effort>().ok());
-    let body = match lifted {
-        Some(_) => text.split_once(first).map_or("", |(_, rest)| rest),
-        None => &text,
-    }
-    .trim();
+    let (lifted, body) = match harmony::reasoning_line(&text) {
+        Some(harmony::ReasoningLine {
+            effort: Ok(effort),
+            rest,
+            ..
+        }) => (Some(effort), rest),
+        _ => (None, text.as_str()),
+    };
+    let body = body.trim();
     ((!body.is_empty()).then(|| body.to_string()), lifted)
 }
 
