@@ -199,6 +199,16 @@ fn the_openai_python_sdk_calls_tools_and_sends_their_results_back() {
     sdk_script("tools_client.py", "scripted-tool-call");
 }
 
+/// The same greedy request streamed and not gives the same answer, added up
+/// by the SDK's own stream accumulator: an answer, reasoning and a tool call
+/// from the scripted fixtures, logprobs and stop strings from a random model.
+#[test]
+fn streamed_answers_add_up_to_the_answers_sent_whole() {
+    for fixture in ["scripted", "scripted-reasoning", "scripted-tool-call", "a-mxfp4"] {
+        sdk_script("accumulate_client.py", fixture);
+    }
+}
+
 #[test]
 fn the_openai_python_sdk_gets_structured_output_that_validates() {
     sdk_script("format_client.py", "scripted");

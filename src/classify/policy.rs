@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use super::front_matter::{self, FrontMatter, Output};
+use crate::harmony;
 
 /// The policies that ship with safeguard, embedded in the binary.
 const SHIPPED: &[(&str, &str)] = &[
@@ -136,23 +137,17 @@ impl Policy {
             line: Some(e.line),
             message: e.message,
         })?;
-        let first = text.lines().find(|line| !line.trim().is_empty()).unwrap_or("");
-        let effort = match first.trim().strip_prefix("Reasoning:") {
-            Some(value) => {
-                let value = value.trim().to_ascii_lowercase();
-                if !matches!(value.as_str(), "low" | "medium" | "high") {
-                    return Err(ParseError::from(format!(
+        let (effort, body) = match harmony::reasoning_line(text) {
+            Some(line) => {
+                let effort = line.effort.map_err(|_| {
+                    ParseError::from(format!(
                         "\"{}\": reasoning effort must be low, medium or high",
-                        first.trim()
-                    )));
-                }
-                Some(value)
+                        line.line
+                    ))
+                })?;
+                (Some(effort.to_string()), line.rest)
             }
-            None => None,
-        };
-        let body = match effort {
-            Some(_) => text.split_once(first).map_or("", |(_, rest)| rest),
-            None => text,
+            None => (None, text),
         };
         let body = body.trim();
         if body.is_empty() {

@@ -89,6 +89,38 @@ impl FromStr for Effort {
     }
 }
 
+/// A `Reasoning: …` line opening a developer's instructions (a policy, a
+/// chat's system message): the effort it names, read apart from the text
+/// because harmony puts it in the system message.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ReasoningLine<'t> {
+    /// The line as written, trimmed, for error messages.
+    pub line: &'t str,
+    pub effort: std::result::Result<Effort, ParseEffortError>,
+    /// The text after the line.
+    pub rest: &'t str,
+}
+
+/// The `Reasoning:` line of `text`, when its first non-blank line is one.
+/// Whether a value that names no effort is an error is the caller's call.
+pub fn reasoning_line(text: &str) -> Option<ReasoningLine<'_>> {
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        offset += line.len();
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let value = line.strip_prefix("Reasoning:")?;
+        return Some(ReasoningLine {
+            line,
+            effort: value.trim().parse(),
+            rest: &text[offset..],
+        });
+    }
+    None
+}
+
 /// Who wrote a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -267,5 +299,23 @@ impl ControlTokens {
     /// The ids of [`ControlTokens::stops_generation`].
     pub fn generation_stops(&self) -> [u32; 2] {
         [self.return_, self.call]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reasoning_line_is_read_only_at_the_top() {
+        let line = reasoning_line("\n  \r\n Reasoning: HIGH \r\n# Policy\nbody").unwrap();
+        assert_eq!(line.line, "Reasoning: HIGH");
+        assert_eq!(line.effort, Ok(Effort::High));
+        assert_eq!(line.rest, "# Policy\nbody");
+        let line = reasoning_line("Reasoning: extreme").unwrap();
+        assert_eq!(line.effort, Err(ParseEffortError("extreme".into())));
+        assert_eq!(line.rest, "");
+        assert_eq!(reasoning_line("# Policy\nReasoning: low"), None);
+        assert_eq!(reasoning_line(" \n "), None);
     }
 }

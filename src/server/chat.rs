@@ -5,23 +5,21 @@
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::{ApiError, Body};
 use super::request::{
-    add_extras, new_id, no_extras, parse_effort, render_chat, token_limit, unix_now, usage_json, with_usage,
-    Content, EffortField, Extras, Sampling, Stops, StreamOptions,
+    add_extras, new_id, no_extras, parse_effort, render_chat, token_limit, usage_json, Content, EffortField,
+    Extras, Head, Sampling, Stops, StreamOptions,
 };
-use super::sse::{log_stream, next_or_gone, send, sse};
+use super::sse::{respond, Accumulator, Job};
 use super::tools::{
     call_name, guide, offered, parse_response_format, parse_tool_choice, parse_tools, Structure, ToolCall,
     Turn,
 };
-use super::turn::Update;
+use super::turn::{Outcome, Update};
 use super::{Generate, Shared};
-use crate::constrain::Guide;
 use crate::engine::generate::TokenLogprobs;
 use crate::tokenizer::Tokenizer;
 
@@ -124,12 +122,9 @@ pub struct ChatRequest {
 
 /// A checked chat request, ready to run.
 pub struct Chat {
-    pub generate: Generate,
-    pub stops: Vec<String>,
-    pub stream: bool,
+    pub job: Job,
     pub include_usage: bool,
     pub logprobs: bool,
-    pub guide: Option<Guide>,
 }
 
 impl ChatRequest {
@@ -185,21 +180,24 @@ impl ChatRequest {
             ));
         }
         Ok(Chat {
-            generate: Generate {
-                prompt,
-                cache_prefix,
-                max_tokens,
-                max_tokens_param,
-                sampler: self.sampling.options()?,
-                top_logprobs: logprobs.then(|| self.top_logprobs.unwrap_or(0)),
-                watch: Vec::new(),
-                group: None,
+            job: Job {
+                generate: Generate {
+                    prompt,
+                    cache_prefix,
+                    max_tokens,
+                    max_tokens_param,
+                    sampler: self.sampling.options()?,
+                    top_logprobs: logprobs.then(|| self.top_logprobs.unwrap_or(0)),
+                    watch: Vec::new(),
+                    group: None,
+                },
+                guide,
+                chat: true,
+                stops: Stops::into_vec(self.stop)?,
+                stream: self.stream,
             },
-            stops: Stops::into_vec(self.stop)?,
-            stream: self.stream,
             include_usage: self.stream_options.is_some_and(|o| o.include_usage),
             logprobs,
-            guide,
         })
     }
 }
@@ -212,154 +210,137 @@ pub async fn chat_completions(State(state): State<Shared>, Body(request): Body<C
 }
 
 pub async fn run_chat(state: Shared, chat: Chat, extras: Extras) -> Response {
-    let slot = match state.admit() {
-        Ok(slot) => slot,
-        Err(e) => return e.into_response(),
+    let answer = ChatAnswer {
+        head: Head::new("chatcmpl-", &state),
+        logprobs: chat.logprobs,
+        include_usage: chat.include_usage,
+        reasoning: String::new(),
+        content: String::new(),
+        calls: Vec::new(),
+        entries: Vec::new(),
+        entries_sent: 0,
     };
-    let started = match state.start(chat.generate, chat.guide) {
-        Ok(started) => started,
-        Err(e) => return e.into_response(),
-    };
-    let id = new_id("chatcmpl-");
-    let created = unix_now();
-    if chat.stream {
-        return sse(state, move |state, tx| async move {
-            let _slot = slot;
-            let mut turn = match state.turn(started, true, chat.stops) {
-                Ok(turn) => turn,
-                Err(e) => return send(&tx, e.body()).await,
-            };
-            let chunk = |delta: Value, finish: Option<&str>, logprobs: Option<Value>| {
-                json!({
-                    "id": id, "object": "chat.completion.chunk", "created": created, "model": state.model().id,
-                    "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
-                })
-            };
-            if !send(
-                &tx,
-                chunk(json!({"role": "assistant", "content": ""}), None, None),
-            )
-            .await
-            {
-                return false;
-            }
-            let mut call_ids = Vec::new();
-            loop {
-                let (update, outcome) = match next_or_gone(&mut turn, &tx).await {
-                    None => return false,
-                    Some(Ok(next)) => next,
-                    Some(Err(e)) => return send(&tx, e.body()).await,
-                };
-                for delta in deltas(&update, &mut call_ids) {
-                    let logprobs = (chat.logprobs && delta.get("content").is_some())
-                        .then(|| {
-                            update
-                                .logprobs
-                                .as_ref()
-                                .map(|l| json!({"content": [content_logprob(turn.tokenizer(), l)]}))
-                        })
-                        .flatten();
-                    if !send(&tx, chunk(delta, None, logprobs)).await {
-                        return false;
-                    }
-                }
-                if let Some(outcome) = outcome {
-                    let mut last = chunk(json!({}), Some(outcome.finish_reason.reason()), None);
-                    add_extras(&mut last, extras(&state, &outcome));
-                    if !send(&tx, last).await {
-                        return false;
-                    }
-                    log_stream(&outcome);
-                    if chat.include_usage {
-                        let usage = json!({
-                            "id": id, "object": "chat.completion.chunk", "created": created,
-                            "model": state.model().id, "choices": [], "usage": usage_json(&outcome),
-                        });
-                        if !send(&tx, usage).await {
-                            return false;
-                        }
-                    }
-                    return true;
-                }
-            }
-        });
+    respond(state, chat.job, answer, extras).await
+}
+
+/// A chat completion as it grows: reasoning and answer text, tool calls
+/// (OpenAI's pieces: id, type and name first, then the arguments), and the
+/// answer's token logprobs.
+struct ChatAnswer {
+    head: Head,
+    logprobs: bool,
+    include_usage: bool,
+    reasoning: String,
+    content: String,
+    /// `{"id", "type", "function": {"name", "arguments"}}`, arguments growing.
+    calls: Vec<Value>,
+    entries: Vec<Value>,
+    /// Entries already streamed: a token whose text is held back (a stop
+    /// string's possible start) has its entry sent with the next text.
+    entries_sent: usize,
+}
+
+impl ChatAnswer {
+    fn chunk(&self, delta: Value, finish: Option<&str>, logprobs: Option<Value>) -> Value {
+        self.head.object(
+            "chat.completion.chunk",
+            json!([{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]),
+        )
     }
-    let _slot = slot;
-    let mut turn = match state.turn(started, true, chat.stops) {
-        Ok(turn) => turn,
-        Err(e) => return e.into_response(),
-    };
-    let (mut reasoning, mut content, mut logprobs) = (String::new(), String::new(), Vec::new());
-    let mut calls: Vec<Value> = Vec::new();
-    let outcome = loop {
-        let (update, outcome) = match turn.next().await {
-            Ok(next) => next,
-            Err(e) => return e.into_response(),
-        };
-        reasoning.push_str(&update.reasoning);
-        content.push_str(&update.content);
+
+    /// The entries not streamed yet, or None when there are none.
+    fn unsent_logprobs(&mut self) -> Option<Value> {
+        let unsent = &self.entries[self.entries_sent..];
+        if unsent.is_empty() {
+            return None;
+        }
+        self.entries_sent = self.entries.len();
+        Some(json!({"content": unsent}))
+    }
+}
+
+impl Accumulator for ChatAnswer {
+    fn opening(&mut self) -> Vec<Value> {
+        vec![self.chunk(json!({"role": "assistant", "content": ""}), None, None)]
+    }
+
+    fn update(&mut self, update: Update, tokenizer: &Tokenizer) -> Vec<Value> {
+        let mut chunks = Vec::new();
+        if let (true, Some(l)) = (self.logprobs, &update.logprobs) {
+            self.entries.push(content_logprob(tokenizer, l));
+        }
+        if !update.reasoning.is_empty() {
+            self.reasoning.push_str(&update.reasoning);
+            chunks.push(self.chunk(
+                json!({"reasoning": update.reasoning, "reasoning_content": update.reasoning}),
+                None,
+                None,
+            ));
+        }
+        if !update.content.is_empty() {
+            self.content.push_str(&update.content);
+            let logprobs = self.unsent_logprobs();
+            chunks.push(self.chunk(json!({"content": update.content}), None, logprobs));
+        }
         if let Some(call) = update.call {
+            let mut piece = json!({"index": call.index, "function": {"arguments": call.arguments}});
             if let Some(name) = call.name {
-                calls.push(json!({"id": new_id("call_"), "type": "function", "function": {"name": name, "arguments": ""}}));
+                let id = new_id("call_");
+                piece["id"] = json!(id);
+                piece["type"] = json!("function");
+                piece["function"]["name"] = json!(name);
+                self.calls
+                    .push(json!({"id": id, "type": "function", "function": {"name": name, "arguments": ""}}));
             }
-            let arguments = &mut calls[call.index]["function"]["arguments"];
-            *arguments = Value::String(format!(
+            let arguments = &mut self.calls[call.index]["function"]["arguments"];
+            *arguments = json!(format!(
                 "{}{}",
                 arguments.as_str().unwrap_or_default(),
                 call.arguments
             ));
+            chunks.push(self.chunk(json!({"tool_calls": [piece]}), None, None));
         }
-        if let (true, Some(l)) = (chat.logprobs, &update.logprobs) {
-            logprobs.push(content_logprob(turn.tokenizer(), l));
-        }
-        if let Some(outcome) = outcome {
-            break outcome;
-        }
-    };
-    let mut message = json!({"role": "assistant", "content": content, "reasoning": reasoning, "reasoning_content": reasoning});
-    if !calls.is_empty() {
-        // OpenAI's shape: no text answer beside the calls is `null`, not "".
-        if content.is_empty() {
-            message["content"] = Value::Null;
-        }
-        message["tool_calls"] = Value::Array(calls);
+        chunks
     }
-    let mut body = json!({
-        "id": id, "object": "chat.completion", "created": created, "model": state.model().id,
-        "choices": [{
-            "index": 0,
-            "message": message,
-            "logprobs": chat.logprobs.then(|| json!({"content": logprobs})),
-            "finish_reason": outcome.finish_reason.reason(),
-        }],
-        "usage": usage_json(&outcome),
-    });
-    add_extras(&mut body, extras(&state, &outcome));
-    with_usage(Json(body), &outcome)
-}
 
-/// The chunk deltas one update makes: reasoning, content, then a tool call
-/// (OpenAI's pieces: id, type and name first, then the arguments). `call_ids`
-/// holds the ids given to this turn's calls so far.
-fn deltas(update: &Update, call_ids: &mut Vec<String>) -> Vec<Value> {
-    let mut out = Vec::new();
-    if !update.reasoning.is_empty() {
-        out.push(json!({"reasoning": update.reasoning, "reasoning_content": update.reasoning}));
-    }
-    if !update.content.is_empty() {
-        out.push(json!({"content": update.content}));
-    }
-    if let Some(call) = &update.call {
-        let mut piece = json!({"index": call.index, "function": {"arguments": call.arguments}});
-        if let Some(name) = &call.name {
-            call_ids.push(new_id("call_"));
-            piece["id"] = json!(call_ids[call.index]);
-            piece["type"] = json!("function");
-            piece["function"]["name"] = json!(name);
+    fn close(&mut self, outcome: &Outcome, extras: Vec<(&'static str, Value)>) -> Vec<Value> {
+        let logprobs = self.unsent_logprobs();
+        let mut last = self.chunk(json!({}), Some(outcome.finish_reason.reason()), logprobs);
+        add_extras(&mut last, extras);
+        let mut chunks = vec![last];
+        if self.include_usage {
+            let mut usage = self.head.object("chat.completion.chunk", json!([]));
+            usage["usage"] = usage_json(outcome);
+            chunks.push(usage);
         }
-        out.push(json!({"tool_calls": [piece]}));
+        chunks
     }
-    out
+
+    fn body(self, outcome: &Outcome, extras: Vec<(&'static str, Value)>) -> Value {
+        let mut message = json!({
+            "role": "assistant", "content": self.content,
+            "reasoning": self.reasoning, "reasoning_content": self.reasoning,
+        });
+        if !self.calls.is_empty() {
+            // OpenAI's shape: no text answer beside the calls is `null`, not "".
+            if self.content.is_empty() {
+                message["content"] = Value::Null;
+            }
+            message["tool_calls"] = Value::Array(self.calls);
+        }
+        let mut body = self.head.object(
+            "chat.completion",
+            json!([{
+                "index": 0,
+                "message": message,
+                "logprobs": self.logprobs.then(|| json!({"content": self.entries})),
+                "finish_reason": outcome.finish_reason.reason(),
+            }]),
+        );
+        body["usage"] = usage_json(outcome);
+        add_extras(&mut body, extras);
+        body
+    }
 }
 
 /// One entry of a chat completion's `logprobs.content`.

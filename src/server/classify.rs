@@ -12,15 +12,12 @@ use serde_json::{json, Value};
 
 use super::error::{ApiError, Body};
 use super::request::{new_id, parse_effort, token_limit, Content};
-use super::turn::past;
-use super::{Generate, Shared, Usage};
+use super::web::judge::{options as classify_options, submit_prompt};
+use super::{Shared, Usage};
 use crate::classify::combine::combine;
 use crate::classify::input::Item;
 use crate::classify::policy::{shipped_names, Policy};
-use crate::classify::run::{Classification, ClassifyOptions, Judge};
-use crate::classify::verdict::Keywords;
-use crate::engine::driver::Event;
-use crate::engine::sampler::SamplerOptions;
+use crate::classify::run::{Classification, Judge};
 use crate::harmony::Finish;
 
 /// Items per request, at most: larger jobs belong to `safeguard classify --input`.
@@ -122,14 +119,7 @@ async fn classify_items(
     items: &[Item],
     constrain: bool,
 ) -> Result<Vec<Classification>, ApiError> {
-    let options = ClassifyOptions {
-        effort: effort.or(policy.effort.is_none().then_some(state.options().effort)),
-        date: None,
-        max_tokens: max_tokens.unwrap_or(state.options().max_tokens),
-        sampler: SamplerOptions::default(),
-        prefill_step: state.options().prefill_step,
-        keywords: Keywords::default(),
-    };
+    let options = classify_options(state, policy, effort, max_tokens);
     let internal = |e: crate::harmony::Error| ApiError::internal(e.to_string());
     for (i, item) in items.iter().enumerate() {
         state.check_text(
@@ -158,53 +148,14 @@ async fn classify_items(
             .map_err(|e| ApiError::invalid_param("constrain", e.to_string()))?;
     }
     let group = state.group();
-    let mut started = Vec::with_capacity(items.len());
-    for (item, (prompt, shared)) in items.iter().zip(prompts) {
-        let prompt_tokens = prompt.len();
-        let events = state.generate_guided(
-            Generate {
-                prompt,
-                cache_prefix: shared,
-                max_tokens,
-                max_tokens_param: "max_tokens",
-                sampler: SamplerOptions::default(),
-                top_logprobs: None,
-                watch: judge.digits().to_vec(),
-                group: Some(group),
-            },
-            judge.guide(),
-        )?;
-        let run = judge
-            .start(item, prompt_tokens, 0)
-            .map_err(|e| ApiError::internal(e.to_string()))?;
-        started.push((events, run));
-    }
+    let started = items
+        .iter()
+        .zip(prompts)
+        .map(|(item, prompt)| submit_prompt(state, &judge, item, prompt, max_tokens, group))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut results = Vec::with_capacity(items.len());
-    let mut deadline = state.deadline();
-    for (mut events, mut run) in started {
-        loop {
-            let event = tokio::select! {
-                event = events.recv() => event,
-                () = past(&mut deadline) => return Err(ApiError::cut()),
-            };
-            match event {
-                Some(Event::Started { cached_tokens }) => run.set_cached_tokens(cached_tokens),
-                Some(Event::Token(token)) => run.push(&judge, &token),
-                Some(Event::Finished(_)) => break,
-                Some(Event::Failed(message)) => {
-                    return Err(ApiError::internal(format!("generation failed: {message}")))
-                }
-                None => {
-                    return Err(ApiError::internal(
-                        "the engine stopped before the classification ended",
-                    ))
-                }
-            }
-        }
-        results.push(
-            run.finish(&judge)
-                .map_err(|e| ApiError::internal(e.to_string()))?,
-        );
+    for pending in started {
+        results.push(pending.finish(state, &judge, |_| {}).await?);
     }
     Ok(results)
 }

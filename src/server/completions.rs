@@ -2,16 +2,15 @@
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::{ApiError, Body};
 use super::request::{
-    add_extras, new_id, no_extras, token_limit, unix_now, usage_json, with_usage, Extras, Sampling, Stops,
-    StreamOptions,
+    add_extras, no_extras, token_limit, usage_json, Extras, Head, Sampling, Stops, StreamOptions,
 };
-use super::sse::{log_stream, next_or_gone, send, sse};
+use super::sse::{respond, Accumulator, Job};
+use super::turn::{Outcome, Update};
 use super::{Generate, Shared};
 use crate::engine::generate::TokenLogprobs;
 use crate::tokenizer::Tokenizer;
@@ -45,44 +44,38 @@ pub struct CompletionRequest {
 }
 
 pub async fn completions(State(state): State<Shared>, Body(request): Body<CompletionRequest>) -> Response {
-    match run_completion(state, request, no_extras).await {
-        Ok(response) | Err(response) => response,
+    run_completion(state, request, no_extras).await
+}
+
+pub async fn run_completion(state: Shared, request: CompletionRequest, extras: Extras) -> Response {
+    match prepare(&state, request).await {
+        Ok((job, answer)) => respond(state, job, answer, extras).await,
+        Err(e) => e.into_response(),
     }
 }
 
-pub async fn run_completion(
-    state: Shared,
+/// Checks `request` and tokenizes its prompt (off the async workers).
+async fn prepare(
+    state: &Shared,
     mut request: CompletionRequest,
-    extras: Extras,
-) -> Result<Response, Response> {
-    let bad = |e: ApiError| e.into_response();
-    state.check_model(request.model.as_deref()).map_err(bad)?;
+) -> Result<(Job, CompletionAnswer), ApiError> {
+    state.check_model(request.model.as_deref())?;
     if request.echo || request.suffix.is_some() || request.best_of.is_some_and(|b| b != 1) {
-        return Err(bad(ApiError::invalid(
-            "echo, suffix and best_of are not supported",
-        )));
+        return Err(ApiError::invalid("echo, suffix and best_of are not supported"));
     }
     if request.logprobs.is_some_and(|k| k > 20) {
-        return Err(bad(ApiError::invalid_param(
-            "logprobs",
-            "logprobs must be at most 20",
-        )));
+        return Err(ApiError::invalid_param("logprobs", "logprobs must be at most 20"));
     }
     let text = match std::mem::replace(&mut request.prompt, Prompt::Tokens(Vec::new())) {
         Prompt::Tokens(ids) => Err(ids),
         Prompt::Text(text) => Ok(text),
         Prompt::Texts(mut texts) if texts.len() == 1 => Ok(texts.remove(0)),
-        Prompt::Texts(_) => {
-            return Err(bad(ApiError::invalid_param(
-                "prompt",
-                "send one prompt per request",
-            )))
-        }
+        Prompt::Texts(_) => return Err(ApiError::invalid_param("prompt", "send one prompt per request")),
     };
     let prompt = match text {
         Err(ids) => ids,
         Ok(text) => {
-            state.check_text(text.len(), "prompt").map_err(bad)?;
+            state.check_text(text.len(), "prompt")?;
             state
                 .off_thread(move |state| {
                     state
@@ -90,101 +83,89 @@ pub async fn run_completion(
                         .encode_ordinary(&text)
                         .map_err(|e| ApiError::internal(e.to_string()))
                 })
-                .await
-                .map_err(bad)?
+                .await?
         }
     };
-    let (max_tokens, max_tokens_param) = token_limit(&[("max_tokens", request.max_tokens)]).map_err(bad)?;
-    let generate = Generate {
-        prompt,
-        cache_prefix: 0,
-        max_tokens,
-        max_tokens_param,
-        sampler: request.sampling.options().map_err(bad)?,
-        top_logprobs: request.logprobs,
-        watch: Vec::new(),
-        group: None,
+    let (max_tokens, max_tokens_param) = token_limit(&[("max_tokens", request.max_tokens)])?;
+    let job = Job {
+        generate: Generate {
+            prompt,
+            cache_prefix: 0,
+            max_tokens,
+            max_tokens_param,
+            sampler: request.sampling.options()?,
+            top_logprobs: request.logprobs,
+            watch: Vec::new(),
+            group: None,
+        },
+        guide: None,
+        chat: false,
+        stops: Stops::into_vec(request.stop)?,
+        stream: request.stream,
     };
-    let stops = Stops::into_vec(request.stop).map_err(bad)?;
-    let slot = state.admit().map_err(bad)?;
-    let started = state.start(generate, None).map_err(bad)?;
-    let id = new_id("cmpl-");
-    let created = unix_now();
-    let with_logprobs = request.logprobs.is_some();
-    let include_usage = request.stream_options.is_some_and(|o| o.include_usage);
-    if request.stream {
-        return Ok(sse(state, move |state, tx| async move {
-            let _slot = slot;
-            let mut turn = match state.turn(started, false, stops) {
-                Ok(turn) => turn,
-                Err(e) => return send(&tx, e.body()).await,
-            };
-            let mut offset = 0;
-            loop {
-                let (update, outcome) = match next_or_gone(&mut turn, &tx).await {
-                    None => return false,
-                    Some(Ok(next)) => next,
-                    Some(Err(e)) => return send(&tx, e.body()).await,
-                };
-                let mut logprobs = CompletionLogprobs::default();
-                if with_logprobs {
-                    if let Some(l) = &update.logprobs {
-                        logprobs.push(turn.tokenizer(), l, &mut offset);
-                    }
-                }
-                let choice = |text: &str, finish: Option<&str>| {
-                    json!({
-                        "id": id, "object": "text_completion", "created": created, "model": state.model().id,
-                        "choices": [{"index": 0, "text": text, "logprobs": with_logprobs.then(|| logprobs.to_json()), "finish_reason": finish}],
-                    })
-                };
-                if (!update.content.is_empty() || with_logprobs && update.logprobs.is_some())
-                    && !send(&tx, choice(&update.content, None)).await
-                {
-                    return false;
-                }
-                if let Some(outcome) = outcome {
-                    let mut last = json!({
-                        "id": id, "object": "text_completion", "created": created, "model": state.model().id,
-                        "choices": [{"index": 0, "text": "", "logprobs": null, "finish_reason": outcome.finish_reason.reason()}],
-                    });
-                    add_extras(&mut last, extras(&state, &outcome));
-                    if include_usage {
-                        last["usage"] = usage_json(&outcome);
-                    }
-                    log_stream(&outcome);
-                    return send(&tx, last).await;
-                }
-            }
-        }));
+    let answer = CompletionAnswer {
+        head: Head::new("cmpl-", state),
+        logprobs: request.logprobs.is_some(),
+        include_usage: request.stream_options.is_some_and(|o| o.include_usage),
+        text: String::new(),
+        tokens: CompletionLogprobs::default(),
+    };
+    Ok((job, answer))
+}
+
+/// A text completion as it grows: its text and, when asked, its tokens'
+/// logprobs.
+struct CompletionAnswer {
+    head: Head,
+    logprobs: bool,
+    include_usage: bool,
+    text: String,
+    tokens: CompletionLogprobs,
+}
+
+impl CompletionAnswer {
+    fn choice(&self, text: &str, logprobs: Option<Value>, finish: Option<&str>) -> Value {
+        self.head.object(
+            "text_completion",
+            json!([{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}]),
+        )
     }
-    let _slot = slot;
-    let mut turn = state.turn(started, false, stops).map_err(bad)?;
-    let (mut text, mut logprobs, mut offset) = (String::new(), CompletionLogprobs::default(), 0);
-    let outcome = loop {
-        let (update, outcome) = match turn.next().await {
-            Ok(next) => next,
-            Err(e) => return Err(bad(e)),
-        };
-        if let Some(l) = update.logprobs.as_ref().filter(|_| with_logprobs) {
-            logprobs.push(turn.tokenizer(), l, &mut offset);
+}
+
+impl Accumulator for CompletionAnswer {
+    fn opening(&mut self) -> Vec<Value> {
+        Vec::new()
+    }
+
+    fn update(&mut self, update: Update, tokenizer: &Tokenizer) -> Vec<Value> {
+        let from = self.tokens.len();
+        if let (true, Some(l)) = (self.logprobs, &update.logprobs) {
+            self.tokens.push(tokenizer, l);
         }
-        text.push_str(&update.content);
-        if let Some(outcome) = outcome {
-            break outcome;
+        self.text.push_str(&update.content);
+        if update.content.is_empty() && self.tokens.len() == from {
+            return Vec::new();
         }
-    };
-    let mut body = json!({
-        "id": id, "object": "text_completion", "created": created, "model": state.model().id,
-        "choices": [{
-            "index": 0, "text": text,
-            "logprobs": with_logprobs.then(|| logprobs.to_json()),
-            "finish_reason": outcome.finish_reason.reason(),
-        }],
-        "usage": usage_json(&outcome),
-    });
-    add_extras(&mut body, extras(&state, &outcome));
-    Ok(with_usage(Json(body), &outcome))
+        let logprobs = self.logprobs.then(|| self.tokens.to_json(from));
+        vec![self.choice(&update.content, logprobs, None)]
+    }
+
+    fn close(&mut self, outcome: &Outcome, extras: Vec<(&'static str, Value)>) -> Vec<Value> {
+        let mut last = self.choice("", None, Some(outcome.finish_reason.reason()));
+        add_extras(&mut last, extras);
+        if self.include_usage {
+            last["usage"] = usage_json(outcome);
+        }
+        vec![last]
+    }
+
+    fn body(self, outcome: &Outcome, extras: Vec<(&'static str, Value)>) -> Value {
+        let logprobs = self.logprobs.then(|| self.tokens.to_json(0));
+        let mut body = self.choice(&self.text, logprobs, Some(outcome.finish_reason.reason()));
+        body["usage"] = usage_json(outcome);
+        add_extras(&mut body, extras);
+        body
+    }
 }
 
 /// The legacy completions `logprobs` object: parallel lists per token.
@@ -197,24 +178,32 @@ struct CompletionLogprobs {
 }
 
 impl CompletionLogprobs {
-    fn push(&mut self, tokenizer: &Tokenizer, l: &TokenLogprobs, offset: &mut usize) {
+    fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    fn push(&mut self, tokenizer: &Tokenizer, l: &TokenLogprobs) {
         let text =
             |id: u32| String::from_utf8_lossy(&tokenizer.token_bytes(id).unwrap_or_default()).into_owned();
         let token = text(l.token);
-        self.text_offset.push(*offset);
-        *offset += token.len();
+        let offset = self
+            .tokens
+            .last()
+            .map_or(0, |last| self.text_offset[self.len() - 1] + last.len());
+        self.text_offset.push(offset);
         self.tokens.push(token);
         self.token_logprobs.push(l.logprob);
         self.top_logprobs
             .push(l.top.iter().map(|&(id, lp)| (text(id), json!(lp))).collect());
     }
 
-    fn to_json(&self) -> Value {
+    /// The tokens from `from` on.
+    fn to_json(&self, from: usize) -> Value {
         json!({
-            "tokens": self.tokens,
-            "token_logprobs": self.token_logprobs,
-            "top_logprobs": self.top_logprobs,
-            "text_offset": self.text_offset,
+            "tokens": self.tokens[from..],
+            "token_logprobs": self.token_logprobs[from..],
+            "top_logprobs": self.top_logprobs[from..],
+            "text_offset": self.text_offset[from..],
         })
     }
 }

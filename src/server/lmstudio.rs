@@ -92,9 +92,7 @@ pub async fn chat_completions(State(state): State<Shared>, Body(request): Body<C
 }
 
 pub async fn completions(State(state): State<Shared>, Body(request): Body<CompletionRequest>) -> Response {
-    match run_completion(state, request, extras).await {
-        Ok(response) | Err(response) => response,
-    }
+    run_completion(state, request, extras).await
 }
 
 /// `stats`, `model_info` and `runtime` of an `/api/v0` completion.

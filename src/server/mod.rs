@@ -268,12 +268,8 @@ impl AppState {
             .map_err(|e| ApiError::internal(format!("structured output is unavailable: {e}")))
     }
 
-    /// Checks `request` against the context and starts it.
-    pub fn generate(&self, request: Generate) -> Result<UnboundedReceiver<Event>, ApiError> {
-        self.generate_guided(request, None)
-    }
-
-    /// As [`AppState::generate`], with the answer or tool calls held to `guide`.
+    /// Checks `request` against the context and starts it, with the answer
+    /// or tool calls held to `guide` when there is one.
     pub fn generate_guided(
         &self,
         request: Generate,

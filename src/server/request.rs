@@ -129,6 +129,33 @@ pub fn new_id(prefix: &str) -> String {
     format!("{prefix}{now:x}{:04x}", next_serial() & 0xffff)
 }
 
+/// What every object of one answer repeats: its id, when it was made and
+/// the model that made it.
+pub struct Head {
+    id: String,
+    created: u64,
+    model: String,
+}
+
+impl Head {
+    /// A new answer's head; `prefix` as for [`new_id`].
+    pub fn new(prefix: &str, state: &Shared) -> Head {
+        Head {
+            id: new_id(prefix),
+            created: unix_now(),
+            model: state.model().id.clone(),
+        }
+    }
+
+    /// An `object` of this answer with its `choices`.
+    pub fn object(&self, object: &str, choices: Value) -> Value {
+        json!({
+            "id": self.id, "object": object, "created": self.created, "model": self.model,
+            "choices": choices,
+        })
+    }
+}
+
 pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -247,16 +274,15 @@ fn instructions(turns: &[Turn]) -> (Option<String>, Option<Effort>) {
         })
         .collect::<Vec<_>>()
         .join("\n\n");
-    let first = text.lines().find(|line| !line.trim().is_empty()).unwrap_or("");
-    let lifted = first
-        .trim()
-        .strip_prefix("Reasoning:")
-        .and_then(|value| value.trim().parse::<Effort>().ok());
-    let body = match lifted {
-        Some(_) => text.split_once(first).map_or("", |(_, rest)| rest),
-        None => &text,
-    }
-    .trim();
+    let (lifted, body) = match harmony::reasoning_line(&text) {
+        Some(harmony::ReasoningLine {
+            effort: Ok(effort),
+            rest,
+            ..
+        }) => (Some(effort), rest),
+        _ => (None, text.as_str()),
+    };
+    let body = body.trim();
     ((!body.is_empty()).then(|| body.to_string()), lifted)
 }
 

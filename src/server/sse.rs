@@ -1,17 +1,22 @@
-//! Server-sent events: a `text/event-stream` response fed by a task, and
-//! the steps of a turn that stop once the client has gone.
+//! Server-sent events: a `text/event-stream` response fed by a task, the
+//! steps of a turn that stop once the client has gone, and the one loop that
+//! answers a generation either as a stream or as one body.
 
 use std::convert::Infallible;
 
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::Json;
 use futures_util::Stream;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::error::ApiError;
+use super::request::{with_usage, Extras};
 use super::turn::{Outcome, Turn, Update};
-use super::Shared;
+use super::{Generate, Shared};
+use crate::constrain::Guide;
+use crate::tokenizer::Tokenizer;
 
 pub fn log_stream(outcome: &Outcome) {
     tracing::info!(
@@ -76,4 +81,99 @@ fn receiver_stream(rx: mpsc::Receiver<SseEvent>) -> impl Stream<Item = Result<Ss
     futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|event| (Ok(event), rx))
     })
+}
+
+/// An endpoint's answer as it grows from a turn's updates: the chunks each
+/// step streams and, at the end, the whole body. One value builds both, so a
+/// streamed answer adds up to the answer sent whole.
+pub trait Accumulator: Send + 'static {
+    /// Chunks sent before the first token.
+    fn opening(&mut self) -> Vec<Value>;
+
+    /// Takes in one step's update; the chunks that stream it.
+    fn update(&mut self, update: Update, tokenizer: &Tokenizer) -> Vec<Value>;
+
+    /// The stream's last chunks; `extras` are another API's fields.
+    fn close(&mut self, outcome: &Outcome, extras: Vec<(&'static str, Value)>) -> Vec<Value>;
+
+    /// The answer sent whole.
+    fn body(self, outcome: &Outcome, extras: Vec<(&'static str, Value)>) -> Value;
+}
+
+/// A generation to answer and how to read it.
+pub struct Job {
+    pub generate: Generate,
+    pub guide: Option<Guide>,
+    /// The output is harmony (reasoning, answer, calls), not plain text.
+    pub chat: bool,
+    pub stops: Vec<String>,
+    pub stream: bool,
+}
+
+/// Admits and starts `job`, then feeds its turn through `answer`: as
+/// `data:` chunks ending with `[DONE]` when it streams, else one JSON body.
+/// Everything a request can get wrong is answered with an error status
+/// before a stream starts.
+pub async fn respond(state: Shared, job: Job, mut answer: impl Accumulator, extras: Extras) -> Response {
+    let slot = match state.admit() {
+        Ok(slot) => slot,
+        Err(e) => return e.into_response(),
+    };
+    let started = match state.start(job.generate, job.guide) {
+        Ok(started) => started,
+        Err(e) => return e.into_response(),
+    };
+    if job.stream {
+        return sse(state, move |state, tx| async move {
+            let _slot = slot;
+            let mut turn = match state.turn(started, job.chat, job.stops) {
+                Ok(turn) => turn,
+                Err(e) => return send(&tx, e.body()).await,
+            };
+            if !send_all(&tx, answer.opening()).await {
+                return false;
+            }
+            loop {
+                let (update, outcome) = match next_or_gone(&mut turn, &tx).await {
+                    None => return false,
+                    Some(Ok(next)) => next,
+                    Some(Err(e)) => return send(&tx, e.body()).await,
+                };
+                if !send_all(&tx, answer.update(update, turn.tokenizer())).await {
+                    return false;
+                }
+                if let Some(outcome) = outcome {
+                    log_stream(&outcome);
+                    return send_all(&tx, answer.close(&outcome, extras(&state, &outcome))).await;
+                }
+            }
+        });
+    }
+    let _slot = slot;
+    let mut turn = match state.turn(started, job.chat, job.stops) {
+        Ok(turn) => turn,
+        Err(e) => return e.into_response(),
+    };
+    loop {
+        let (update, outcome) = match turn.next().await {
+            Ok(next) => next,
+            Err(e) => return e.into_response(),
+        };
+        // The chunks are what a stream would send; the body holds them all.
+        answer.update(update, turn.tokenizer());
+        if let Some(outcome) = outcome {
+            let body = answer.body(&outcome, extras(&state, &outcome));
+            return with_usage(Json(body), &outcome);
+        }
+    }
+}
+
+/// Sends `chunks` in order; false once the client is gone.
+async fn send_all(tx: &Sender, chunks: Vec<Value>) -> bool {
+    for chunk in chunks {
+        if !send(tx, chunk).await {
+            return false;
+        }
+    }
+    true
 }

@@ -1,6 +1,7 @@
 //! One item through the served model against a policy: the prompt goes to
-//! the engine, the tokens come back and are read as a verdict. Try and the
-//! evals both use this; Try also wants the reasoning as it is written.
+//! the engine, the tokens come back and are read as a verdict. Try, the
+//! evals and `/v1/classify` all use this; Try also wants the reasoning as it
+//! is written.
 
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -51,18 +52,36 @@ pub fn submit<'t>(
     item: &Item,
     group: u64,
 ) -> Result<Pending<'t>, ApiError> {
-    let (prompt, shared) = judge.prompt(&item.content).map_err(internal)?;
+    let prompt = judge.prompt(&item.content).map_err(internal)?;
+    let max_tokens = Some(judge.options().max_tokens);
+    submit_prompt(state, judge, item, prompt, max_tokens, group)
+}
+
+/// As [`submit`], with the prompt and the tokens it shares with every item
+/// already rendered. `max_tokens` None: the server's default, within the
+/// context.
+pub fn submit_prompt<'t>(
+    state: &AppState,
+    judge: &Judge<'t>,
+    item: &Item,
+    (prompt, shared): (Vec<u32>, usize),
+    max_tokens: Option<usize>,
+    group: u64,
+) -> Result<Pending<'t>, ApiError> {
     let prompt_tokens = prompt.len();
-    let events = state.generate(Generate {
-        prompt,
-        cache_prefix: shared,
-        max_tokens: Some(judge.options().max_tokens),
-        max_tokens_param: "max_tokens",
-        sampler: SamplerOptions::default(),
-        top_logprobs: None,
-        watch: judge.digits().to_vec(),
-        group: Some(group),
-    })?;
+    let events = state.generate_guided(
+        Generate {
+            prompt,
+            cache_prefix: shared,
+            max_tokens,
+            max_tokens_param: "max_tokens",
+            sampler: SamplerOptions::default(),
+            top_logprobs: None,
+            watch: judge.digits().to_vec(),
+            group: Some(group),
+        },
+        judge.guide(),
+    )?;
     let run = judge.start(item, prompt_tokens, 0).map_err(internal)?;
     Ok(Pending { events, run })
 }

@@ -8,7 +8,7 @@
 //! any script but its own from running.
 
 mod evals;
-mod judge;
+pub(super) mod judge;
 mod policies;
 mod trial;
 
