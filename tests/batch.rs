@@ -65,6 +65,7 @@ fn job(model: &GptOss, prefix: &[u32], suffix: &[u32], options: GenerateOptions,
     Job {
         prompt: prefix.iter().chain(suffix).copied().collect(),
         cache_prefix: prefix.len(),
+        keep_prompt: false,
         options,
         stop_tokens: Vec::new(),
         top_logprobs: None,

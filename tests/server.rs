@@ -171,14 +171,19 @@ fn expected_scripted() -> Value {
 /// prints "ok" last when every check passed.
 fn sdk_script(script: &str, fixture: &str) {
     let server = Server::start(fixture, &[]);
+    let expected = common::fixture(fixture).join("expected.json");
+    python_script(script, &[&server.url("/v1"), expected.to_str().unwrap()]);
+}
+
+/// Runs `tests/SCRIPT ARGS…`; it prints "ok" last when every check passed.
+fn python_script(script: &str, args: &[&str]) {
     let output = Command::new(common::python())
         .arg(
             PathBuf::from(env!("CARGO_MANIFEST_DIR"))
                 .join("tests")
                 .join(script),
         )
-        .arg(server.url("/v1"))
-        .arg(common::fixture(fixture).join("expected.json"))
+        .args(args)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -1409,4 +1414,27 @@ fn classify_with_several_policies_gives_the_cli_results() {
         assert_eq!(reply.json()["error"]["param"], param, "{request}");
         assert!(message.contains(says), "{request}: {message}");
     }
+}
+
+#[test]
+fn previous_response_id_continues_a_conversation_as_if_sent_whole() {
+    let server = Server::start("a-mxfp4", &[]);
+    // Caches no prefix: it computes a whole conversation from scratch.
+    let fresh = Server::start("a-mxfp4", &["--prefix-cache-mib", "0"]);
+    python_script(
+        "responses_client.py",
+        &["chain", &server.url("/v1"), &fresh.url("/v1")],
+    );
+}
+
+#[test]
+fn previous_response_id_carries_reasoning_and_tool_calls_to_the_tool_result() {
+    let server = Server::start("scripted-tool-call", &[]);
+    python_script("responses_client.py", &["tools", &server.url("/v1")]);
+}
+
+#[test]
+fn stored_responses_are_evicted_deleted_or_never_kept_and_then_404() {
+    let server = Server::start("a-mxfp4", &["--responses-store", "2"]);
+    python_script("responses_client.py", &["store", &server.url("/v1")]);
 }
