@@ -1438,3 +1438,28 @@ fn stored_responses_are_evicted_deleted_or_never_kept_and_then_404() {
     let server = Server::start("a-mxfp4", &["--responses-store", "2"]);
     python_script("responses_client.py", &["store", &server.url("/v1")]);
 }
+
+/// Runs tests/libraries_client.py in `mode` against a server on `fixture`.
+fn libraries_script(mode: &str, fixture: &str) {
+    let server = Server::start(fixture, &[]);
+    let expected = common::fixture(fixture).join("expected.json");
+    python_script(
+        "libraries_client.py",
+        &[mode, &server.url("/v1"), expected.to_str().unwrap()],
+    );
+}
+
+#[test]
+fn langchain_and_the_agents_sdk_call_tools_and_send_results_back() {
+    libraries_script("tools", "scripted-tool-call");
+}
+
+#[test]
+fn langchain_and_the_agents_sdk_get_structured_output_that_validates() {
+    libraries_script("format", "scripted");
+}
+
+#[test]
+fn langchain_and_the_agents_sdk_get_valid_required_calls_from_a_random_model() {
+    libraries_script("required", "a-mxfp4");
+}
