@@ -1463,3 +1463,70 @@ fn langchain_and_the_agents_sdk_get_structured_output_that_validates() {
 fn langchain_and_the_agents_sdk_get_valid_required_calls_from_a_random_model() {
     libraries_script("required", "a-mxfp4");
 }
+
+#[test]
+fn bad_tools_schemas_and_tool_results_are_400s_naming_the_field() {
+    let server = Server::start("a-mxfp4", &[]);
+    let user = json!({"role": "user", "content": "Weather?"});
+    let chat_tool = |function: Value| json!([{"type": "function", "function": function}]);
+    let not_a_schema = json!({"type": "object", "properties": {"city": {"type": "strin"}}});
+    let unsupported =
+        json!({"type": "object", "properties": {"tags": {"type": "array", "uniqueItems": true}}});
+    let long = "d".repeat(64 * 1024);
+    let cases = [
+        (
+            "/v1/chat/completions",
+            json!({"messages": [user], "tools": chat_tool(json!({"name": "w", "parameters": not_a_schema}))}),
+            "tools[0].function.parameters",
+            "strin",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [user], "tools": chat_tool(json!({"name": "w", "parameters": unsupported}))}),
+            "tools[0].function.parameters",
+            "uniqueItems",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [user], "tools": chat_tool(json!({"parameters": {"type": "object"}}))}),
+            "tools[0].function.name",
+            "name",
+        ),
+        (
+            "/v1/responses",
+            json!({"input": "Weather?", "tools": [{"type": "function", "parameters": {"type": "object"}}]}),
+            "tools[0].name",
+            "name",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [user, {"role": "tool", "tool_call_id": "call_nothing", "content": "18"}]}),
+            "messages[1].tool_call_id",
+            "call_nothing",
+        ),
+        (
+            "/v1/responses",
+            json!({"input": [user, {"type": "function_call_output", "call_id": "call_nothing", "output": "18"}]}),
+            "input[1].call_id",
+            "call_nothing",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [user], "tools": chat_tool(json!({"name": "w", "description": long}))}),
+            "tools",
+            "bytes; at most",
+        ),
+        (
+            "/v1/responses",
+            json!({"input": "x", "text": {"format": {"type": "json_schema", "name": "v", "schema": not_a_schema}}}),
+            "text.format",
+            "strin",
+        ),
+    ];
+    for (path, body, param, words) in cases {
+        let reply = server.post(path, &body);
+        let message = reply.error(400);
+        assert_eq!(reply.json()["error"]["param"], param, "{path}: {message}");
+        assert!(message.contains(words), "{path} {param}: {message}");
+    }
+}
