@@ -4,8 +4,8 @@ tests/server.rs. Each goes through Chat Completions and through Responses.
 
 Usage:
   libraries_client.py tools BASE_URL EXPECTED_JSON   (the scripted tool-call fixture)
-  libraries_client.py format BASE_URL [UNUSED]       (the scripted fixture, which answers "1")
-  libraries_client.py required BASE_URL [UNUSED]     (a random fixture, under tool_choice "required")
+  libraries_client.py format BASE_URL UNUSED         (the scripted fixture, which answers "1")
+  libraries_client.py required BASE_URL UNUSED       (a random fixture, under tool_choice "required")
 
 Tool arguments and structured answers are validated (the `jsonschema` package) against the schema
 each library sent. Every check raises on failure; the last line printed is "ok".
@@ -124,16 +124,15 @@ def required(base_url: str, model: str) -> None:
 
 
 def main() -> None:
-    mode, base_url = sys.argv[1], sys.argv[2]
+    mode, base_url, expected = sys.argv[1:4]
     model = OpenAI(base_url=base_url, api_key="unused", max_retries=0).models.list().data[0].id
-    if mode == "tools":
-        tools(base_url, model, json.loads(pathlib.Path(sys.argv[3]).read_text()))
-    elif mode == "format":
-        structured(base_url, model)
-    else:
-        required(base_url, model)
+    modes = {
+        "tools": lambda: tools(base_url, model, json.loads(pathlib.Path(expected).read_text())),
+        "format": lambda: structured(base_url, model),
+        "required": lambda: required(base_url, model),
+    }
+    modes[mode]()
     print("ok")
-
 
 if __name__ == "__main__":
     main()

@@ -175,17 +175,16 @@ def store(client: openai.OpenAI, model: str) -> None:
 
 
 def main() -> None:
-    mode, base_url = sys.argv[1], sys.argv[2]
+    mode, base_url, *rest = sys.argv[1:]
     client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
     model = client.models.list().data[0].id
-    if mode == "chain":
-        chain(client, openai.OpenAI(base_url=sys.argv[3], api_key="unused", max_retries=0), model)
-    elif mode == "tools":
-        tools(client, model)
-    else:
-        store(client, model)
+    modes = {
+        "chain": lambda: chain(client, openai.OpenAI(base_url=rest[0], api_key="unused", max_retries=0), model),
+        "tools": lambda: tools(client, model),
+        "store": lambda: store(client, model),
+    }
+    modes[mode]()
     print("ok")
-
 
 if __name__ == "__main__":
     main()
