@@ -65,6 +65,7 @@ fn job(model: &GptOss, prefix: &[u32], suffix: &[u32], options: GenerateOptions,
     Job {
         prompt: prefix.iter().chain(suffix).copied().collect(),
         cache_prefix: prefix.len(),
+        keep_prompt: false,
         options,
         stop_tokens: Vec::new(),
         top_logprobs: None,
@@ -426,4 +427,62 @@ fn a_new_request_gets_the_next_free_slot_ahead_of_another_requests_items() {
     }
     assert_eq!(ended.len(), 9);
     assert!(runs.values().all(|r| !r.0.is_empty()));
+}
+
+/// Runs `job` alone through `driver`: the tokens cached when it started, and its run.
+fn run_one(driver: &mut Driver<'_>, job: Job) -> (usize, Run) {
+    let id = driver.submit(job);
+    let (mut cached, mut runs) = (None, HashMap::new());
+    while !driver.is_idle() {
+        for (at, event) in driver.step() {
+            assert_eq!(at, id);
+            if let Event::Started { cached_tokens } = event {
+                cached = Some(cached_tokens);
+            } else {
+                record(&mut runs, id, event);
+            }
+        }
+    }
+    (
+        cached.expect("the job started"),
+        runs.remove(&id).unwrap_or_default(),
+    )
+}
+
+#[test]
+fn a_kept_prompt_is_where_the_conversation_continuing_it_starts() {
+    let model = model("a-mxfp4");
+    let (head, turn, next) = (tokens(20, 11), tokens(30, 12), tokens(25, 13));
+    let options = GenerateOptions {
+        max_tokens: 6,
+        ..Default::default()
+    };
+    let mut driver = driver(&model, 2);
+    let mut first = job(&model, &head, &turn, options, 0);
+    first.keep_prompt = true;
+    assert_eq!(run_one(&mut driver, first).0, 0);
+
+    // The follow-up starts with the whole earlier prompt: all of it but its
+    // last token comes from the cache, the longest stored beginning.
+    let rest: Vec<u32> = turn.iter().chain(&next).copied().collect();
+    let mut second = job(&model, &head, &rest, options, 0);
+    second.keep_prompt = true;
+    let (cached, got) = run_one(&mut driver, second);
+    assert_eq!(cached, head.len() + turn.len() - 1);
+    // The same, computed without the driver: the head, the earlier prompt's
+    // remainder, then the new tokens, in the chunks the driver cut.
+    let mut caches = make_caches(&model);
+    prefill(&model, &mut caches, &head, options.prefill_step).unwrap();
+    prefill(&model, &mut caches, &turn[..turn.len() - 1], options.prefill_step).unwrap();
+    let mut want = (Vec::new(), Vec::new());
+    for step in Generation::with_caches(&model, caches, &rest[turn.len() - 1..], options).unwrap() {
+        let step = step.unwrap();
+        want.0.push(step.token);
+        want.1.push(step.logprobs.to_vec::<f32>().unwrap());
+    }
+    assert_same("follow-up", 0, &got, &want);
+
+    // The head was kept on its own as well, for requests that only share it.
+    let other = job(&model, &head, &tokens(9, 14), options, 0);
+    assert_eq!(run_one(&mut driver, other).0, head.len());
 }

@@ -141,6 +141,7 @@ fn job(prompt: Vec<u32>, sampler: SamplerOptions, max_tokens: usize, guide: Opti
     Job {
         prompt,
         cache_prefix: 0,
+        keep_prompt: false,
         options: GenerateOptions {
             max_tokens,
             sampler,

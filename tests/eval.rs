@@ -1258,3 +1258,55 @@ fn an_eval_killed_mid_run_resumes_without_redoing_or_losing_anything() {
     assert_eq!(resumed["metrics"], whole["metrics"]);
     assert_eq!(resumed["mistakes"], whole["mistakes"]);
 }
+
+#[test]
+fn constrain_turns_every_unreadable_answer_into_a_verdict_and_the_report_says_so() {
+    let env = Env::new();
+    let set = env.path("set.jsonl");
+    write_set(&set);
+    // A policy that wants JSON: the scripted model's bare "1" is a parse failure.
+    let spam =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policies/spam.md")).unwrap();
+    let policy = env.path("spam-json.md");
+    std::fs::write(
+        &policy,
+        format!("---\noutput: json\nfields: violation, rationale\n---\n{spam}"),
+    )
+    .unwrap();
+    let policy = policy.to_str().unwrap();
+    let unread = |report: &Value| {
+        let m = &report["metrics"];
+        (
+            m["parse_failures"].as_u64().unwrap(),
+            m["cut_off"].as_u64().unwrap(),
+        )
+    };
+    let plain = env.eval_with(&scripted(), &[policy], &[]);
+    assert_eq!(
+        (unread(&plain), &plain["manifest"]["constrain"]),
+        ((7, 0), &json!(false))
+    );
+    let text = env.eval_output(&scripted(), &[policy], &[]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("(7 parse failures, 0 cut off; --constrain holds answers to the policy's output)"),
+        "{text}"
+    );
+    // Same cache folder: a constrained run is a run of its own, not the cached plain one.
+    let held = env.eval_with(&scripted(), &[policy], &["--constrain"]);
+    assert_eq!(
+        (unread(&held), &held["manifest"]["constrain"]),
+        ((0, 0), &json!(true))
+    );
+    assert_eq!(held["cost"]["from_cache"], 0, "{}", held["cost"]);
+
+    // A random model never finishes an answer of its own accord.
+    let random = common::fixture("a-mxfp4");
+    let random = random.to_str().unwrap();
+    let budget = ["--max-tokens", "40"];
+    let free = env.eval_with(random, &["spam"], &budget);
+    let (parse_failures, cut_off) = unread(&free);
+    assert_eq!(parse_failures + cut_off, 7, "{}", free["metrics"]);
+    let held = env.eval_with(random, &["spam"], &[&budget[..], &["--constrain"]].concat());
+    assert_eq!(unread(&held), (0, 0), "{}", held["metrics"]);
+}

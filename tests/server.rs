@@ -171,14 +171,19 @@ fn expected_scripted() -> Value {
 /// prints "ok" last when every check passed.
 fn sdk_script(script: &str, fixture: &str) {
     let server = Server::start(fixture, &[]);
+    let expected = common::fixture(fixture).join("expected.json");
+    python_script(script, &[&server.url("/v1"), expected.to_str().unwrap()]);
+}
+
+/// Runs `tests/SCRIPT ARGS…`; it prints "ok" last when every check passed.
+fn python_script(script: &str, args: &[&str]) {
     let output = Command::new(common::python())
         .arg(
             PathBuf::from(env!("CARGO_MANIFEST_DIR"))
                 .join("tests")
                 .join(script),
         )
-        .arg(server.url("/v1"))
-        .arg(common::fixture(fixture).join("expected.json"))
+        .args(args)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -1418,5 +1423,120 @@ fn classify_with_several_policies_gives_the_cli_results() {
         let message = reply.error(400);
         assert_eq!(reply.json()["error"]["param"], param, "{request}");
         assert!(message.contains(says), "{request}: {message}");
+    }
+}
+
+#[test]
+fn previous_response_id_continues_a_conversation_as_if_sent_whole() {
+    let server = Server::start("a-mxfp4", &[]);
+    // Caches no prefix: it computes a whole conversation from scratch.
+    let fresh = Server::start("a-mxfp4", &["--prefix-cache-mib", "0"]);
+    python_script(
+        "responses_client.py",
+        &["chain", &server.url("/v1"), &fresh.url("/v1")],
+    );
+}
+
+#[test]
+fn previous_response_id_carries_reasoning_and_tool_calls_to_the_tool_result() {
+    let server = Server::start("scripted-tool-call", &[]);
+    python_script("responses_client.py", &["tools", &server.url("/v1")]);
+}
+
+#[test]
+fn stored_responses_are_evicted_deleted_or_never_kept_and_then_404() {
+    let server = Server::start("a-mxfp4", &["--responses-store", "2"]);
+    python_script("responses_client.py", &["store", &server.url("/v1")]);
+}
+
+/// Runs tests/libraries_client.py in `mode` against a server on `fixture`.
+fn libraries_script(mode: &str, fixture: &str) {
+    let server = Server::start(fixture, &[]);
+    let expected = common::fixture(fixture).join("expected.json");
+    python_script(
+        "libraries_client.py",
+        &[mode, &server.url("/v1"), expected.to_str().unwrap()],
+    );
+}
+
+#[test]
+fn langchain_and_the_agents_sdk_call_tools_and_send_results_back() {
+    libraries_script("tools", "scripted-tool-call");
+}
+
+#[test]
+fn langchain_and_the_agents_sdk_get_structured_output_that_validates() {
+    libraries_script("format", "scripted");
+}
+
+#[test]
+fn langchain_and_the_agents_sdk_get_valid_required_calls_from_a_random_model() {
+    libraries_script("required", "a-mxfp4");
+}
+
+#[test]
+fn bad_tools_schemas_and_tool_results_are_400s_naming_the_field() {
+    let server = Server::start("a-mxfp4", &[]);
+    let user = json!({"role": "user", "content": "Weather?"});
+    let chat_tool = |function: Value| json!([{"type": "function", "function": function}]);
+    let not_a_schema = json!({"type": "object", "properties": {"city": {"type": "strin"}}});
+    let unsupported =
+        json!({"type": "object", "properties": {"tags": {"type": "array", "uniqueItems": true}}});
+    let long = "d".repeat(64 * 1024);
+    let cases = [
+        (
+            "/v1/chat/completions",
+            json!({"messages": [user], "tools": chat_tool(json!({"name": "w", "parameters": not_a_schema}))}),
+            "tools[0].function.parameters",
+            "strin",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [user], "tools": chat_tool(json!({"name": "w", "parameters": unsupported}))}),
+            "tools[0].function.parameters",
+            "uniqueItems",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [user], "tools": chat_tool(json!({"parameters": {"type": "object"}}))}),
+            "tools[0].function.name",
+            "name",
+        ),
+        (
+            "/v1/responses",
+            json!({"input": "Weather?", "tools": [{"type": "function", "parameters": {"type": "object"}}]}),
+            "tools[0].name",
+            "name",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [user, {"role": "tool", "tool_call_id": "call_nothing", "content": "18"}]}),
+            "messages[1].tool_call_id",
+            "call_nothing",
+        ),
+        (
+            "/v1/responses",
+            json!({"input": [user, {"type": "function_call_output", "call_id": "call_nothing", "output": "18"}]}),
+            "input[1].call_id",
+            "call_nothing",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [user], "tools": chat_tool(json!({"name": "w", "description": long}))}),
+            "tools",
+            "bytes; at most",
+        ),
+        (
+            "/v1/responses",
+            json!({"input": "x", "text": {"format": {"type": "json_schema", "name": "v", "schema": not_a_schema}}}),
+            "text.format",
+            "strin",
+        ),
+    ];
+    for (path, body, param, words) in cases {
+        let reply = server.post(path, &body);
+        let message = reply.error(400);
+        assert_eq!(reply.json()["error"]["param"], param, "{path}: {message}");
+        assert!(message.contains(words), "{path} {param}: {message}");
     }
 }

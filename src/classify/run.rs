@@ -400,6 +400,7 @@ impl<'t> Judge<'t> {
         Job {
             prompt,
             cache_prefix: shared,
+            keep_prompt: false,
             options: self.generate_options(),
             stop_tokens: self.control.generation_stops().to_vec(),
             top_logprobs: None,

@@ -52,10 +52,6 @@ pub struct Args {
     /// Exit with 1 when any item violates the policy.
     #[arg(long)]
     fail_on_violation: bool,
-    /// Hold the answer to the policy's declared output (a 0/1 digit, its
-    /// words, or its JSON object), written in time, so every item gets a verdict.
-    #[arg(long)]
-    constrain: bool,
 }
 
 /// How items are classified: the model and its options, the same for every
@@ -87,6 +83,10 @@ pub struct RunArgs {
     pub distributed: super::DistributedArgs,
     #[command(flatten)]
     pub memory: super::MemoryArgs,
+    /// Hold the answer to the policy's declared output (a 0/1 digit, its
+    /// words, or its JSON object), written in time, so every item gets a verdict.
+    #[arg(long)]
+    pub constrain: bool,
 }
 
 impl RunArgs {
@@ -192,7 +192,7 @@ pub fn run(args: Args) -> Result<()> {
         .run
         .load(&model_dir, &tokenizer, &policies, &options, items.iter())?;
     let mut classifier = Classifier::with_policies(&model, &tokenizer, &policies, options)?;
-    if args.constrain {
+    if args.run.constrain {
         classifier.constrain(model.config.vocab_size as usize)?;
     }
     let mut log = args
@@ -328,7 +328,7 @@ fn run_data(
     )?;
     super::data::announce(group);
     let mut classifier = Classifier::new(&model, tokenizer, policy, options)?;
-    if args.constrain {
+    if args.run.constrain {
         classifier.constrain(model.config.vocab_size as usize)?;
     }
     let progress = if leader {

@@ -243,6 +243,7 @@ fn evaluate(
         max_tokens: args.run.max_tokens,
         dtype: format!("{:?}", args.run.engine.dtype).to_lowercase(),
         cpu_kernels: args.run.engine.cpu_kernels.to_string(),
+        constrain: args.run.constrain,
         cache: None,
         date: manifest::utc_now(),
     };
@@ -460,6 +461,7 @@ fn classify(
                 date: args.run.date.clone(),
                 dtype: manifest.dtype.clone(),
                 cpu_kernels: manifest.cpu_kernels.clone(),
+                constrain: args.run.constrain,
                 device: manifest.device.clone(),
             };
             cache_dir
@@ -528,6 +530,9 @@ fn classify(
             todo.iter().map(|&i| &pairs[i].1),
         )?;
         let mut classifier = Classifier::with_policies(&model, &tokenizer, policies, options)?;
+        if args.run.constrain {
+            classifier.constrain(model.config.vocab_size as usize)?;
+        }
         let progress = if leader {
             progress_bar(todo.len())
         } else {

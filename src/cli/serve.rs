@@ -74,6 +74,13 @@ pub struct Args {
     /// (default: $XDG_DATA_HOME/safeguard/policies, ~/.local/share/safeguard/policies).
     #[arg(long, value_name = "DIR")]
     policies_dir: Option<PathBuf>,
+    /// /v1/responses kept in memory for `previous_response_id` (least recently
+    /// used go first); 0 keeps none.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    responses_store: usize,
+    /// Memory for kept responses, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 256)]
+    responses_store_mib: usize,
     #[command(flatten)]
     engine: super::EngineArgs,
     #[command(flatten)]
@@ -144,6 +151,7 @@ pub fn run(args: Args) -> Result<()> {
         max_connections: args.max_connections as usize,
         read_timeout: Duration::from_secs(args.read_timeout),
         policies_dir,
+        responses_store: (args.responses_store, args.responses_store_mib << 20),
     };
     server::run(&args.model, &dir, options)
 }

@@ -56,6 +56,9 @@ pub struct Job {
     /// How many of the prompt's first tokens are worth keeping in the prefix
     /// cache for later jobs (the system message and a policy); 0: none.
     pub cache_prefix: usize,
+    /// Keep the whole prompt (all but its last token) in the prefix cache
+    /// too, for a later job that continues this conversation.
+    pub keep_prompt: bool,
     pub options: GenerateOptions,
     /// Ids that end generation (reported, then nothing more).
     pub stop_tokens: Vec<u32>,
@@ -155,9 +158,9 @@ struct Slot {
     /// Prompt ranges still to prefill, in order. The last prompt token is
     /// never among them: it is the first decode step's input.
     chunks: VecDeque<Range<usize>>,
-    /// The prompt's first this many tokens go to the prefix cache once
-    /// prefilled (a prefix the cache did not hold).
-    store_prefix: Option<usize>,
+    /// Prompt lengths whose state goes to the prefix cache once prefilled
+    /// (prefixes the cache did not hold), in ascending order.
+    store_at: Vec<usize>,
     caches: Vec<LayerCache>,
     cached_tokens: usize,
     sampler: Sampler,
@@ -322,7 +325,7 @@ impl<'m> Driver<'m> {
             && self
                 .slots
                 .iter()
-                .any(|s| s.store_prefix == Some(prefix) && s.prompt[..prefix] == job.prompt[..prefix])
+                .any(|s| s.store_at.contains(&prefix) && s.prompt[..prefix] == job.prompt[..prefix])
     }
 
     /// A slot for `job`: caches from the prefix cache where it holds the
@@ -330,26 +333,34 @@ impl<'m> Driver<'m> {
     fn start(&mut self, id: JobId, job: Job) -> Result<Slot> {
         let last = *job.prompt.last().ok_or(Error::EmptyPrompt)?;
         let prefix = cache_prefix(&job);
-        let (caches, cached_tokens) = if prefix > 0 {
-            self.prefixes.lookup(self.model, &job.prompt[..prefix])
+        let end = job.prompt.len() - 1;
+        let reach = if job.keep_prompt { end } else { prefix };
+        let (caches, cached_tokens) = if reach > 0 {
+            self.prefixes.lookup(self.model, &job.prompt[..reach])
         } else {
             (make_caches(self.model), 0)
         };
         let step = job.options.prefill_step.max(1);
-        let store_prefix = (prefix > 0 && cached_tokens == 0).then_some(prefix);
-        // The prefix and the rest are prefilled apart, as a prefix cache hit
-        // followed by the rest would be.
-        let mut chunks = VecDeque::new();
-        if store_prefix.is_some() {
-            chunks.extend(ranges(0..prefix, step));
+        let mut store_at = Vec::new();
+        for at in [prefix, if job.keep_prompt { end } else { 0 }] {
+            if at > cached_tokens && !store_at.contains(&at) {
+                store_at.push(at);
+            }
         }
-        chunks.extend(ranges(prefix..job.prompt.len() - 1, step));
+        // Each stored prefix and the rest are prefilled apart, as a prefix
+        // cache hit followed by the rest would be.
+        let mut chunks = VecDeque::new();
+        let mut from = cached_tokens;
+        for &to in store_at.iter().chain([&end]) {
+            chunks.extend(ranges(from..to, step));
+            from = to;
+        }
         let constraint = job.guide.as_ref().map(|g| g.start(&job.prompt)).transpose()?;
         Ok(Slot {
             id,
             group: job.group,
             chunks,
-            store_prefix,
+            store_at,
             caches,
             cached_tokens,
             sampler: Sampler::new(job.options.sampler)?,
@@ -398,9 +409,9 @@ impl<'m> Driver<'m> {
             self.slots.remove(index);
             return;
         }
-        if slot.store_prefix == Some(end) {
+        if slot.store_at.first() == Some(&end) {
             self.prefixes.store(&slot.prompt[..end], &slot.caches);
-            slot.store_prefix = None;
+            slot.store_at.remove(0);
         }
         if slot.decoding() {
             self.prompt_in(index, out);

@@ -36,15 +36,22 @@ impl PrefixCache {
         }
     }
 
-    /// Caches holding `prefix` as a private copy and the tokens they hold
-    /// (`prefix.len()`), or empty caches and 0 when it is not stored; the
-    /// caller prefills it then and may [`PrefixCache::store`] it.
+    /// Caches holding the longest stored beginning of `prefix` as a private
+    /// copy and the tokens they hold, or empty caches and 0 when none is
+    /// stored; the caller prefills the rest and may [`PrefixCache::store`]
+    /// it. The longest, because a conversation's follow-up starts with the
+    /// whole earlier prompt, which starts with the system message.
     pub fn lookup(&mut self, model: &GptOss, prefix: &[u32]) -> (Vec<LayerCache>, usize) {
         self.clock += 1;
-        if let Some(entry) = self.entries.iter_mut().find(|e| e.tokens == prefix) {
+        if let Some(entry) = self
+            .entries
+            .iter_mut()
+            .filter(|e| prefix.starts_with(&e.tokens))
+            .max_by_key(|e| e.tokens.len())
+        {
             entry.last_used = self.clock;
             self.hits += 1;
-            return (entry.caches.clone(), prefix.len());
+            return (entry.caches.clone(), entry.tokens.len());
         }
         self.misses += 1;
         (make_caches(model), 0)
@@ -84,8 +91,8 @@ impl PrefixCache {
         prefill_step: usize,
     ) -> Result<(Vec<LayerCache>, usize)> {
         let (mut caches, cached) = self.lookup(model, prefix);
-        if cached == 0 {
-            prefill(model, &mut caches, prefix, prefill_step)?;
+        if cached < prefix.len() {
+            prefill(model, &mut caches, &prefix[cached..], prefill_step)?;
             self.store(prefix, &caches);
         }
         Ok((caches, cached))

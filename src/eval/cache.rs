@@ -29,6 +29,10 @@ pub struct RunKey {
     /// can flip a greedy token.
     pub cpu_kernels: String,
     pub device: String,
+    /// Left out when false, so that caches written before the flag existed
+    /// stay valid.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub constrain: bool,
 }
 
 pub struct ResultCache {

@@ -26,6 +26,9 @@ pub struct Manifest {
     pub dtype: String,
     /// `--cpu-kernels`: exact (ours) or mlx.
     pub cpu_kernels: String,
+    /// `--constrain`: answers held to the policy's declared output, so no
+    /// parse failures.
+    pub constrain: bool,
     /// The result cache this run read and wrote.
     pub cache: Option<String>,
     /// UTC, ISO 8601.

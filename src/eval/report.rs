@@ -370,8 +370,15 @@ pub fn summary(e: &Evaluation, colour: bool) -> String {
         row(&mut out, name, est);
     }
     let unread = m.parse_failures + m.cut_off;
+    let held = if e.manifest.constrain {
+        "; answers held to the policy's output (--constrain)"
+    } else if m.parse_failures > 0 {
+        "; --constrain holds answers to the policy's output"
+    } else {
+        ""
+    };
     let unread_line = format!(
-        "{:<20} {:>7}   ({} parse failures, {} cut off)",
+        "{:<20} {:>7}   ({} parse failures, {} cut off{held})",
         "no verdict", unread, m.parse_failures, m.cut_off
     );
     let _ = writeln!(

@@ -78,6 +78,21 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", message)
     }
 
+    /// 404 for a response id this server does not hold, named in `param`
+    /// (None: the id is the URL's).
+    pub fn response_not_found(id: &str, param: Option<&str>) -> ApiError {
+        ApiError {
+            param: param.map(str::to_string),
+            code: Some("response_not_found"),
+            ..ApiError::not_found(format!(
+                "no response with id '{id}' is stored here: it was sent with `store: false`, \
+                 deleted, or evicted (the server keeps the last --responses-store responses, at \
+                 most --responses-store-mib MiB, until it restarts); send the whole conversation \
+                 as input instead"
+            ))
+        }
+    }
+
     /// 401, with the `WWW-Authenticate` challenge RFC 7235 asks of it.
     pub fn unauthorized() -> ApiError {
         ApiError {

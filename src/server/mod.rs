@@ -28,6 +28,7 @@ mod models;
 mod request;
 mod responses;
 mod sse;
+mod store;
 mod tools;
 mod turn;
 mod web;
@@ -95,6 +96,8 @@ pub struct Options {
     pub read_timeout: Duration,
     /// Where the playground saves policies (`--policies-dir`).
     pub policies_dir: PathBuf,
+    /// `/v1/responses` kept for `previous_response_id`, at most (count, bytes).
+    pub responses_store: (usize, usize),
 }
 
 /// The model being served, as the listing endpoints describe it.
@@ -151,6 +154,7 @@ pub struct AppState {
     /// The grammar engine's view of the vocabulary, built by the first
     /// request that asks for structured output (it takes a moment).
     vocabulary: OnceLock<Result<Vocabulary, String>>,
+    responses: store::Store,
 }
 
 pub type Shared = Arc<AppState>;
@@ -186,6 +190,10 @@ impl AppState {
 
     fn web(&self) -> &web::Web {
         &self.web
+    }
+
+    fn responses(&self) -> &store::Store {
+        &self.responses
     }
 
     /// 404 unless `model` names the served model (absent or empty is fine:
@@ -275,6 +283,17 @@ impl AppState {
         request: Generate,
         guide: Option<Guide>,
     ) -> Result<UnboundedReceiver<Event>, ApiError> {
+        self.submit(request, guide, false)
+    }
+
+    /// As [`AppState::generate_guided`]; `keep_prompt` keeps the prompt's
+    /// state in the prefix cache for a follow-up that continues it.
+    fn submit(
+        &self,
+        request: Generate,
+        guide: Option<Guide>,
+        keep_prompt: bool,
+    ) -> Result<UnboundedReceiver<Event>, ApiError> {
         let limit = self.model.context_length;
         let prompt_len = request.prompt.len();
         if prompt_len == 0 {
@@ -320,6 +339,7 @@ impl AppState {
                 job: Job {
                     prompt: request.prompt,
                     cache_prefix: request.cache_prefix,
+                    keep_prompt,
                     options: GenerateOptions {
                         max_tokens,
                         prefill_step: self.options.prefill_step,
@@ -353,8 +373,18 @@ impl AppState {
     /// Checks `request` and starts it: everything that can be wrong with a
     /// request is found here, before a streamed answer's 200 is sent.
     pub fn start(&self, request: Generate, guide: Option<Guide>) -> Result<Started, ApiError> {
+        self.start_kept(request, guide, false)
+    }
+
+    /// As [`AppState::start`]; `keep_prompt` as in [`AppState::submit`].
+    fn start_kept(
+        &self,
+        request: Generate,
+        guide: Option<Guide>,
+        keep_prompt: bool,
+    ) -> Result<Started, ApiError> {
         let prompt_tokens = request.prompt.len();
-        let events = self.generate_guided(request, guide)?;
+        let events = self.submit(request, guide, keep_prompt)?;
         Ok(Started {
             events,
             prompt_tokens,
@@ -438,6 +468,7 @@ async fn serve(model_arg: &str, dir: &Path, options: Options) -> anyhow::Result<
         }),
         model: served,
         web: web::Web::new(options.policies_dir.clone()),
+        responses: store::Store::new(options.responses_store.0, options.responses_store.1),
         options,
         deadline: watch::channel(false).0,
         groups: AtomicU64::new(0),
@@ -541,6 +572,10 @@ fn router(state: Shared) -> Router {
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(completions::completions))
         .route("/v1/responses", post(responses::create))
+        .route(
+            "/v1/responses/{id}",
+            get(responses::retrieve).delete(responses::delete),
+        )
         .route("/v1/classify", post(classify::classify))
         .route("/v1/moderations", post(classify::moderations))
         .route("/api/v0/models", get(lmstudio::models))

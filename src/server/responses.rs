@@ -2,9 +2,11 @@
 //! list of messages, `instructions`, `reasoning.effort`, `max_output_tokens`;
 //! output as a reasoning item and a message item, streamed as the full event
 //! sequence (`response.created` … `response.completed`, each event with its
-//! `sequence_number`).
+//! `sequence_number`). Answered responses are kept ([`super::store`]) unless
+//! the request says `store: false`: `previous_response_id` continues one,
+//! `GET`/`DELETE /v1/responses/{id}` read and forget one.
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -16,6 +18,7 @@ use super::request::{
     new_id, parse_effort, render_chat, token_limit, unix_now, with_usage, Content, EffortField, Sampling,
 };
 use super::sse;
+use super::store::Stored;
 use super::tools::{
     call_name, guide, offered, parse_response_format, parse_tool_choice, parse_tools, Structure, ToolCall,
     Turn,
@@ -46,6 +49,7 @@ pub struct ResponsesRequest {
     tools: Option<Vec<Value>>,
     tool_choice: Option<Value>,
     previous_response_id: Option<String>,
+    store: Option<bool>,
 }
 
 /// The request fields a response object repeats back.
@@ -55,22 +59,38 @@ struct Echo {
     effort: String,
     temperature: f32,
     top_p: f32,
+    previous_response_id: Option<String>,
+    /// The conversation up to this response's output, and its prompt, when
+    /// the response is to be stored.
+    keep: Option<(Vec<Value>, Vec<u32>)>,
 }
 
-fn turns(request: &ResponsesRequest) -> Result<Vec<Turn>, ApiError> {
-    let mut turns = Vec::new();
-    if let Some(instructions) = &request.instructions {
-        turns.push(Turn::Instructions(instructions.clone()));
-    }
-    let items = match &request.input {
-        Input::Text(text) => {
-            turns.push(Turn::User(text.clone()));
-            return Ok(turns);
-        }
+/// The request's input as items: a string is one user message.
+fn input_items(input: Input) -> Vec<Value> {
+    match input {
+        Input::Text(text) => vec![json!({"type": "message", "role": "user", "content": text})],
         Input::Items(items) => items,
-    };
-    for (i, item) in items.iter().enumerate() {
-        let param = format!("input[{i}]");
+    }
+}
+
+/// The conversation as turns: `instructions`, then `earlier` (a stored
+/// response's conversation), then `input`.
+fn turns(instructions: Option<&str>, earlier: &[Value], input: &[Value]) -> Result<Vec<Turn>, ApiError> {
+    let mut turns = Vec::new();
+    if let Some(instructions) = instructions {
+        turns.push(Turn::Instructions(instructions.to_string()));
+    }
+    let numbered = earlier
+        .iter()
+        .enumerate()
+        .map(|(i, item)| (format!("previous_response_id's conversation[{i}]"), item));
+    let numbered = numbered.chain(
+        input
+            .iter()
+            .enumerate()
+            .map(|(i, item)| (format!("input[{i}]"), item)),
+    );
+    for (param, item) in numbered {
         let field = |name: &str| {
             item.get(name).and_then(Value::as_str).ok_or_else(|| {
                 ApiError::invalid_param(&format!("{param}.{name}"), format!("{name} must be a string"))
@@ -176,12 +196,16 @@ fn start(state: &Shared, request: ResponsesRequest) -> Result<Prepared, ApiError
     let tools = parse_tools(request.tools.as_deref(), false)?;
     let choice = parse_tool_choice(request.tool_choice.as_ref(), &tools)?;
     let (tools, must_call) = offered(tools, choice);
-    if request.previous_response_id.is_some() {
-        return Err(ApiError::invalid_param(
-            "previous_response_id",
-            "responses are not stored here: send the whole conversation as input",
-        ));
-    }
+    let previous = request
+        .previous_response_id
+        .as_deref()
+        .map(|id| {
+            state
+                .responses()
+                .get(id)
+                .ok_or_else(|| ApiError::response_not_found(id, Some("previous_response_id")))
+        })
+        .transpose()?;
     let format = parse_response_format(
         request.text.as_ref().and_then(|t| t.get("format")),
         "text.format",
@@ -203,21 +227,40 @@ fn start(state: &Shared, request: ResponsesRequest) -> Result<Prepared, ApiError
         request.reasoning.as_ref().and_then(|r| r.effort.as_deref()),
         "reasoning.effort",
     )?;
-    let (prompt, cache_prefix) = render_chat(
+    let earlier = previous.as_ref().map_or(&[][..], |p| &p.conversation[..]);
+    let input = input_items(request.input);
+    let (prompt, mut cache_prefix) = render_chat(
         state.tokenizer(),
-        &turns(&request)?,
+        &turns(request.instructions.as_deref(), earlier, &input)?,
         tools,
         format.as_ref(),
         effort,
         state.options().effort,
     )?;
+    // The earlier prompt's state is in the prefix cache when it was stored
+    // (all but its last token: see `Job::keep_prompt`).
+    if let Some(earlier_prompt) = previous
+        .as_ref()
+        .and_then(|p| p.prompt.split_last().map(|(_, rest)| rest))
+    {
+        if prompt.starts_with(earlier_prompt) {
+            cache_prefix = cache_prefix.max(earlier_prompt.len());
+        }
+    }
     let sampler = request.sampling.options()?;
+    let keep = request.store.unwrap_or(true).then(|| {
+        let mut conversation = earlier.to_vec();
+        conversation.extend(input);
+        (conversation, prompt.clone())
+    });
     let echo = Echo {
         instructions: request.instructions,
         max_output_tokens: max_tokens,
         effort: effort.unwrap_or(state.options().effort).to_string(),
         temperature: sampler.temperature,
         top_p: sampler.top_p,
+        previous_response_id: request.previous_response_id,
+        keep,
     };
     let generate = Generate {
         prompt,
@@ -405,9 +448,9 @@ fn response_object(
         "model": state.model().id,
         "output": output,
         "parallel_tool_calls": false,
-        "previous_response_id": null,
+        "previous_response_id": echo.previous_response_id,
         "reasoning": {"effort": echo.effort, "summary": null},
-        "store": false,
+        "store": echo.keep.is_some(),
         "temperature": echo.temperature,
         "text": {"format": {"type": "text"}},
         "tool_choice": "auto",
@@ -430,12 +473,18 @@ fn status_of(outcome: &Outcome) -> &'static str {
     outcome.finish_reason.responses_status()
 }
 
-async fn run(state: Shared, generate: Generate, guide: Option<Guide>, echo: Echo, stream: bool) -> Response {
+async fn run(
+    state: Shared,
+    generate: Generate,
+    guide: Option<Guide>,
+    mut echo: Echo,
+    stream: bool,
+) -> Response {
     let slot = match state.admit() {
         Ok(slot) => slot,
         Err(e) => return e.into_response(),
     };
-    let started = match state.start(generate, guide) {
+    let started = match state.start_kept(generate, guide, echo.keep.is_some()) {
         Ok(started) => started,
         Err(e) => return e.into_response(),
     };
@@ -507,6 +556,7 @@ async fn run(state: Shared, generate: Generate, guide: Option<Guide>, echo: Echo
                             &output.items,
                             Some(&outcome),
                         );
+                        keep(&state, &id, &mut echo, &output.items, &last);
                         let name = if status == "incomplete" {
                             "response.incomplete"
                         } else {
@@ -548,7 +598,44 @@ async fn run(state: Shared, generate: Generate, guide: Option<Guide>, echo: Echo
     let status = status_of(&outcome);
     output.close(status, &mut ignored);
     let body = response_object(&state, &id, created, &echo, status, &output.items, Some(&outcome));
+    keep(&state, &id, &mut echo, &output.items, &body);
     with_usage(Json(body), &outcome)
+}
+
+/// Stores an answered response, unless its request said `store: false`.
+fn keep(state: &Shared, id: &str, echo: &mut Echo, output: &[Value], response: &Value) {
+    let Some((mut conversation, prompt)) = echo.keep.take() else {
+        return;
+    };
+    conversation.extend_from_slice(output);
+    let stored = Stored {
+        conversation,
+        prompt,
+        response: response.clone(),
+    };
+    if !state.responses().insert(id, stored) {
+        tracing::warn!(
+            id,
+            "the response alone is over --responses-store-mib (or --responses-store is 0): not stored"
+        );
+    }
+}
+
+/// `GET /v1/responses/{id}`: a stored response as it was answered.
+pub async fn retrieve(State(state): State<Shared>, Path(id): Path<String>) -> Response {
+    match state.responses().get(&id) {
+        Some(stored) => Json(stored.response.clone()).into_response(),
+        None => ApiError::response_not_found(&id, None).into_response(),
+    }
+}
+
+/// `DELETE /v1/responses/{id}`: forgets a stored response.
+pub async fn delete(State(state): State<Shared>, Path(id): Path<String>) -> Response {
+    if state.responses().remove(&id) {
+        Json(json!({"id": id, "object": "response", "deleted": true})).into_response()
+    } else {
+        ApiError::response_not_found(&id, None).into_response()
+    }
 }
 
 fn error_event(e: &ApiError) -> Value {

@@ -375,6 +375,7 @@ async fn execute(state: &AppState, plan: &Plan, job: &Job) -> Result<Finished, A
         max_tokens: options.max_tokens,
         dtype: format!("{:?}", load.compute).to_lowercase(),
         cpu_kernels: load.cpu_kernels.to_string(),
+        constrain: false,
         cache: None,
         date: manifest::utc_now(),
     };
