@@ -288,12 +288,17 @@ pub(crate) fn load_model(
         guard,
     )
     .map_err(|e| UsageError(e.into()))?;
+    announce(&rank);
+    Ok((model, Some(rank)))
+}
+
+/// Prints this rank's share of a split model, once it is loaded.
+fn announce(rank: &Rank) {
     eprintln!(
         "[{}; {:.1} MB of weights]",
         rank.split.describe(rank.index()),
         mlx::memory::active() as f64 / 1e6
     );
-    Ok((model, Some(rank)))
 }
 
 /// An error in what the user asked for (exit code 2), as opposed to a failure

@@ -9,6 +9,7 @@
 
 pub mod data;
 pub mod memory;
+pub mod serve;
 mod split;
 
 use std::path::Path;
@@ -146,6 +147,18 @@ pub fn load(
     };
     let model = GptOss::assemble(config, weights, Some(&shard))?;
     Ok((model, Rank { group, split }))
+}
+
+/// The element-wise sum of every rank's `values`; with zeros from all but
+/// rank 0, its broadcast.
+fn sum<T: mlx::Element>(group: &Group, values: &[T]) -> mlx::Result<Vec<T>> {
+    if values.is_empty() {
+        return Ok(Vec::new());
+    }
+    let x = mlx::Array::from_slice(values, &[values.len() as i32])?;
+    let sum = group.all_sum(&x)?;
+    sum.eval()?;
+    sum.to_vec()
 }
 
 /// The collectives one decode token of `model` runs on this rank, replayed
