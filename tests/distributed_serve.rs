@@ -10,7 +10,6 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::process::{Child, ChildStderr, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -182,17 +181,9 @@ fn sdk_client_agrees(parallel: &str) {
         share.contains(&format!("rank 1/2 ({parallel} parallel)")) && share.contains("MB of weights"),
         "rank 1 prints its share: {share}"
     );
-    let output = Command::new(common::python())
-        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/distributed_serve_client.py"))
-        .arg(split.url("/v1"))
-        .arg(single.url("/v1"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.trim_end().ends_with("ok"),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
+    common::run_client(
+        "distributed_serve_client.py",
+        &[&split.url("/v1"), &single.url("/v1")],
     );
     assert!(
         !split.log(1).contains("serving on"),
