@@ -4,7 +4,7 @@
 //! gives (tests/distributed_serve_client.py); a rank killed mid-stream ends
 //! the stream with an error, turns new requests away with 503 naming it and
 //! makes rank 0 exit; a peer that never starts is a clear error; SIGTERM to
-//! rank 0 closes every rank.
+//! every rank closes them through rank 0.
 
 mod common;
 
@@ -275,7 +275,7 @@ fn a_killed_rank_fails_the_stream_and_new_requests_and_rank_0_exits() {
 }
 
 #[test]
-fn sigterm_to_rank_0_closes_every_rank() {
+fn sigterm_closes_every_rank_through_rank_0() {
     let mut server = Server::split("expert", 2, &[]);
     let (status, _) = http(
         "POST",
@@ -283,11 +283,15 @@ fn sigterm_to_rank_0_closes_every_rank() {
         Some(&json!({"prompt": "hello", "max_tokens": 3})),
     );
     assert_eq!(status, 200);
-    let term = Command::new("kill")
-        .args(["-TERM", &server.ranks[0].id().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
+    // As a launcher's Ctrl-C does: every rank gets the signal, and rank 1
+    // waits for rank 0 to close.
+    for rank in [1, 0] {
+        let term = Command::new("kill")
+            .args(["-TERM", &server.ranks[rank].id().to_string()])
+            .status()
+            .unwrap();
+        assert!(term.success());
+    }
     for rank in 0..2 {
         let status = server.exit(rank, Duration::from_secs(30));
         assert!(status.success(), "rank {rank}: {status}\n{}", server.log(rank));

@@ -198,7 +198,16 @@ impl Lockstep {
 
 /// A rank other than 0: applies rank 0's plans to `driver` and steps with
 /// it until rank 0 closes (Ok) or a rank is lost (the error says which).
+/// SIGINT and SIGTERM are ignored here: a launcher's Ctrl-C reaches every
+/// rank, and rank 0 needs the others to finish the requests in flight
+/// before it closes them.
 pub fn follow(driver: &mut Driver<'_>, lockstep: &Lockstep) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    // SAFETY: setting a signal to SIG_IGN installs no handler code.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGTERM, libc::SIG_IGN);
+    }
     loop {
         let plan = lockstep.follow()?;
         let closing = plan.closing;
