@@ -2,12 +2,14 @@
 //! model and classifies its share of the items ([`crate::distributed::data`]);
 //! rank 0 gets every result, in input order, and alone writes them.
 
+use std::time::Duration;
+
 use anyhow::Result;
 use serde_json::Value;
 
 use crate::classify::input::Item;
 use crate::classify::run::Classifier;
-use crate::distributed::data;
+use crate::distributed::{data, Watchdog};
 use crate::mlx;
 use crate::mlx::distributed::Group;
 
@@ -30,23 +32,34 @@ pub(super) fn announce(group: &Group) {
 /// Classifies `items[i]` for every `i` in `todo` (the same list on every
 /// rank, from [`data::agree`]), `batch_size` at a time on each rank; on rank
 /// 0, `collect` gets each result line (`Classification::to_json`) with its
-/// index, in `todo` order.
+/// index, in `todo` order. A rank that finishes no item and hears from no
+/// neighbour within `step_timeout` (a peer paused or cut off, which no
+/// closed connection reports) exits.
 pub(super) fn classify(
     group: &Group,
     classifier: &mut Classifier<'_>,
     items: &[&Item],
     todo: &[usize],
     batch_size: usize,
-    collect: impl FnMut(usize, Value) -> Result<()>,
+    step_timeout: Duration,
+    mut collect: impl FnMut(usize, Value) -> Result<()>,
 ) -> Result<()> {
+    let watchdog = Watchdog::start(step_timeout, group.rank());
     let work = |mine: &[usize]| -> Result<Vec<Value>> {
         let mine: Vec<&Item> = mine.iter().map(|&i| items[i]).collect();
         let mut results = vec![Value::Null; mine.len()];
         classifier.classify_batched(&mine, batch_size, |i, result| {
+            watchdog.beat();
             results[i] = result.to_json();
             Ok(())
         })?;
+        // The hop from the neighbour above starts now.
+        watchdog.beat();
         Ok(results)
+    };
+    let collect = |i: usize, value: Value| {
+        watchdog.beat();
+        collect(i, value)
     };
     data::run(group, todo, batch_size * ROUND_BATCHES, work, collect)
 }

@@ -552,9 +552,16 @@ fn classify(
                 // One policy under --parallel data (checked in `run`).
                 super::data::announce(group);
                 let refs: Vec<&Item> = pairs.iter().map(|(_, item)| item).collect();
-                super::data::classify(group, &mut classifier, &refs, &todo, batch_size, |_, json| {
-                    keep(0, json)
-                })?;
+                let step_timeout = args.run.distributed.step_timeout();
+                super::data::classify(
+                    group,
+                    &mut classifier,
+                    &refs,
+                    &todo,
+                    batch_size,
+                    step_timeout,
+                    |_, json| keep(0, json),
+                )?;
             }
             None => {
                 let refs: Vec<(usize, &Item)> = todo.iter().map(|&i| (pairs[i].0, &pairs[i].1)).collect();

@@ -185,7 +185,8 @@ pub fn time_collectives(model: &GptOss, rank: &Rank, tokens: usize) -> Result<f6
 
 /// Ends the process when no step completes within `limit`: a peer that
 /// stops answering without closing its connections (paused, or cut off by
-/// the network) would otherwise block a collective forever.
+/// the network) would otherwise block a collective forever. Dropping it
+/// stops it.
 pub struct Watchdog {
     start: std::time::Instant,
     last_beat_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -199,6 +200,9 @@ impl Watchdog {
         let beats = last_beat_ms.clone();
         std::thread::spawn(move || loop {
             std::thread::sleep(Duration::from_millis(200));
+            if std::sync::Arc::strong_count(&beats) == 1 {
+                return;
+            }
             let idle = start
                 .elapsed()
                 .saturating_sub(Duration::from_millis(beats.load(Ordering::Relaxed)));
