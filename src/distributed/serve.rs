@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Watchdog;
 use crate::constrain::{Guide, Rules, Vocabulary};
-use crate::engine::driver::{Driver, Job, JobId};
+use crate::engine::driver::{Driver, Event, Job, JobId};
 use crate::mlx::distributed::Group;
 use crate::tokenizer::Tokenizer;
 
@@ -212,9 +212,25 @@ pub fn follow(driver: &mut Driver<'_>, lockstep: &Lockstep) -> anyhow::Result<()
         let plan = lockstep.follow()?;
         let closing = plan.closing;
         plan.apply(driver);
-        // The events are rank 0's to report; every rank computes them alike.
-        if !driver.is_idle() {
-            driver.step();
+        // The events are rank 0's to report, but a failure here (a peer lost,
+        // memory) may be this rank's alone, and going on would leave the
+        // drivers apart. Stopping closes this rank's connections, which is
+        // how the ranks that did not see it learn it (MLX's ring may not
+        // tell rank 0 of a rank that is not its neighbour).
+        let events = if driver.is_idle() {
+            Vec::new()
+        } else {
+            driver.step()
+        };
+        let failure = events.into_iter().find_map(|(_, event)| match event {
+            Event::Failed(why) => Some(why),
+            _ => None,
+        });
+        if let Some(why) = failure {
+            anyhow::bail!(
+                "rank {}: a step failed ({why}); stopping, which tells the other ranks",
+                lockstep.group.rank()
+            );
         }
         if closing && driver.is_idle() {
             return Ok(());

@@ -183,10 +183,12 @@ fn run(
         plan.closing = !open;
         if let Some(Err(lost)) = lockstep.map(|l| l.lead(&plan)) {
             let why = lost.to_string();
-            for events in clients.values().chain(&senders) {
+            // Requests sent from now on are refused with `why` by their handlers.
+            status.lost.send_replace(Some(why.clone()));
+            let queued: Vec<_> = incoming.try_iter().map(|r| r.events).collect();
+            for events in clients.values().chain(&senders).chain(&queued) {
                 let _ = events.send(Event::Failed(why.clone()));
             }
-            status.lost.send_replace(Some(why));
             return;
         }
         for (id, event) in held.drain(..) {
