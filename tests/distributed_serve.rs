@@ -286,11 +286,7 @@ fn sigterm_closes_every_rank_through_rank_0() {
     // As a launcher's Ctrl-C does: every rank gets the signal, and rank 1
     // waits for rank 0 to close.
     for rank in [1, 0] {
-        let term = Command::new("kill")
-            .args(["-TERM", &server.ranks[rank].id().to_string()])
-            .status()
-            .unwrap();
-        assert!(term.success());
+        ranks::signal(&server.ranks[rank], "TERM");
     }
     for rank in 0..2 {
         let status = server.exit(rank, Duration::from_secs(30));

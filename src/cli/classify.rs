@@ -340,25 +340,15 @@ fn run_data(
     let colour = stdout.is_terminal();
     let mut violations = 0;
     let refs: Vec<&Item> = items.iter().collect();
-    let batch_size = args.run.batch_size as usize;
-    let step_timeout = args.run.distributed.step_timeout();
-    super::data::classify(
-        group,
-        &mut classifier,
-        &refs,
-        &todo,
-        batch_size,
-        step_timeout,
-        |_, json| {
-            let result = Classification::from_json(&json).map_err(|e| anyhow::anyhow!(e))?;
-            violations += usize::from(result.violates());
-            if let Some(log) = &mut log {
-                log.append(&result.id, &json)?;
-            }
-            progress.inc(1);
-            progress.suspend(|| print_result(&mut stdout, &result, args, colour))
-        },
-    )?;
+    super::data::classify(group, &args.run, &mut classifier, &refs, &todo, |_, json| {
+        let result = Classification::from_json(&json).map_err(|e| anyhow::anyhow!(e))?;
+        violations += usize::from(result.violates());
+        if let Some(log) = &mut log {
+            log.append(&result.id, &json)?;
+        }
+        progress.inc(1);
+        progress.suspend(|| print_result(&mut stdout, &result, args, colour))
+    })?;
     progress.finish_and_clear();
     if args.fail_on_violation && violations > 0 {
         return Err(ViolationFound(violations).into());

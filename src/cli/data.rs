@@ -2,11 +2,10 @@
 //! model and classifies its share of the items ([`crate::distributed::data`]);
 //! rank 0 gets every result, in input order, and alone writes them.
 
-use std::time::Duration;
-
 use anyhow::Result;
 use serde_json::Value;
 
+use super::classify::RunArgs;
 use crate::classify::input::Item;
 use crate::classify::run::Classifier;
 use crate::distributed::{data, Watchdog};
@@ -30,21 +29,21 @@ pub(super) fn announce(group: &Group) {
 }
 
 /// Classifies `items[i]` for every `i` in `todo` (the same list on every
-/// rank, from [`data::agree`]), `batch_size` at a time on each rank; on rank
-/// 0, `collect` gets each result line (`Classification::to_json`) with its
-/// index, in `todo` order. A rank that finishes no item and hears from no
-/// neighbour within `step_timeout` (a peer paused or cut off, which no
+/// rank, from [`data::agree`]), `--batch-size` at a time on each rank; on
+/// rank 0, `collect` gets each result line (`Classification::to_json`) with
+/// its index, in `todo` order. A rank that finishes no item and hears from
+/// no neighbour within `--step-timeout` (a peer paused or cut off, which no
 /// closed connection reports) exits.
 pub(super) fn classify(
     group: &Group,
+    run: &RunArgs,
     classifier: &mut Classifier<'_>,
     items: &[&Item],
     todo: &[usize],
-    batch_size: usize,
-    step_timeout: Duration,
     mut collect: impl FnMut(usize, Value) -> Result<()>,
 ) -> Result<()> {
-    let watchdog = Watchdog::start(step_timeout, group.rank());
+    let batch_size = run.batch_size as usize;
+    let watchdog = Watchdog::start(run.distributed.step_timeout(), group.rank());
     let work = |mine: &[usize]| -> Result<Vec<Value>> {
         let mine: Vec<&Item> = mine.iter().map(|&i| items[i]).collect();
         let mut results = vec![Value::Null; mine.len()];

@@ -552,16 +552,9 @@ fn classify(
                 // One policy under --parallel data (checked in `run`).
                 super::data::announce(group);
                 let refs: Vec<&Item> = pairs.iter().map(|(_, item)| item).collect();
-                let step_timeout = args.run.distributed.step_timeout();
-                super::data::classify(
-                    group,
-                    &mut classifier,
-                    &refs,
-                    &todo,
-                    batch_size,
-                    step_timeout,
-                    |_, json| keep(0, json),
-                )?;
+                super::data::classify(group, &args.run, &mut classifier, &refs, &todo, |_, json| {
+                    keep(0, json)
+                })?;
             }
             None => {
                 let refs: Vec<(usize, &Item)> = todo.iter().map(|&i| (pairs[i].0, &pairs[i].1)).collect();
