@@ -8,6 +8,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -170,8 +171,22 @@ fn expected_scripted() -> Value {
 /// prints "ok" last when every check passed.
 fn sdk_script(script: &str, fixture: &str) {
     let server = Server::start(fixture, &[]);
-    let expected = common::fixture(fixture).join("expected.json");
-    common::run_client(script, &[&server.url("/v1"), &expected.to_string_lossy()]);
+    let output = Command::new(common::python())
+        .arg(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("tests")
+                .join(script),
+        )
+        .arg(server.url("/v1"))
+        .arg(common::fixture(fixture).join("expected.json"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.trim_end().ends_with("ok"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[test]
