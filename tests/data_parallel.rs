@@ -285,3 +285,26 @@ fn a_split_model_is_refused_for_classify() {
         stderr(&output)
     );
 }
+
+#[test]
+fn a_paused_rank_ends_the_run_at_the_step_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = items(dir.path(), 150);
+    let out = dir.path().join("results.jsonl");
+    let hostfile = ranks::hostfile(dir.path(), 2);
+    let mut children: Vec<std::process::Child> = data_ranks(2, &hostfile, || {
+        // Long enough for the first item's policy prefill on a loaded debug build.
+        classify(&input, &out, "3", &["--batch-size", "1", "--step-timeout", "30"])
+    })
+    .into_iter()
+    .map(|mut c| c.spawn().unwrap())
+    .collect();
+    // Paused once results flow.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while std::fs::read_to_string(&out).map_or(0, |t| t.lines().count()) < 4 {
+        assert!(Instant::now() < deadline, "no results were written");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let paused = children.remove(1);
+    ranks::assert_pause_ends_rank_0(children.remove(0), paused, 30, Duration::from_secs(90));
+}

@@ -340,8 +340,7 @@ fn run_data(
     let colour = stdout.is_terminal();
     let mut violations = 0;
     let refs: Vec<&Item> = items.iter().collect();
-    let batch_size = args.run.batch_size as usize;
-    super::data::classify(group, &mut classifier, &refs, &todo, batch_size, |_, json| {
+    super::data::classify(group, &args.run, &mut classifier, &refs, &todo, |_, json| {
         let result = Classification::from_json(&json).map_err(|e| anyhow::anyhow!(e))?;
         violations += usize::from(result.violates());
         if let Some(log) = &mut log {

@@ -5,9 +5,10 @@
 use anyhow::Result;
 use serde_json::Value;
 
+use super::classify::RunArgs;
 use crate::classify::input::Item;
 use crate::classify::run::Classifier;
-use crate::distributed::data;
+use crate::distributed::{data, Watchdog};
 use crate::mlx;
 use crate::mlx::distributed::Group;
 
@@ -28,25 +29,36 @@ pub(super) fn announce(group: &Group) {
 }
 
 /// Classifies `items[i]` for every `i` in `todo` (the same list on every
-/// rank, from [`data::agree`]), `batch_size` at a time on each rank; on rank
-/// 0, `collect` gets each result line (`Classification::to_json`) with its
-/// index, in `todo` order.
+/// rank, from [`data::agree`]), `--batch-size` at a time on each rank; on
+/// rank 0, `collect` gets each result line (`Classification::to_json`) with
+/// its index, in `todo` order. A rank that finishes no item and hears from
+/// no neighbour within `--step-timeout` (a peer paused or cut off, which no
+/// closed connection reports) exits.
 pub(super) fn classify(
     group: &Group,
+    run: &RunArgs,
     classifier: &mut Classifier<'_>,
     items: &[&Item],
     todo: &[usize],
-    batch_size: usize,
-    collect: impl FnMut(usize, Value) -> Result<()>,
+    mut collect: impl FnMut(usize, Value) -> Result<()>,
 ) -> Result<()> {
+    let batch_size = run.batch_size as usize;
+    let watchdog = Watchdog::start(run.distributed.step_timeout(), group.rank());
     let work = |mine: &[usize]| -> Result<Vec<Value>> {
         let mine: Vec<&Item> = mine.iter().map(|&i| items[i]).collect();
         let mut results = vec![Value::Null; mine.len()];
         classifier.classify_batched(&mine, batch_size, |i, result| {
+            watchdog.beat();
             results[i] = result.to_json();
             Ok(())
         })?;
+        // The hop from the neighbour above starts now.
+        watchdog.beat();
         Ok(results)
+    };
+    let collect = |i: usize, value: Value| {
+        watchdog.beat();
+        collect(i, value)
     };
     data::run(group, todo, batch_size * ROUND_BATCHES, work, collect)
 }

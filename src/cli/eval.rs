@@ -557,7 +557,7 @@ fn classify(
                 // One policy under --parallel data (checked in `run`).
                 super::data::announce(group);
                 let refs: Vec<&Item> = pairs.iter().map(|(_, item)| item).collect();
-                super::data::classify(group, &mut classifier, &refs, &todo, batch_size, |_, json| {
+                super::data::classify(group, &args.run, &mut classifier, &refs, &todo, |_, json| {
                     keep(0, json)
                 })?;
             }

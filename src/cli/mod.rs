@@ -115,7 +115,8 @@ pub struct DistributedArgs {
     #[arg(long, value_name = "SECS", default_value_t = 60, requires = "parallel")]
     peer_timeout: u64,
     /// Seconds one generation step (the whole prefill included) may take
-    /// before a rank gives up on its peers and exits.
+    /// before a rank gives up on its peers and exits; under --parallel data,
+    /// one item, or the wait for a neighbour's round of them.
     #[arg(long, value_name = "SECS", default_value_t = 600, requires = "parallel")]
     step_timeout: u64,
 }
@@ -123,9 +124,12 @@ pub struct DistributedArgs {
 impl DistributedArgs {
     /// Under --parallel, a watchdog for `rank` that [`distributed::Watchdog::beat`]s reset.
     pub(crate) fn watchdog(&self, rank: Option<&Rank>) -> Option<distributed::Watchdog> {
-        rank.map(|r| {
-            distributed::Watchdog::start(std::time::Duration::from_secs(self.step_timeout), r.index())
-        })
+        rank.map(|r| distributed::Watchdog::start(self.step_timeout(), r.index()))
+    }
+
+    /// `--step-timeout`.
+    pub(crate) fn step_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.step_timeout)
     }
 
     /// Under --parallel data, joins the launched ranks; commands that share
@@ -288,12 +292,17 @@ pub(crate) fn load_model(
         guard,
     )
     .map_err(|e| UsageError(e.into()))?;
+    announce(&rank);
+    Ok((model, Some(rank)))
+}
+
+/// Prints this rank's share of a split model, once it is loaded.
+fn announce(rank: &Rank) {
     eprintln!(
         "[{}; {:.1} MB of weights]",
         rank.split.describe(rank.index()),
         mlx::memory::active() as f64 / 1e6
     );
-    Ok((model, Some(rank)))
 }
 
 /// An error in what the user asked for (exit code 2), as opposed to a failure

@@ -9,8 +9,13 @@ use anyhow::Result;
 
 use super::UsageError;
 use crate::classify::policy::Policy;
+use crate::distributed::serve::Lockstep;
+use crate::distributed::{self, Mode};
+use crate::engine::scheduler::Loaded;
 use crate::harmony::Effort;
+use crate::model::GptOss;
 use crate::server::{self, Cors, Options};
+use crate::tokenizer::Tokenizer;
 
 /// Serve a model over HTTP to OpenAI clients, LM Studio-style tools and classification calls.
 #[derive(Debug, clap::Args)]
@@ -85,6 +90,8 @@ pub struct Args {
     engine: super::EngineArgs,
     #[command(flatten)]
     guard: super::GuardArgs,
+    #[command(flatten)]
+    distributed: super::DistributedArgs,
 }
 
 /// Prompt tokens per chunk while serving: a new prompt goes in one chunk per
@@ -130,7 +137,10 @@ pub fn run(args: Args) -> Result<()> {
     let config = crate::model::Config::load(&dir).map_err(|e| usage(e.into()))?;
     let context = args.context_length.unwrap_or(config.max_position_embeddings);
     let prefill_step = args.engine.prefill_step_or(SERVE_PREFILL_STEP);
-    super::check_memory(&dir, &args.engine, &args.guard, context, Some(prefill_step), None)?;
+    let load = split_load(&args, &dir, context, prefill_step).map_err(usage)?;
+    if load.is_none() {
+        super::check_memory(&dir, &args.engine, &args.guard, context, Some(prefill_step), None)?;
+    }
     let options = Options {
         host: args.host,
         port: args.port,
@@ -153,5 +163,57 @@ pub fn run(args: Args) -> Result<()> {
         policies_dir,
         responses_store: (args.responses_store, args.responses_store_mib << 20),
     };
-    server::run(&args.model, &dir, options)
+    let whole = (dir.clone(), args.engine.load_options());
+    server::run(&args.model, &dir, options, move || match load {
+        Some(load) => load(),
+        None => Ok(Loaded {
+            model: GptOss::load(&whole.0, whole.1)?,
+            lockstep: None,
+        }),
+    })
+}
+
+/// Under `--parallel tensor|expert`: what loads this rank's part of the
+/// model on the engine thread (MLX's group lives there), after checking
+/// that a request filling `context` fits this rank; every rank prints its
+/// share. Rank 0 then serves; the others follow its plans
+/// ([`crate::distributed::serve`]).
+fn split_load(
+    args: &Args,
+    dir: &std::path::Path,
+    context: usize,
+    prefill_step: usize,
+) -> Result<Option<impl FnOnce() -> Result<Loaded> + Send + 'static>> {
+    let parallel = match args.distributed.parallel {
+        None => return Ok(None),
+        Some(Mode::Split(parallel)) => parallel,
+        Some(Mode::Data) => anyhow::bail!(
+            "--parallel data shares the items of classify and eval among the ranks; serve splits one \
+             model: use --parallel tensor or expert"
+        ),
+    };
+    let memory = args
+        .engine
+        .memory_request(context.max(1), Some(prefill_step), None);
+    let guard = (!args.guard.force).then(|| (memory, args.guard.budget()));
+    let (dir, load) = (dir.to_path_buf(), args.engine.load_options());
+    let (backend, peers) = (
+        args.distributed.backend,
+        Duration::from_secs(args.distributed.peer_timeout),
+    );
+    let step_timeout = Duration::from_secs(args.distributed.step_timeout);
+    Ok(Some(move || {
+        let (model, rank) = distributed::load(&dir, load, parallel, backend, peers, guard)
+            .map_err(|e| UsageError(e.into()))?;
+        super::announce(&rank);
+        let tokenizer = if rank.is_leader() {
+            None
+        } else {
+            Some((Tokenizer::load(&dir)?, model.config.vocab_size as usize))
+        };
+        Ok(Loaded {
+            lockstep: Some(Lockstep::new(rank.group, step_timeout, tokenizer)),
+            model,
+        })
+    }))
 }

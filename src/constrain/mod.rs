@@ -37,7 +37,7 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// What a message must match.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Grammar {
     /// A JSON Schema (an object schema; `true`/`false` schemas are refused).
     JsonSchema(Value),
@@ -156,7 +156,7 @@ impl Vocabulary {
 }
 
 /// Which messages a sequence's grammar holds.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Rules {
     /// The final answer's grammar.
     pub answer: Option<Grammar>,
@@ -177,7 +177,7 @@ impl Rules {
 /// (`<|end|>`) and this header is written for it, so that the answer (or the
 /// call) still comes within the token budget. A model that reasons less
 /// never meets it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Deadline {
     pub after: usize,
     /// The header from its role on, in Lark (see [`Deadline::answer`]).

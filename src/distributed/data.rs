@@ -55,9 +55,9 @@ pub fn agree(group: &Group, ids: &[&str], todo: &[usize]) -> anyhow::Result<Vec<
     if !leader {
         mine = vec![0; 4];
     }
-    let head = sum(group, &mine)?;
+    let head = super::sum(group, &mine)?;
     let same = head[0] == ids.len() as i32 && head[1..3] == fingerprint[..];
-    let differing = sum(group, &[i32::from(!same)])?[0];
+    let differing = super::sum(group, &[i32::from(!same)])?[0];
     if differing > 0 {
         anyhow::bail!(
             "the items differ between ranks ({differing} rank(s) read other items than rank 0's {}); every \
@@ -70,19 +70,10 @@ pub fn agree(group: &Group, ids: &[&str], todo: &[usize]) -> anyhow::Result<Vec<
     } else {
         vec![0; head[3] as usize]
     };
-    Ok(sum(group, &todo)?.into_iter().map(|i| i as usize).collect())
-}
-
-/// The element-wise sum of every rank's `values`; with zeros from all but
-/// rank 0, its broadcast.
-fn sum(group: &Group, values: &[i32]) -> crate::mlx::Result<Vec<i32>> {
-    if values.is_empty() {
-        return Ok(Vec::new());
-    }
-    let x = Array::from_slice(values, &[values.len() as i32])?;
-    let sum = group.all_sum(&x)?;
-    sum.eval()?;
-    sum.to_vec()
+    Ok(super::sum(group, &todo)?
+        .into_iter()
+        .map(|i| i as usize)
+        .collect())
 }
 
 /// Classifies the items `todo` (the same list on every rank, from [`agree`])

@@ -9,6 +9,7 @@
 
 pub mod data;
 pub mod memory;
+pub mod serve;
 mod split;
 
 use std::path::Path;
@@ -148,6 +149,18 @@ pub fn load(
     Ok((model, Rank { group, split }))
 }
 
+/// The element-wise sum of every rank's `values`; with zeros from all but
+/// rank 0, its broadcast.
+fn sum<T: mlx::Element>(group: &Group, values: &[T]) -> mlx::Result<Vec<T>> {
+    if values.is_empty() {
+        return Ok(Vec::new());
+    }
+    let x = mlx::Array::from_slice(values, &[values.len() as i32])?;
+    let sum = group.all_sum(&x)?;
+    sum.eval()?;
+    sum.to_vec()
+}
+
 /// The collectives one decode token of `model` runs on this rank, replayed
 /// alone `tokens` times: the all-sums of a `[1, 1, hidden]` activation after
 /// every split attention and expert block, chained as in the forward.
@@ -172,7 +185,8 @@ pub fn time_collectives(model: &GptOss, rank: &Rank, tokens: usize) -> Result<f6
 
 /// Ends the process when no step completes within `limit`: a peer that
 /// stops answering without closing its connections (paused, or cut off by
-/// the network) would otherwise block a collective forever.
+/// the network) would otherwise block a collective forever. Dropping it
+/// stops it.
 pub struct Watchdog {
     start: std::time::Instant,
     last_beat_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -186,6 +200,9 @@ impl Watchdog {
         let beats = last_beat_ms.clone();
         std::thread::spawn(move || loop {
             std::thread::sleep(Duration::from_millis(200));
+            if std::sync::Arc::strong_count(&beats) == 1 {
+                return;
+            }
             let idle = start
                 .elapsed()
                 .saturating_sub(Duration::from_millis(beats.load(Ordering::Relaxed)));

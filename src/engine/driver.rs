@@ -49,8 +49,9 @@ use crate::mlx::memory::WiredLimit;
 use crate::mlx::{self, Array};
 use crate::model::GptOss;
 
-/// One generation to run.
-#[derive(Debug, Clone)]
+/// One generation to run. Serializable so that rank 0 of a split model can
+/// hand it to the other ranks ([`crate::distributed::serve`]).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Job {
     pub prompt: Vec<u32>,
     /// How many of the prompt's first tokens are worth keeping in the prefix
@@ -70,11 +71,13 @@ pub struct Job {
     /// get with other groups: a free slot goes to the group holding fewest.
     pub group: u64,
     /// The grammar that holds the answer or tool calls; None: free text.
+    /// Other ranks get its rules and match them over their own vocabulary.
+    #[serde(skip)]
     pub guide: Option<Guide>,
 }
 
 /// A job, as [`Driver::submit`] named it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct JobId(pub u64);
 
 #[derive(Debug, Clone, PartialEq)]

@@ -10,7 +10,7 @@ use crate::mlx::memory::WiredLimit;
 use crate::mlx::{self, Array};
 use crate::model::GptOss;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct GenerateOptions {
     pub max_tokens: usize,
     /// Prompt tokens per prefill forward; bounds activation memory.

@@ -6,7 +6,7 @@ use crate::constrain::Mask;
 use crate::mlx::{self, random, where_, Array};
 use crate::model::Result;
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SamplerOptions {
     /// 0 picks the most likely token.
     pub temperature: f32,

@@ -7,13 +7,15 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, TryRecvError};
+use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::thread;
 
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::watch;
 
 use super::driver::{Driver, DriverOptions, Event, Job, JobId};
+use crate::distributed::serve::{self, Lockstep, Plan, HEARTBEAT};
 use crate::model::GptOss;
 
 /// One generation to run, and where its events go.
@@ -23,11 +25,28 @@ pub struct Request {
 }
 
 /// What the engine is doing, for `/health`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Status {
     running: AtomicUsize,
     prefilling: AtomicUsize,
     waiting: AtomicUsize,
+    /// Why the engine stopped for good (a rank of a split model was lost).
+    lost: watch::Sender<Option<String>>,
+}
+
+impl Status {
+    fn update(&self, driver: &Driver<'_>) {
+        self.running.store(driver.running(), Ordering::Relaxed);
+        self.prefilling.store(driver.prefilling(), Ordering::Relaxed);
+        self.waiting.store(driver.waiting(), Ordering::Relaxed);
+    }
+}
+
+/// What the engine thread runs: the model and, on the ranks of a split
+/// model, this rank's end of rank 0's plans.
+pub struct Loaded {
+    pub model: GptOss,
+    pub lockstep: Option<Lockstep>,
 }
 
 /// A handle on the engine thread; cheap to clone, usable from any thread.
@@ -44,30 +63,45 @@ pub struct EngineStopped;
 
 impl Engine {
     /// Starts the engine thread and loads the model there with `load`,
-    /// returning once it is ready.
+    /// returning once it is ready. On a rank other than 0 of a split model
+    /// nothing is served here: the thread follows rank 0's plans, and this
+    /// returns None once rank 0 has closed.
     pub fn start(
-        load: impl FnOnce() -> anyhow::Result<GptOss> + Send + 'static,
+        load: impl FnOnce() -> anyhow::Result<Loaded> + Send + 'static,
         options: DriverOptions,
-    ) -> anyhow::Result<Engine> {
+    ) -> anyhow::Result<Option<Engine>> {
         let (requests, incoming) = mpsc::channel();
         let (ready, loaded) = mpsc::sync_channel(1);
-        let status = Arc::new(Status::default());
+        let status = Arc::new(Status {
+            running: AtomicUsize::new(0),
+            prefilling: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            lost: watch::channel(None).0,
+        });
         let shared = status.clone();
         thread::Builder::new()
             .name("engine".into())
             .spawn(move || match load() {
-                Ok(model) => {
-                    let _ = ready.send(Ok(()));
-                    serve(Driver::new(&model, options), &incoming, &shared);
+                Ok(Loaded { model, lockstep }) => {
+                    let mut driver = Driver::new(&model, options);
+                    match lockstep {
+                        Some(lockstep) if !lockstep.is_leader() => {
+                            let _ = ready.send(serve::follow(&mut driver, &lockstep).map(|()| false));
+                        }
+                        lockstep => {
+                            let _ = ready.send(Ok(true));
+                            run(driver, &incoming, &shared, lockstep.as_ref());
+                        }
+                    }
                 }
                 Err(e) => {
                     let _ = ready.send(Err(e));
                 }
             })?;
-        loaded
+        let serving = loaded
             .recv()
             .map_err(|_| anyhow::anyhow!("the engine thread died while loading the model"))??;
-        Ok(Engine { requests, status })
+        Ok(serving.then_some(Engine { requests, status }))
     }
 
     /// Requests holding a slot now (prefilling or decoding).
@@ -85,29 +119,54 @@ impl Engine {
         self.status.waiting.load(Ordering::Relaxed)
     }
 
+    /// Why the engine stopped for good, once it has (a rank was lost).
+    pub fn lost(&self) -> Option<String> {
+        self.status.lost.borrow().clone()
+    }
+
+    /// Returns (with [`Engine::lost`]'s reason) when the engine stops for good.
+    pub async fn until_lost(&self) -> String {
+        let mut lost = self.status.lost.subscribe();
+        let why = match lost.wait_for(Option::is_some).await {
+            Ok(why) => why.clone().unwrap_or_default(),
+            Err(_) => std::future::pending().await,
+        };
+        why
+    }
+
     pub fn submit(&self, request: Request) -> Result<(), EngineStopped> {
         self.requests.send(request).map_err(|_| EngineStopped)
     }
 }
 
-fn serve(mut driver: Driver<'_>, incoming: &mpsc::Receiver<Request>, status: &Status) {
+/// Serves requests until every handle is gone and the work is done. Each
+/// step's admissions and cancellations go into a [`Plan`] that, under a
+/// split model, every rank applies before the step as this one does.
+fn run(
+    mut driver: Driver<'_>,
+    incoming: &mpsc::Receiver<Request>,
+    status: &Status,
+    lockstep: Option<&Lockstep>,
+) {
     let mut clients: HashMap<JobId, UnboundedSender<Event>> = HashMap::new();
+    let mut plan = Plan::default();
+    // Under a split model a job's failure may be a rank lost: the next plan
+    // tells, and the client then hears which.
+    let mut held: Vec<(JobId, Event)> = Vec::new();
     let mut open = true;
-    while open || !driver.is_idle() {
-        // Wait when idle; otherwise take whatever has arrived.
-        if driver.is_idle() {
-            match incoming.recv() {
-                Ok(request) => {
-                    clients.insert(driver.submit(request.job), request.events);
-                }
-                Err(_) => return,
+    loop {
+        let mut arrived = Vec::new();
+        // Wait when idle, a heartbeat at most; otherwise take whatever has arrived.
+        if open && driver.is_idle() && held.is_empty() {
+            match incoming.recv_timeout(HEARTBEAT) {
+                Ok(request) => arrived.push(request),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => open = false,
             }
         }
         while open {
             match incoming.try_recv() {
-                Ok(request) => {
-                    clients.insert(driver.submit(request.job), request.events);
-                }
+                Ok(request) => arrived.push(request),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => open = false,
             }
@@ -115,22 +174,62 @@ fn serve(mut driver: Driver<'_>, incoming: &mpsc::Receiver<Request>, status: &St
         clients.retain(|&id, events| {
             let here = !events.is_closed();
             if !here {
-                driver.cancel(id);
+                plan.cancel.push(id);
             }
             here
         });
-        for (id, event) in driver.step() {
-            let last = event.is_last();
-            let delivered = clients.get(&id).is_some_and(|c| c.send(event).is_ok());
-            if last || !delivered {
-                clients.remove(&id);
-                if !last {
-                    driver.cancel(id);
+        let (jobs, senders): (Vec<Job>, Vec<_>) = arrived.into_iter().map(|r| (r.job, r.events)).unzip();
+        plan.admit = jobs;
+        plan.closing = !open;
+        if let Some(Err(lost)) = lockstep.map(|l| l.lead(&plan)) {
+            let why = lost.to_string();
+            // Requests sent from now on are refused with `why` by their handlers.
+            status.lost.send_replace(Some(why.clone()));
+            let queued: Vec<_> = incoming.try_iter().map(|r| r.events).collect();
+            for events in clients.values().chain(&senders).chain(&queued) {
+                let _ = events.send(Event::Failed(why.clone()));
+            }
+            return;
+        }
+        for (id, event) in held.drain(..) {
+            deliver(&mut clients, &mut plan.cancel, id, event);
+        }
+        let closing = plan.closing;
+        let ids = std::mem::take(&mut plan).apply(&mut driver);
+        clients.extend(ids.into_iter().zip(senders));
+        if !driver.is_idle() {
+            for (id, event) in driver.step() {
+                if lockstep.is_some() && matches!(event, Event::Failed(_)) {
+                    held.push((id, event));
+                } else {
+                    deliver(&mut clients, &mut plan.cancel, id, event);
                 }
             }
         }
-        status.running.store(driver.running(), Ordering::Relaxed);
-        status.prefilling.store(driver.prefilling(), Ordering::Relaxed);
-        status.waiting.store(driver.waiting(), Ordering::Relaxed);
+        status.update(&driver);
+        if closing && driver.is_idle() {
+            for (id, event) in held {
+                deliver(&mut clients, &mut plan.cancel, id, event);
+            }
+            return;
+        }
+    }
+}
+
+/// Sends `event` to its client; the job of a client gone is cancelled by the
+/// next plan.
+fn deliver(
+    clients: &mut HashMap<JobId, UnboundedSender<Event>>,
+    cancel: &mut Vec<JobId>,
+    id: JobId,
+    event: Event,
+) {
+    let last = event.is_last();
+    let delivered = clients.get(&id).is_some_and(|c| c.send(event).is_ok());
+    if last || !delivered {
+        clients.remove(&id);
+        if !last {
+            cancel.push(id);
+        }
     }
 }

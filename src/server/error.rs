@@ -119,6 +119,15 @@ impl ApiError {
         }
     }
 
+    /// 503: the engine stopped for good (a rank of a split model was lost);
+    /// the message says why.
+    pub fn engine_lost(message: impl Into<String>) -> ApiError {
+        ApiError {
+            code: Some("engine_lost"),
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message)
+        }
+    }
+
     /// 403: the request comes from somewhere this server does not serve
     /// (a `Host` or an `Origin` it does not accept).
     pub fn forbidden(code: &'static str, message: impl Into<String>) -> ApiError {

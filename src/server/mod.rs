@@ -42,7 +42,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderValue, Method};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
@@ -58,9 +58,9 @@ use crate::constrain::{Guide, Vocabulary};
 use crate::engine::driver::{DriverOptions, Event, Job};
 use crate::engine::generate::GenerateOptions;
 use crate::engine::sampler::SamplerOptions;
-use crate::engine::scheduler::{Engine, Request as EngineRequest};
+use crate::engine::scheduler::{Engine, Loaded, Request as EngineRequest};
 use crate::harmony::Effort;
-use crate::model::{self, Config, GptOss, LoadOptions};
+use crate::model::{self, Config, LoadOptions};
 use crate::tokenizer::Tokenizer;
 
 #[derive(Debug, Clone)]
@@ -216,6 +216,9 @@ impl AppState {
     /// 503 when they are not free now, 400 when they never could be.
     pub fn admit_items(&self, items: usize, param: &str) -> Result<Slot, ApiError> {
         let a = &self.admission;
+        if let Some(why) = self.engine.lost() {
+            return Err(ApiError::engine_lost(why));
+        }
         if items > a.limit {
             return Err(ApiError::invalid_param(
                 param,
@@ -353,7 +356,10 @@ impl AppState {
                 },
                 events,
             })
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+            .map_err(|e| match self.engine.lost() {
+                Some(why) => ApiError::engine_lost(why),
+                None => ApiError::internal(e.to_string()),
+            })?;
         Ok(receiver)
     }
 
@@ -410,27 +416,41 @@ pub struct Started {
     prompt_tokens: usize,
 }
 
-/// Loads the model at `dir` and serves it until SIGINT or SIGTERM.
-pub fn run(model_arg: &str, dir: &Path, options: Options) -> anyhow::Result<()> {
+/// How long a server whose engine is lost keeps answering 503 (and
+/// `/health` says why) before it exits: clients and load balancers learn
+/// the reason rather than meeting a closed port.
+const LOST_LINGER: Duration = Duration::from_secs(5);
+
+/// Loads the model at `dir` with `load` (the whole model, or under a split
+/// model this rank's part) and serves it until SIGINT or SIGTERM, or until a
+/// rank is lost (an error). A rank other than 0 serves nothing: it follows
+/// rank 0 until rank 0 closes.
+pub fn run(
+    model_arg: &str,
+    dir: &Path,
+    options: Options,
+    load: impl FnOnce() -> anyhow::Result<Loaded> + Send + 'static,
+) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(serve(model_arg, dir, options))
+    runtime.block_on(serve(model_arg, dir, options, load))
 }
 
-async fn serve(model_arg: &str, dir: &Path, options: Options) -> anyhow::Result<()> {
+async fn serve(
+    model_arg: &str,
+    dir: &Path,
+    options: Options,
+    load: impl FnOnce() -> anyhow::Result<Loaded> + Send + 'static,
+) -> anyhow::Result<()> {
     let tokenizer = Tokenizer::load(dir)?;
     let config = Config::load(dir)?;
     let stop_tokens = model::stop_tokens(dir, &config)?;
     let load_start = Instant::now();
-    let engine = {
-        let dir = dir.to_path_buf();
-        let load = options.load;
-        Engine::start(
-            move || Ok(GptOss::load(&dir, load)?),
-            DriverOptions {
-                max_slots: options.max_batch,
-                prefix_cache_bytes: options.prefix_cache_bytes,
-            },
-        )?
+    let driver = DriverOptions {
+        max_slots: options.max_batch,
+        prefix_cache_bytes: options.prefix_cache_bytes,
+    };
+    let Some(engine) = Engine::start(load, driver)? else {
+        return Ok(());
     };
     let max_token_bytes = (0..config.vocab_size as u32)
         .filter_map(|id| tokenizer.token_bytes(id))
@@ -484,9 +504,26 @@ async fn serve(model_arg: &str, dir: &Path, options: Options) -> anyhow::Result<
     // Scripts (and the tests) read the address from this line.
     eprintln!("safeguard: serving on http://{address}/v1");
     eprintln!("safeguard: policy playground at http://{address}/");
+    let lost = {
+        let state = state.clone();
+        async move {
+            let why = state.engine.until_lost().await;
+            tracing::error!("{why}; refusing requests for {LOST_LINGER:?}, then exiting");
+            tokio::time::sleep(LOST_LINGER).await;
+        }
+    };
     connections
-        .serve(listener, router(state.clone()), &limits, signal())
+        .serve(listener, router(state.clone()), &limits, async {
+            tokio::select! {
+                () = signal() => {}
+                () = lost => {}
+            }
+        })
         .await;
+    if let Some(why) = state.engine.lost() {
+        let _ = tokio::time::timeout(Duration::from_secs(5), connections.closed()).await;
+        anyhow::bail!("{why}");
+    }
     tracing::info!(
         "shutting down: finishing in-flight requests (at most {grace:?}); a second signal ends them now"
     );
@@ -597,7 +634,14 @@ fn router(state: Shared) -> Router {
         .with_state(state)
 }
 
-async fn health(State(state): State<Shared>) -> Json<serde_json::Value> {
+async fn health(State(state): State<Shared>) -> Response {
+    if let Some(why) = state.engine.lost() {
+        return (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "lost", "model": state.model.id, "error": why})),
+        )
+            .into_response();
+    }
     let a = &state.admission;
     Json(json!({
         "status": "ok",
@@ -608,6 +652,7 @@ async fn health(State(state): State<Shared>) -> Json<serde_json::Value> {
         "waiting": state.engine.waiting(),
         "capacity": a.limit,
     }))
+    .into_response()
 }
 
 async fn unknown_endpoint(method: Method, uri: axum::http::Uri) -> ApiError {

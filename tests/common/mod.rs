@@ -22,6 +22,26 @@ pub fn python() -> PathBuf {
     python
 }
 
+/// Runs the Python client `tests/SCRIPT` with `args`; it prints "ok" last
+/// when every check passed.
+pub fn run_client(script: &str, args: &[&str]) {
+    let output = Command::new(python())
+        .arg(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("tests")
+                .join(script),
+        )
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.trim_end().ends_with("ok"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// A folder `make fixtures` generated under `target/fixtures`.
 pub fn fixture(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))

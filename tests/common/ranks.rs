@@ -84,6 +84,33 @@ pub fn run_all(commands: Vec<Command>, limit: Duration) -> Vec<Output> {
         .collect()
 }
 
+/// Sends `signal` (a name: TERM, STOP, …) to `child`.
+pub fn signal(child: &Child, signal: &str) {
+    let sent = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -{signal} failed");
+}
+
+/// Pauses `peer` (its connections stay open, so only a deadline can tell
+/// that it is gone) and checks that `rank0` then ends at its
+/// `--step-timeout` of `secs`, within `within`.
+pub fn assert_pause_ends_rank_0(rank0: Child, mut peer: Child, secs: u64, within: Duration) {
+    signal(&peer, "STOP");
+    let output = wait(rank0, Instant::now() + within, "rank 0 with its peer paused");
+    peer.kill().unwrap();
+    peer.wait().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let err = stderr(&output);
+    assert!(
+        err.contains(&format!(
+            "rank 0: no step finished in {secs} s; a peer stopped answering"
+        )),
+        "{err}"
+    );
+}
+
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
