@@ -8,7 +8,6 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -172,26 +171,7 @@ fn expected_scripted() -> Value {
 fn sdk_script(script: &str, fixture: &str) {
     let server = Server::start(fixture, &[]);
     let expected = common::fixture(fixture).join("expected.json");
-    python_script(script, &[&server.url("/v1"), expected.to_str().unwrap()]);
-}
-
-/// Runs `tests/SCRIPT ARGS…`; it prints "ok" last when every check passed.
-fn python_script(script: &str, args: &[&str]) {
-    let output = Command::new(common::python())
-        .arg(
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("tests")
-                .join(script),
-        )
-        .args(args)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.trim_end().ends_with("ok"),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    common::run_client(script, &[&server.url("/v1"), expected.to_str().unwrap()]);
 }
 
 #[test]
@@ -1431,7 +1411,7 @@ fn previous_response_id_continues_a_conversation_as_if_sent_whole() {
     let server = Server::start("a-mxfp4", &[]);
     // Caches no prefix: it computes a whole conversation from scratch.
     let fresh = Server::start("a-mxfp4", &["--prefix-cache-mib", "0"]);
-    python_script(
+    common::run_client(
         "responses_client.py",
         &["chain", &server.url("/v1"), &fresh.url("/v1")],
     );
@@ -1440,20 +1420,20 @@ fn previous_response_id_continues_a_conversation_as_if_sent_whole() {
 #[test]
 fn previous_response_id_carries_reasoning_and_tool_calls_to_the_tool_result() {
     let server = Server::start("scripted-tool-call", &[]);
-    python_script("responses_client.py", &["tools", &server.url("/v1")]);
+    common::run_client("responses_client.py", &["tools", &server.url("/v1")]);
 }
 
 #[test]
 fn stored_responses_are_evicted_deleted_or_never_kept_and_then_404() {
     let server = Server::start("a-mxfp4", &["--responses-store", "2"]);
-    python_script("responses_client.py", &["store", &server.url("/v1")]);
+    common::run_client("responses_client.py", &["store", &server.url("/v1")]);
 }
 
 /// Runs tests/libraries_client.py in `mode` against a server on `fixture`.
 fn libraries_script(mode: &str, fixture: &str) {
     let server = Server::start(fixture, &[]);
     let expected = common::fixture(fixture).join("expected.json");
-    python_script(
+    common::run_client(
         "libraries_client.py",
         &[mode, &server.url("/v1"), expected.to_str().unwrap()],
     );

@@ -512,10 +512,24 @@ async fn serve(
             tokio::time::sleep(LOST_LINGER).await;
         }
     };
+    // One listener for the whole run, so that a second signal sent right
+    // after the first (before a new listener would be in place) is not lost.
+    let (first_signal, first_signal_seen) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let mut signals = Signals::new();
+        signals.next().await;
+        let _ = first_signal.send(());
+        signals.next().await;
+        eprintln!("safeguard: second signal, exiting now");
+        // Without atexit handlers: MLX's static destructors would run while the
+        // engine thread still uses MLX, and abort. 128 + SIGINT, as a shell
+        // reports a process ended by Ctrl-C.
+        unsafe { libc::_exit(130) };
+    });
     connections
         .serve(listener, router(state.clone()), &limits, async {
             tokio::select! {
-                () = signal() => {}
+                _ = first_signal_seen => {}
                 () = lost => {}
             }
         })
@@ -527,12 +541,6 @@ async fn serve(
     tracing::info!(
         "shutting down: finishing in-flight requests (at most {grace:?}); a second signal ends them now"
     );
-    tokio::spawn(async {
-        signal().await;
-        eprintln!("safeguard: second signal, exiting now");
-        // 128 + SIGINT, as a shell reports a process ended by Ctrl-C.
-        std::process::exit(130);
-    });
     if tokio::time::timeout(grace, connections.closed()).await.is_ok() {
         return Ok(());
     }
@@ -549,19 +557,38 @@ async fn serve(
     Ok(())
 }
 
-async fn signal() {
-    let interrupt = tokio::signal::ctrl_c();
+/// SIGINT and SIGTERM. The streams are made once: a signal delivered while
+/// nobody awaits `next` is still seen by the next call.
+struct Signals {
     #[cfg(unix)]
-    {
-        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("a SIGTERM handler can be installed");
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Signals {
+                interrupt: signal(SignalKind::interrupt()).expect("a SIGINT handler can be installed"),
+                terminate: signal(SignalKind::terminate()).expect("a SIGTERM handler can be installed"),
+            }
         }
+        #[cfg(not(unix))]
+        Signals {}
     }
-    #[cfg(not(unix))]
-    let _ = interrupt.await;
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 fn describe(model_arg: &str, dir: &Path, config: Config, stop_tokens: Vec<u32>, options: &Options) -> Served {
