@@ -288,23 +288,93 @@ fn classify_eval_and_serve_refuse_over_budget_unless_forced() {
     let mut args = commands[2].clone();
     args.extend(small);
     args.push("--force");
+    let (mut server, seen, address) = start_serve(&args);
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert!(
+        address.is_some(),
+        "serve --force did not come up: {}",
+        seen.join("\n")
+    );
+}
+
+/// `safeguard serve ARGS`: the process, its stderr lines up to the one that
+/// says where it serves, and that address (None if it ended first).
+fn start_serve(args: &[&str]) -> (std::process::Child, Vec<String>, Option<String>) {
     let mut server = Command::new(env!("CARGO_BIN_EXE_safeguard"))
-        .args(&args)
+        .args(args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let lines = std::io::BufRead::lines(std::io::BufReader::new(server.stderr.take().unwrap()));
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(server.stderr.take().unwrap()));
     let mut seen = Vec::new();
-    for line in lines {
+    while let Some(line) = lines.next() {
         let line = line.unwrap();
-        if line.contains("serving on http://127.0.0.1:") {
-            break;
+        if let Some(rest) = line.split("serving on http://").nth(1) {
+            let address = rest.split('/').next().unwrap().to_string();
+            // Read on: a server whose stderr is closed fails its next log line.
+            std::thread::spawn(move || lines.for_each(drop));
+            return (server, seen, Some(address));
         }
         seen.push(line);
     }
-    let running = server.try_wait().unwrap().is_none();
+    (server, seen, None)
+}
+
+/// Without --context-length, serve budgets for the model's whole context
+/// where it fits; where it does not, it serves the longest context that
+/// does (the one `estimate` calls the limit), says so, and reports it.
+#[test]
+fn serve_without_a_context_length_serves_the_longest_that_fits() {
+    let model = common::fixture("a-bf16");
+    let dir = model.to_str().unwrap();
+    let budget = ["--memory-budget", "300MB"];
+    let (mut server, seen, address) =
+        start_serve(&[&["serve", "-m", dir, "--port", "0"][..], &budget].concat());
+    let Some(address) = address else {
+        panic!("serve did not come up: {}", seen.join("\n"));
+    };
+    let body = {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&address).unwrap();
+        write!(
+            stream,
+            "GET /api/v0/models HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response.split("\r\n\r\n").nth(1).unwrap().to_string()
+    };
     server.kill().unwrap();
     server.wait().unwrap();
-    assert!(running, "serve --force did not come up: {}", seen.join("\n"));
+    let said = seen
+        .iter()
+        .find_map(|line| line.split("serving a context of ").nth(1))
+        .unwrap_or_else(|| panic!("no context announced: {}", seen.join("\n")));
+    let context: usize = said.split(' ').next().unwrap().parse().unwrap();
+    assert!(said.contains("300.0 MB (--memory-budget)"), "{said}");
+    let models: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(models["data"][0]["loaded_context_length"], context, "{models}");
+    let fits = |context: usize| {
+        let context = context.to_string();
+        json(&safeguard(
+            &[
+                &["estimate", "-m", dir, "--context-length", &context][..],
+                // serve prefills in steps of 512, which sizes its buffers.
+                &["--prefill-step", "512", "--json"],
+                &budget,
+            ]
+            .concat(),
+        ))["fits"]
+            .as_bool()
+            .unwrap()
+    };
+    let full = common::config(&model)["max_position_embeddings"]
+        .as_u64()
+        .unwrap() as usize;
+    assert!(context < full);
+    assert!(fits(context), "{context} tokens should fit");
+    assert!(!fits(context + 1), "{} tokens should not fit", context + 1);
 }

@@ -65,13 +65,19 @@ pub struct EngineArgs {
 const PREFILL_STEP: usize = 2048;
 
 impl EngineArgs {
-    /// `--prefill-step`, else `default`.
-    fn prefill_step_or(&self, default: usize) -> usize {
-        self.prefill_step.map_or(default, |n| n as usize)
+    /// `--prefill-step`, else mlx-lm's.
+    fn prefill_step(&self) -> usize {
+        self.prefill_step.map_or(PREFILL_STEP, |n| n as usize)
     }
 
-    fn prefill_step(&self) -> usize {
-        self.prefill_step_or(PREFILL_STEP)
+    /// These options with `step` as the prefill step unless one was given:
+    /// for a command whose own default differs (serve), so that the memory
+    /// estimate and the engine use the same step.
+    fn with_default_prefill_step(self, step: usize) -> Self {
+        EngineArgs {
+            prefill_step: self.prefill_step.or(Some(step as u64)),
+            ..self
+        }
     }
 
     fn load_options(&self) -> LoadOptions {

@@ -103,6 +103,10 @@ pub struct Args {
 const SERVE_PREFILL_STEP: usize = 512;
 
 pub fn run(args: Args) -> Result<()> {
+    let args = Args {
+        engine: args.engine.with_default_prefill_step(SERVE_PREFILL_STEP),
+        ..args
+    };
     let usage = |e: anyhow::Error| anyhow::Error::from(UsageError(e));
     let policy = args
         .policy
@@ -135,8 +139,11 @@ pub fn run(args: Args) -> Result<()> {
     }
     // Budgeted for one request filling the context, the most one can hold.
     let config = crate::model::Config::load(&dir).map_err(|e| usage(e.into()))?;
-    let context = args.context_length.unwrap_or(config.max_position_embeddings);
-    let prefill_step = args.engine.prefill_step_or(SERVE_PREFILL_STEP);
+    let prefill_step = args.engine.prefill_step();
+    let context = match args.context_length {
+        Some(context) => context,
+        None => default_context(&args, &dir, &config, prefill_step)?,
+    };
     let load = split_load(&args, &dir, context, prefill_step).map_err(usage)?;
     if load.is_none() {
         super::check_memory(&dir, &args.engine, &args.guard, context, Some(prefill_step), None)?;
@@ -148,7 +155,7 @@ pub fn run(args: Args) -> Result<()> {
         cors,
         max_batch: args.max_batch as usize,
         queue: args.queue as usize,
-        context_length: args.context_length,
+        context_length: Some(context),
         max_tokens: args.max_tokens,
         max_tokens_cap: args.max_tokens_cap.map(|n| n as usize),
         max_body_bytes: args.max_body_mib << 20,
@@ -171,6 +178,45 @@ pub fn run(args: Args) -> Result<()> {
             lockstep: None,
         }),
     })
+}
+
+/// The context served when --context-length is not given: the model's, or,
+/// where a request filling it would not fit this machine, the longest that
+/// does (as Ollama sizes its default to the memory), said on stderr. A
+/// split model, --force, or a machine where nothing fits keeps the model's,
+/// and the guardrail then speaks.
+fn default_context(
+    args: &Args,
+    dir: &std::path::Path,
+    config: &crate::model::Config,
+    prefill_step: usize,
+) -> Result<usize> {
+    let full = config.max_position_embeddings;
+    if args.guard.force || args.distributed.parallel.is_some() {
+        return Ok(full);
+    }
+    let request = args.engine.memory_request(full, Some(prefill_step), None);
+    let budget = args.guard.budget();
+    let usage = |e: distributed::Error| anyhow::Error::from(UsageError(e.into()));
+    let fits = distributed::memory::estimate(dir, config, request)
+        .map_err(usage)?
+        .total()
+        <= budget.bytes;
+    if fits {
+        return Ok(full);
+    }
+    match distributed::memory::longest_context(dir, config, request, &budget).map_err(usage)? {
+        Some(context) => {
+            eprintln!(
+                "safeguard: serving a context of {context} tokens, the most that fits {} ({}); the model \
+                 allows {full}: --context-length N to choose, --force to budget for {full} anyway",
+                crate::hub::human_bytes(budget.bytes),
+                budget.source
+            );
+            Ok(context)
+        }
+        None => Ok(full),
+    }
 }
 
 /// Under `--parallel tensor|expert`: what loads this rank's part of the

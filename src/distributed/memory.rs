@@ -245,7 +245,12 @@ pub fn check(dir: &Path, config: &Config, request: Request, budget: &Budget) -> 
 }
 
 /// The longest context that fits, when even a short one does.
-fn longest_context(dir: &Path, config: &Config, request: Request, budget: &Budget) -> Result<Option<usize>> {
+pub fn longest_context(
+    dir: &Path,
+    config: &Config,
+    request: Request,
+    budget: &Budget,
+) -> Result<Option<usize>> {
     let fits = |context| -> Result<bool> {
         Ok(estimate(dir, config, Request { context, ..request })?.total() <= budget.bytes)
     };
