@@ -35,6 +35,9 @@ SIZES = {
     "CLASSIFY_ITEMS": 32,
     "CLASSIFY_MAX_TOKENS": 8,
     "HOLD": 1.0,
+    # The streams run until the test stops them; their budget must fit the
+    # server's context (serve may pick a shorter one than the model's).
+    "STREAM_MAX_TOKENS": 2048,
 }
 
 
@@ -88,6 +91,8 @@ class Server:
         conn.request("POST", "/v1/completions", json.dumps({**body, "stream": True}),
                      {"Content-Type": "application/json"})
         reply = conn.getresponse()
+        if reply.status != 200:
+            sys.exit(f"a streamed completion was refused ({reply.status}): {reply.read().decode()[:300]}")
         while stop is None or not stop.is_set():
             line = reply.readline()
             if not line or line.startswith(b"data: [DONE]"):
@@ -121,7 +126,8 @@ def streams_and_arrivals(server):
     streams = [[] for _ in range(n)]
     threads = [
         threading.Thread(target=server.stream, args=(
-            {"prompt": f"Once upon a time {i}", "max_tokens": 100000, "logprobs": 0, "temperature": 0},
+            {"prompt": f"Once upon a time {i}", "max_tokens": size("STREAM_MAX_TOKENS"), "logprobs": 0,
+             "temperature": 0},
             streams[i], stop))
         for i in range(n)
     ]
@@ -129,6 +135,8 @@ def streams_and_arrivals(server):
     for t in threads:
         t.start()
     while any(len(s) < 3 for s in streams):
+        if not all(t.is_alive() for t in threads):
+            sys.exit("a stream ended before its third token (see the server's answer above)")
         time.sleep(0.01)
     sent, firsts, arrival_tokens = {}, [], []
 
