@@ -45,7 +45,7 @@ fn the_prompt_is_what_openai_harmony_renders() {
         ("pii", Some("high"), "Call me at 555-0100 ✉️"),
     ] {
         let shipped = Policy::find(policy).unwrap();
-        let effort = effort.or(shipped.effort.as_deref()).unwrap();
+        let effort = effort.or(shipped.effort.map(|e| e.as_str())).unwrap();
         let model = model();
         let mut args = vec!["classify", "-m", &model, "--policy", policy, "--dry-run", content];
         let flag = format!("--effort={effort}");

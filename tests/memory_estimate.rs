@@ -362,8 +362,8 @@ fn serve_without_a_context_length_serves_the_longest_that_fits() {
         json(&safeguard(
             &[
                 &["estimate", "-m", dir, "--context-length", &context][..],
-                // serve prefills in steps of 512, which sizes its buffers.
-                &["--prefill-step", "512", "--json"],
+                // serve prefills in steps of 128 on the CPU, which sizes its buffers.
+                &["--prefill-step", "128", "--json"],
                 &budget,
             ]
             .concat(),

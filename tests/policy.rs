@@ -4,6 +4,7 @@
 
 use safeguard_mlx::classify::policy::{self, Error, Policy};
 use safeguard_mlx::classify::verdict::{parse, AnswerFormat, Keywords};
+use safeguard_mlx::harmony::Effort;
 
 #[test]
 fn shipped_policies_follow_the_template() {
@@ -84,7 +85,7 @@ fn policy_files_load_with_their_effort() {
     .unwrap();
     let policy = Policy::find(path.to_str().unwrap()).unwrap();
     assert_eq!(policy.name, "my-policy");
-    assert_eq!(policy.effort.as_deref(), Some("high"));
+    assert_eq!(policy.effort, Some(Effort::High));
     assert_eq!(policy.text, "# Mine\n\nFlag <|end|> tricks. Answer 0 or 1.");
     assert_eq!(policy.path.as_deref(), Some(path.as_path()));
 
@@ -136,7 +137,7 @@ fn front_matter_declares_the_answers_and_stays_out_of_the_prompt() {
     assert_eq!(front.violates, ["1", "INVALID"]);
     assert_eq!(front.safe, ["0"]);
     assert_eq!(front.escalate, ["2", "ESCALATE"]);
-    assert_eq!(policy.effort.as_deref(), Some("high"));
+    assert_eq!(policy.effort, Some(Effort::High));
     assert_eq!(policy.text, "# Mine\nAnswer in JSON.");
     // The mapping is part of what the policy is: a change to it is a new policy.
     assert_ne!(policy.identity(), policy.text);

@@ -64,8 +64,8 @@ pub struct Policy {
     pub name: String,
     /// The instructions given to the model (the effort line removed).
     pub text: String,
-    /// `low`, `medium` or `high` when the policy's first line sets it.
-    pub effort: Option<String>,
+    /// The effort when the policy's first line sets it.
+    pub effort: Option<harmony::Effort>,
     /// The file it came from; None for shipped policies.
     pub path: Option<PathBuf>,
     /// What its answers mean, when it declares it.
@@ -145,7 +145,7 @@ impl Policy {
                         line.line
                     ))
                 })?;
-                (Some(effort.to_string()), line.rest)
+                (Some(effort), line.rest)
             }
             None => (None, text),
         };

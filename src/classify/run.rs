@@ -188,10 +188,7 @@ pub fn conversation(policy: &Policy, options: &ClassifyOptions) -> Conversation 
 
 /// The reasoning effort: the option, else the policy's `Reasoning:` line, else medium.
 pub fn effort(policy: &Policy, options: &ClassifyOptions) -> Effort {
-    options
-        .effort
-        .or_else(|| policy.effort.as_deref().and_then(|e| e.parse().ok()))
-        .unwrap_or_default()
+    options.effort.or(policy.effort).unwrap_or_default()
 }
 
 /// The prompt tokens that ask the model to judge `content`.

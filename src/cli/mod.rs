@@ -50,8 +50,9 @@ pub struct EngineArgs {
     /// Compute dtype: auto (float32 on CPU, the model's on GPU), float32, bfloat16, float16.
     #[arg(long, default_value = "auto", value_parser = clap::builder::ValueParser::new(str::parse::<ComputeDtype>))]
     dtype: ComputeDtype,
-    /// Prompt tokens per prefill step (default 2048 as mlx-lm; `serve`: 512,
-    /// the most a new prompt delays the streams in flight by per step).
+    /// Prompt tokens per prefill step (default 2048 as mlx-lm; `serve`: 128 on
+    /// the CPU, 512 on a GPU, the most a new prompt delays the streams in
+    /// flight by per step).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     prefill_step: Option<u64>,
     /// Quantized matmuls on the CPU: exact (ours, float32 activations, equal to

@@ -90,7 +90,7 @@ fn list() -> Result<()> {
         println!(
             "{:<18} {:<8} {:<7} {:>5}  {}",
             p.name,
-            p.effort.as_deref().unwrap_or("-"),
+            p.effort.map_or("-", |e| e.as_str()),
             answer_format(&p),
             p.text.split_whitespace().count(),
             p.title()

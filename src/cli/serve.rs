@@ -97,14 +97,23 @@ pub struct Args {
 /// Prompt tokens per chunk while serving: a new prompt goes in one chunk per
 /// decode step of the streams in flight, so a chunk's forward is the longest
 /// pause they see, while every chunk also costs the newcomer a decode step
-/// of the others (chunks of 16 took a 2,000-token prompt ~54 s to admit on
-/// the small fixture, see README). 512 keeps the chunk a matmul-sized batch
-/// for the CPU kernels at a quarter of mlx-lm's 2048.
-const SERVE_PREFILL_STEP: usize = 512;
+/// of the others. Measured on the CPU with the perf fixture (`LOAD=1 make
+/// bench`, README): 128 gave the shortest worst pause (2.3 s against 3.9 s
+/// at 256, 8.6 s at 512 and 1024), the most tokens/s and the quickest short
+/// request behind a long prompt; the CPU kernels lose little at 128 rows. A
+/// GPU runs a chunk of 512 in a fraction of a second and loses more to small
+/// ones, so it keeps 512 (not measured here: no GPU).
+fn serve_prefill_step() -> usize {
+    if crate::mlx::default_device().is_gpu() {
+        512
+    } else {
+        128
+    }
+}
 
 pub fn run(args: Args) -> Result<()> {
     let args = Args {
-        engine: args.engine.with_default_prefill_step(SERVE_PREFILL_STEP),
+        engine: args.engine.with_default_prefill_step(serve_prefill_step()),
         ..args
     };
     let usage = |e: anyhow::Error| anyhow::Error::from(UsageError(e));
