@@ -79,7 +79,7 @@ impl Engine {
             lost: watch::channel(None).0,
         });
         let shared = status.clone();
-        thread::Builder::new()
+        let engine = thread::Builder::new()
             .name("engine".into())
             .spawn(move || match load() {
                 Ok(Loaded { model, lockstep }) => {
@@ -101,6 +101,12 @@ impl Engine {
         let serving = loaded
             .recv()
             .map_err(|_| anyhow::anyhow!("the engine thread died while loading the model"))??;
+        if !serving {
+            // A follower's thread still frees its model and caches after
+            // saying so; the process must not exit (and tear MLX down) under
+            // it, which corrupted the heap.
+            let _ = engine.join();
+        }
         Ok(serving.then_some(Engine { requests, status }))
     }
 
