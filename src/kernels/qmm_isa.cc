@@ -469,6 +469,20 @@ const std::array kFastTiles = {fast_tile_table<Format::Mxfp4>(std::make_integer_
 
 namespace {
 
+// The readers of up to kMaxCols weight rows from n0 on. Readers are plain
+// views; building one costs a few pointer sums.
+class Readers {
+ public:
+  Readers(const Problem& p, uint32_t expert, int n0, int cols) {
+    for (int c = 0; c < cols; ++c) new (&storage_[c]) RowReader(p, expert, n0 + c);
+  }
+  operator const RowReader*() const { return reinterpret_cast<const RowReader*>(storage_); }
+  const RowReader& operator[](int c) const { return reinterpret_cast<const RowReader*>(storage_)[c]; }
+
+ private:
+  alignas(RowReader) unsigned char storage_[kMaxCols][sizeof(RowReader)];
+};
+
 // Exact precision. With a decoded panel the blocks go in chunks, every row
 // tile taking a chunk before the next: a chunk of the panel then stays in L1
 // for all rows, where whole rows of panel and inputs (2 × 4 × 11.5 KB at
@@ -487,10 +501,7 @@ void run_exact(const Problem& p, uint32_t expert, const RowJob* rows, size_t row
   };
   for (int n0 = n_begin; n0 < n_end; n0 += kMaxCols) {
     const int cols = std::min(kMaxCols, n_end - n0);
-    // Readers are plain views; building one costs a few pointer sums.
-    alignas(RowReader) unsigned char reader_storage[kMaxCols][sizeof(RowReader)];
-    RowReader* readers = reinterpret_cast<RowReader*>(reader_storage);
-    for (int c = 0; c < cols; ++c) new (&readers[c]) RowReader(p, expert, n0 + c);
+    Readers readers(p, expert, n0, cols);
     const float* panel[kMaxCols] = {};
     if (use_panel) {
       for (int c = 0; c < cols; ++c) {
@@ -531,9 +542,7 @@ void run_fast(const Problem& p, uint32_t expert, const RowJob* rows, size_t row_
   const int blocks = p.in_dims / 32;
   for (int n0 = n_begin; n0 < n_end; n0 += kMaxCols) {
     const int cols = std::min(kMaxCols, n_end - n0);
-    alignas(RowReader) unsigned char reader_storage[kMaxCols][sizeof(RowReader)];
-    RowReader* readers = reinterpret_cast<RowReader*>(reader_storage);
-    for (int c = 0; c < cols; ++c) new (&readers[c]) RowReader(p, expert, n0 + c);
+    Readers readers(p, expert, n0, cols);
     for (size_t r0 = 0; r0 < row_count; r0 += kMaxRows) {
       const int count = int(std::min<size_t>(kMaxRows, row_count - r0));
       size_t x_rows[kMaxRows];
