@@ -291,13 +291,20 @@ struct RowReader {
 
   // Asks for the codes of a later block: with several rows read in step,
   // the hardware prefetchers alone leave decode waiting on memory.
+  template <Format F>
   inline void prefetch(int b) const {
-    __builtin_prefetch(bytes + b * (p.format == Format::Affine8 ? 32 : 16));
+    __builtin_prefetch(bytes + b * (F == Format::Affine8 ? 32 : 16));
+  }
+
+  // MXFP4 groups are always one block: its shift is known to be zero.
+  template <Format F>
+  inline int group_of(int b) const {
+    return F == Format::Mxfp4 ? b : b >> group_shift;
   }
 
   template <Format F>
   inline Block8 block8(int b) const {
-    const int group = b >> group_shift;
+    const int group = group_of<F>(b);
     if constexpr (F == Format::Mxfp4) {
       return {e2m1_doubled(nibbles(bytes + b * 16)), e8m0_half(e8m0[group]), 0.0f};
     } else if constexpr (F == Format::Affine4) {
@@ -308,41 +315,57 @@ struct RowReader {
     }
   }
 
+  // A block as floats, the low nibbles' 16 weights then the high ones'.
+  // One instance per format: a format tested at run time inside the tiles'
+  // loops left them a register-starved tangle of branches.
+  template <Format F>
   inline void block(int b, Lanes& w0, Lanes& w1) const {
-    const int group = b >> group_shift;
-    if (p.format == Format::Affine8) {
+    const int group = group_of<F>(b);
+    if constexpr (F == Format::Affine8) {
       v16u8 lo, hi;
       std::memcpy(&lo, bytes + b * 32, 16);
       std::memcpy(&hi, bytes + b * 32 + 16, 16);
       Lanes s = splat(scales[group]), z = splat(biases[group]);
       w0 = mul_add(to_float(lo), s, z);
       w1 = mul_add(to_float(hi), s, z);
-      return;
-    }
-#if defined(QMM_WIDE)
-    if (p.format == Format::Mxfp4) {
-      // The 16 values scaled once, then looked up per lane straight from the
-      // codes: the permute reads only an index's low 4 bits, so the high
-      // nibble needs one shift and the low one nothing. Same products as the
-      // byte-table path below (both exact), so the same bits.
-      const __m512 table = _mm512_mul_ps(_mm512_load_ps(kE2m1DoubledFloat), _mm512_set1_ps(e8m0_half(e8m0[group])));
-      const __m512i codes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes + b * 16)));
-      w0.part[0] = (vf)_mm512_permutexvar_ps(codes, table);
-      w1.part[0] = (vf)_mm512_permutexvar_ps(_mm512_srli_epi32(codes, 4), table);
-      return;
-    }
-#endif
-    v16u8 packed;
-    std::memcpy(&packed, bytes + b * 16, 16);
-    v16u8 low = packed & 15, high = packed >> 4;
-    if (p.format == Format::Mxfp4) {
-      Lanes s = splat(e8m0_half(e8m0[group]));
-      w0 = mul(to_float(__builtin_shuffle(kE2m1Doubled, (v16i8)low)), s);
-      w1 = mul(to_float(__builtin_shuffle(kE2m1Doubled, (v16i8)high)), s);
     } else {
-      Lanes s = splat(scales[group]), z = splat(biases[group]);
-      w0 = mul_add(to_float(low), s, z);
-      w1 = mul_add(to_float(high), s, z);
+#if defined(QMM_WIDE)
+      if constexpr (F == Format::Mxfp4) {
+        // The 16 values scaled once, then looked up per lane straight from the
+        // codes: the permute reads only an index's low 4 bits, so the high
+        // nibble needs one shift and the low one nothing. Same products as the
+        // byte-table path below (both exact), so the same bits.
+        const __m512 table =
+            _mm512_mul_ps(_mm512_load_ps(kE2m1DoubledFloat), _mm512_set1_ps(e8m0_half(e8m0[group])));
+        const __m512i codes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes + b * 16)));
+        w0.part[0] = (vf)_mm512_permutexvar_ps(codes, table);
+        w1.part[0] = (vf)_mm512_permutexvar_ps(_mm512_srli_epi32(codes, 4), table);
+        return;
+      }
+#endif
+      v16u8 packed;
+      std::memcpy(&packed, bytes + b * 16, 16);
+      v16u8 low = packed & 15, high = packed >> 4;
+      if constexpr (F == Format::Mxfp4) {
+        Lanes s = splat(e8m0_half(e8m0[group]));
+        w0 = mul(to_float(__builtin_shuffle(kE2m1Doubled, (v16i8)low)), s);
+        w1 = mul(to_float(__builtin_shuffle(kE2m1Doubled, (v16i8)high)), s);
+      } else {
+        Lanes s = splat(scales[group]), z = splat(biases[group]);
+        w0 = mul_add(to_float(low), s, z);
+        w1 = mul_add(to_float(high), s, z);
+      }
+    }
+  }
+
+  inline void block(int b, Lanes& w0, Lanes& w1) const {
+    switch (p.format) {
+      case Format::Mxfp4:
+        return block<Format::Mxfp4>(b, w0, w1);
+      case Format::Affine4:
+        return block<Format::Affine4>(b, w0, w1);
+      case Format::Affine8:
+        return block<Format::Affine8>(b, w0, w1);
     }
   }
 };
@@ -361,7 +384,7 @@ inline float sum_lanes(const Lanes& v) {
 // fly (`readers`) or read from a decoded panel. One instance per source: with
 // both loops in one body the compiler keeps the accumulators on the stack, a
 // load and a store around every FMA.
-template <int ROWS, int COLS, bool PANEL>
+template <Format F, int ROWS, int COLS, bool PANEL>
 void tile(int begin, int end, const float* const* x, const RowReader* readers, const float* const* panel,
           Lanes (*acc_io)[kMaxCols]) {
   Lanes acc[ROWS][COLS];
@@ -374,8 +397,8 @@ void tile(int begin, int end, const float* const* x, const RowReader* readers, c
         w0[c] = load16(panel[c] + b * 32);
         w1[c] = load16(panel[c] + b * 32 + 16);
       } else {
-        readers[c].prefetch(b + kPrefetchBlocks);
-        readers[c].block(b, w0[c], w1[c]);
+        readers[c].template prefetch<F>(b + kPrefetchBlocks);
+        readers[c].template block<F>(b, w0[c], w1[c]);
       }
     }
     for (int r = 0; r < ROWS; ++r) {
@@ -392,20 +415,24 @@ void tile(int begin, int end, const float* const* x, const RowReader* readers, c
 
 using TileFn = void (*)(int, int, const float* const*, const RowReader*, const float* const*, Lanes (*)[kMaxCols]);
 
-template <bool PANEL, int R, int... C>
+template <Format F, bool PANEL, int R, int... C>
 constexpr auto tile_row(std::integer_sequence<int, C...>) {
-  return std::array<TileFn, sizeof...(C)>{&tile<R, C + 1, PANEL>...};
+  return std::array<TileFn, sizeof...(C)>{&tile<F, R, C + 1, PANEL>...};
 }
 
-template <bool PANEL, int... R>
+template <Format F, bool PANEL, int... R>
 constexpr auto tile_table(std::integer_sequence<int, R...>) {
   return std::array<std::array<TileFn, kMaxCols>, sizeof...(R)>{
-      tile_row<PANEL, R + 1>(std::make_integer_sequence<int, kMaxCols>{})...};
+      tile_row<F, PANEL, R + 1>(std::make_integer_sequence<int, kMaxCols>{})...};
 }
 
-// kTiles[panel][rows - 1][cols - 1]: the tile function for a partial tile too.
-const std::array kTiles = {tile_table<false>(std::make_integer_sequence<int, kMaxRows>{}),
-                           tile_table<true>(std::make_integer_sequence<int, kMaxRows>{})};
+// kDecodeTiles[format][rows - 1][cols - 1], in the order of `Format`, and
+// kPanelTiles[rows - 1][cols - 1] (a decoded panel has no format left, so
+// one instance serves all): the tile function for a partial tile too.
+const std::array kDecodeTiles = {tile_table<Format::Mxfp4, false>(std::make_integer_sequence<int, kMaxRows>{}),
+                                 tile_table<Format::Affine4, false>(std::make_integer_sequence<int, kMaxRows>{}),
+                                 tile_table<Format::Affine8, false>(std::make_integer_sequence<int, kMaxRows>{})};
+const auto kPanelTiles = tile_table<Format::Mxfp4, true>(std::make_integer_sequence<int, kMaxRows>{});
 
 // The fast tile: int8 input codes, weights decoded to bytes per block. One
 // instance per format: tested at run time inside the loop, the format's
@@ -425,7 +452,7 @@ void tile_fast(int blocks, const Inputs& in, const size_t* x_rows, int k, const 
   for (int b = 0; b < blocks; ++b) {
     Block8 w[COLS];
     for (int c = 0; c < COLS; ++c) {
-      readers[c].prefetch(b + kPrefetchBlocks);
+      readers[c].template prefetch<F>(b + kPrefetchBlocks);
       w[c] = readers[c].template block8<F>(b);
     }
     for (int r = 0; r < ROWS; ++r) {
@@ -523,7 +550,9 @@ void run_exact(const Problem& p, uint32_t expert, const RowJob* rows, size_t row
         const int count = int(std::min<size_t>(kMaxRows, row_count - r0));
         const float* x[kMaxRows];
         for (int r = 0; r < count; ++r) x[r] = in.x + size_t(rows[r0 + r].x_row) * p.in_dims;
-        kTiles[use_panel][count - 1][cols - 1](begin, end, x, readers, panel, acc_of(t));
+        const TileFn tile_fn = use_panel ? kPanelTiles[count - 1][cols - 1]
+                                         : kDecodeTiles[size_t(p.format)][count - 1][cols - 1];
+        tile_fn(begin, end, x, readers, panel, acc_of(t));
       }
     }
     for (size_t t = 0; t < row_tiles; ++t) {
