@@ -158,8 +158,11 @@ fn kv_bytes(config: &Config, context: usize, step: usize, kv_heads: u64, dtype: 
 
 /// The largest transient arrays of a prefill chunk of `step` tokens at the
 /// end of the context: attention scores over every key (MLX's CPU attention
-/// holds four such arrays at once: the scores, masked, with the sinks'
-/// column, and their softmax; measured on the fixtures), the experts' inputs
+/// makes four such arrays: the scores, masked, with the sinks' column, and
+/// their softmax; three to four are alive at the peak, depending on when
+/// MLX's stream thread frees the first, so the estimate counts three and a
+/// half — measured on the fixtures, where the peak varies by ±3% from run to
+/// run and machine to machine), the experts' inputs
 /// and activations per routed pair, the hidden states, and the last
 /// position's logits and log-probabilities.
 fn working_bytes(config: &Config, context: usize, step: usize, heads: u64, dtype: u64) -> u64 {
@@ -167,7 +170,7 @@ fn working_bytes(config: &Config, context: usize, step: usize, heads: u64, dtype
     let keys = context as u64;
     let k = config.num_experts_per_tok.max(1) as u64;
     let hidden = config.hidden_size as u64;
-    let scores = 4 * heads * l * keys * dtype;
+    let scores = 7 * heads * l * keys * dtype / 2;
     let experts = l * k * (hidden + 3 * config.intermediate_size as u64) * dtype;
     let states = 6 * l * hidden * dtype;
     let logits = 2 * config.vocab_size as u64 * dtype;
