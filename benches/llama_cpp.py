@@ -46,6 +46,18 @@ def log(msg):
     print(f"[llama.cpp: {msg}]", file=sys.stderr, flush=True)
 
 
+def cpu_features() -> str:
+    """The CPU's name and flags: a native build from another machine may use
+    instructions this one lacks, or miss ones it has."""
+    try:
+        info = pathlib.Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor()
+    first = info.split("\n\n")[0]
+    return " ".join(line.split(":", 1)[1].strip() for line in first.splitlines()
+                    if line.startswith(("model name", "flags")))
+
+
 def build() -> pathlib.Path:
     """llama-bench built from the sdist's vendor/llama.cpp; reused once built."""
     src = ROOT / f"llama-cpp-python-{LLAMA_CPP_PYTHON}"
@@ -59,8 +71,8 @@ def build() -> pathlib.Path:
         # segfaults on the Q8_0 attention of this model's prefill (llama.cpp issue 20824, open).
         configure.append("-DCMAKE_C_FLAGS=-mno-amx-tile -mno-amx-int8 -mno-amx-bf16")
         configure.append("-DCMAKE_CXX_FLAGS=-mno-amx-tile -mno-amx-int8 -mno-amx-bf16")
-    stamp = ROOT / ".built"  # the source and configuration that build/ holds
-    built = f"llama-cpp-python {LLAMA_CPP_PYTHON} {configure}"
+    stamp = ROOT / ".built"  # the source, configuration and CPU that build/ holds
+    built = f"llama-cpp-python {LLAMA_CPP_PYTHON} {configure} {cpu_features()}"
     if binary.exists() and stamp.exists() and stamp.read_text() == built:
         return binary
     ROOT.mkdir(parents=True, exist_ok=True)
