@@ -64,77 +64,109 @@ pub struct Request {
 
 /// The estimate for `request` on the model in `dir`. Reads headers only.
 pub fn estimate(dir: &Path, config: &Config, request: Request) -> Result<Estimate> {
-    // Opening is lazy: no tensor data is read.
-    let mut weights = Weights::open(dir, request.load)?;
-    if weights.contains_original_layout() {
-        weights.sanitize_original_layout()?;
-    }
-    let split = match request.split {
-        Some((parallel, ranks)) if ranks > 1 => Some(Split::plan(config, &weights, parallel, ranks)?),
-        _ => None,
-    };
-    let compute = weights.compute_dtype().size() as u64;
-    let ranks = request.split.map_or(1, |(_, n)| n.max(1));
-    let heads_share = |s: &Split| {
-        if s.split_heads {
-            1.0 / f64::from(s.ranks)
-        } else {
-            1.0
+    Ok(Footprint::read(dir, config, request)?.at(config, request))
+}
+
+/// What a model's weights take per rank, and the heads a rank attends with:
+/// read from the headers once, then sized for any context.
+struct Footprint {
+    weights: u64,
+    heads: u64,
+    kv_heads: u64,
+    compute: u64,
+    ranks: i32,
+    parallel: Option<Parallel>,
+}
+
+impl Footprint {
+    fn read(dir: &Path, config: &Config, request: Request) -> Result<Footprint> {
+        // Opening is lazy: no tensor data is read.
+        let mut weights = Weights::open(dir, request.load)?;
+        if weights.contains_original_layout() {
+            weights.sanitize_original_layout()?;
         }
-    };
-    let expert_share = |s: &Split| match s.parallel {
-        Parallel::Tensor => 1.0 / f64::from(s.ranks),
-        // Rank 0 holds the most experts when they do not divide evenly.
-        Parallel::Expert => f64::from(s.experts(0).len() as i32) / f64::from(config.num_local_experts),
-    };
-    let mut total = 0.0;
-    for file in crate::model::weight_files(dir)? {
-        let header = read_header(&file).map_err(|e| {
-            Error::Model(crate::model::Error::WeightFile {
-                path: file.clone(),
-                message: e.to_string(),
-            })
-        })?;
-        for (name, (dtype, shape, bytes)) in header {
-            let elements: u64 = shape.iter().product();
-            // Floating tensors are cast to the compute dtype at load.
-            let loaded = if matches!(dtype.as_str(), "F16" | "BF16" | "F32" | "F64") {
-                elements * compute
+        let split = match request.split {
+            Some((parallel, ranks)) if ranks > 1 => Some(Split::plan(config, &weights, parallel, ranks)?),
+            _ => None,
+        };
+        let compute = weights.compute_dtype().size() as u64;
+        let ranks = request.split.map_or(1, |(_, n)| n.max(1));
+        let heads_share = |s: &Split| {
+            if s.split_heads {
+                1.0 / f64::from(s.ranks)
             } else {
-                bytes
-            };
-            let share = match &split {
-                Some(s) if name.contains(".experts.") => expert_share(s),
-                Some(s) if name.contains(".self_attn.") && !name.ends_with("o_proj.bias") => heads_share(s),
-                _ => 1.0,
-            };
-            total += loaded as f64 * share;
+                1.0
+            }
+        };
+        let expert_share = |s: &Split| match s.parallel {
+            Parallel::Tensor => 1.0 / f64::from(s.ranks),
+            // Rank 0 holds the most experts when they do not divide evenly.
+            Parallel::Expert => f64::from(s.experts(0).len() as i32) / f64::from(config.num_local_experts),
+        };
+        let mut total = 0.0;
+        for file in crate::model::weight_files(dir)? {
+            let header = read_header(&file).map_err(|e| {
+                Error::Model(crate::model::Error::WeightFile {
+                    path: file.clone(),
+                    message: e.to_string(),
+                })
+            })?;
+            for (name, (dtype, shape, bytes)) in header {
+                let elements: u64 = shape.iter().product();
+                // Floating tensors are cast to the compute dtype at load.
+                let loaded = if matches!(dtype.as_str(), "F16" | "BF16" | "F32" | "F64") {
+                    elements * compute
+                } else {
+                    bytes
+                };
+                let share = match &split {
+                    Some(s) if name.contains(".experts.") => expert_share(s),
+                    Some(s) if name.contains(".self_attn.") && !name.ends_with("o_proj.bias") => {
+                        heads_share(s)
+                    }
+                    _ => 1.0,
+                };
+                total += loaded as f64 * share;
+            }
+        }
+        let kv_heads = match &split {
+            Some(s) if s.split_heads => config.num_key_value_heads / s.ranks,
+            _ => config.num_key_value_heads,
+        } as u64;
+        let heads = match &split {
+            Some(s) if s.split_heads => config.num_attention_heads / s.ranks,
+            _ => config.num_attention_heads,
+        } as u64;
+        Ok(Footprint {
+            weights: total as u64,
+            heads,
+            kv_heads,
+            compute,
+            ranks,
+            parallel: request.split.map(|(p, _)| p),
+        })
+    }
+
+    /// The estimate for `request`, a request like the one read with but for
+    /// its context, prompt and prefill step.
+    fn at(&self, config: &Config, request: Request) -> Estimate {
+        let step = request.prefill_step.max(1);
+        let context = request.context.max(1);
+        Estimate {
+            weights: self.weights,
+            kv_cache: kv_bytes(config, context, step, self.kv_heads, self.compute),
+            working: working_bytes(
+                config,
+                context,
+                step.min(request.prompt.unwrap_or(context)),
+                self.heads,
+                self.compute,
+            ),
+            context,
+            ranks: self.ranks,
+            parallel: self.parallel,
         }
     }
-    let kv_heads = match &split {
-        Some(s) if s.split_heads => config.num_key_value_heads / s.ranks,
-        _ => config.num_key_value_heads,
-    } as u64;
-    let heads = match &split {
-        Some(s) if s.split_heads => config.num_attention_heads / s.ranks,
-        _ => config.num_attention_heads,
-    } as u64;
-    let step = request.prefill_step.max(1);
-    let context = request.context.max(1);
-    Ok(Estimate {
-        weights: total as u64,
-        kv_cache: kv_bytes(config, context, step, kv_heads, compute),
-        working: working_bytes(
-            config,
-            context,
-            step.min(request.prompt.unwrap_or(context)),
-            heads,
-            compute,
-        ),
-        context,
-        ranks,
-        parallel: request.split.map(|(p, _)| p),
-    })
 }
 
 /// Keys and values of every layer: full layers grow in [`CACHE_STEP`]s to
@@ -254,16 +286,15 @@ pub fn longest_context(
     request: Request,
     budget: &Budget,
 ) -> Result<Option<usize>> {
-    let fits = |context| -> Result<bool> {
-        Ok(estimate(dir, config, Request { context, ..request })?.total() <= budget.bytes)
-    };
+    let footprint = Footprint::read(dir, config, request)?;
+    let fits = |context| footprint.at(config, Request { context, ..request }).total() <= budget.bytes;
     let (mut lo, mut hi) = (1usize, request.context);
-    if !fits(lo)? {
+    if !fits(lo) {
         return Ok(None);
     }
     while hi - lo > 1 {
         let mid = lo + (hi - lo) / 2;
-        if fits(mid)? {
+        if fits(mid) {
             lo = mid;
         } else {
             hi = mid;
