@@ -147,15 +147,8 @@ fn gathered_experts_equal_numpy() {
     let q = quantized(&[experts, n, k], spec, 11);
     let (x, xd) = rand_array(&[5, 1, k], 12);
     let order = [3u32, 1, 3, 0, 2];
-    let ours = kernels::gather_matmul(
-        &x,
-        &q,
-        &indices(&order, &[5]),
-        ForeignExpert::Invalid,
-        Precision::Exact,
-        None,
-    )
-    .unwrap();
+    let idx = indices(&order, &[5]);
+    let ours = kernels::gather_matmul(&x, &q, &idx, ForeignExpert::Invalid, Precision::Exact, None).unwrap();
     let mut inputs = quant_inputs(&q);
     inputs.push(f32_input("x", &xd, &[5, 1, k]));
     inputs.push(input("idx", &order, &[5], "int64"));
@@ -204,16 +197,7 @@ fn foreign_expert_pairs_are_zeros_and_held_pairs_equal_gather_qmm() {
     // The opt-in covers one index only: past it is still out of range.
     let q = quantized(&[2, 8, 64], specs()[0], 5);
     let (x, _) = rand_array(&[1, 1, 64], 6);
-    let y = kernels::gather_matmul(
-        &x,
-        &q,
-        &indices(&[3], &[1]),
-        ForeignExpert::Zero,
-        Precision::Exact,
-        None,
-    )
-    .unwrap();
-    let message = y.to_vec::<f32>().unwrap_err().to_string();
+    let message = gather_error(&x, &q, &[3], &[1], ForeignExpert::Zero);
     assert!(
         message.contains("pair 0 names input 0 of 1 and expert 3 of 2"),
         "{message}"
@@ -261,23 +245,22 @@ fn check_foreign_pairs(label: &str, q: &Quantized, x: &Array, order: &[u32], sha
     );
 
     let first = order.iter().position(|&e| e == foreign).unwrap();
-    let message = kernels::gather_matmul(
-        x,
-        q,
-        &indices(order, shape),
-        ForeignExpert::Invalid,
-        Precision::Exact,
-        None,
-    )
-    .unwrap()
-    .to_vec::<f32>()
-    .unwrap_err()
-    .to_string();
+    let message = gather_error(x, q, order, shape, ForeignExpert::Invalid);
     assert!(
         message.contains(&format!("pair {first} names"))
             && message.contains(&format!("expert {foreign} of {foreign}")),
         "{label}: {message}"
     );
+}
+
+/// The error evaluating the gather of `order` (shaped `shape`) fails with:
+/// bad indices surface at evaluation, as an error rather than an abort.
+fn gather_error(x: &Array, q: &Quantized, order: &[u32], shape: &[i32], foreign: ForeignExpert) -> String {
+    kernels::gather_matmul(x, q, &indices(order, shape), foreign, Precision::Exact, None)
+        .unwrap()
+        .to_vec::<f32>()
+        .unwrap_err()
+        .to_string()
 }
 
 #[test]
@@ -379,16 +362,7 @@ fn unsupported_inputs_are_errors_naming_the_problem() {
     // An expert index past the last expert fails the evaluation, not the process.
     let experts = quantized(&[2, 8, 64], spec(4, 32), 5);
     let (x, _) = rand_array(&[1, 1, 64], 6);
-    let y = kernels::gather_matmul(
-        &x,
-        &experts,
-        &indices(&[7], &[1]),
-        ForeignExpert::Invalid,
-        Precision::Exact,
-        None,
-    )
-    .unwrap();
-    let message = y.to_vec::<f32>().unwrap_err().to_string();
+    let message = gather_error(&x, &experts, &[7], &[1], ForeignExpert::Invalid);
     assert!(message.contains("expert 7 of 2"), "{message}");
 }
 
@@ -455,17 +429,11 @@ fn fast_gathered_experts_match_fast_dense_per_expert() {
         let q = quantized(&[experts, n, k], spec, 1000 + i as u64);
         let order = [4u32, 1, 4, 0, 3, 3];
         let (x, _) = rand_array(&[order.len() as i32, 1, k], 1100 + i as u64);
-        let gathered = kernels::gather_matmul(
-            &x,
-            &q,
-            &indices(&order, &[6]),
-            ForeignExpert::Invalid,
-            Precision::Fast,
-            None,
-        )
-        .unwrap()
-        .to_vec::<f32>()
-        .unwrap();
+        let idx = indices(&order, &[6]);
+        let gathered = kernels::gather_matmul(&x, &q, &idx, ForeignExpert::Invalid, Precision::Fast, None)
+            .unwrap()
+            .to_vec::<f32>()
+            .unwrap();
         for (p, &e) in order.iter().enumerate() {
             let take = |a: &Array| {
                 a.slice_axis(0, e as i32, e as i32 + 1)
