@@ -170,23 +170,50 @@ fn tensor_parallel_bf16_and_affine_chunked_prefill() {
     check_parity("a-q4", "short.float32", "tensor", 2, &[]);
 }
 
+/// What a rank under expert parallel says it computes.
+const OWN_PAIRS: &str = "computing only its own experts' pairs";
+const EVERY_PAIR: &str = "computing every routed pair, other ranks' weighted by zero";
+
+fn assert_all_say(stderrs: &[String], what: &str) {
+    for (r, err) in stderrs.iter().enumerate() {
+        assert!(err.contains(what), "rank {r} should say {what:?}:\n{err}");
+    }
+}
+
 #[test]
 fn expert_parallel_dividing_expert_counts() {
+    // float32 on the CPU runs the quantized experts on our kernels (the
+    // default --cpu-kernels exact), which skip other ranks' pairs. The
+    // prompts' prefill has at least 64 pairs (the sorted path), decode fewer.
     let stderrs = check_parity("b-q8", "short.float32", "expert", 2, &[]);
     assert!(stderrs[0].contains("experts 0..8 (8 of 16)"), "{}", stderrs[0]);
-    check_parity("a-mxfp4", "long.float32", "expert", 2, &[]);
+    assert_all_say(&stderrs, OWN_PAIRS);
+    let stderrs = check_parity("a-mxfp4", "long.float32", "expert", 2, &[]);
+    assert_all_say(&stderrs, OWN_PAIRS);
+}
+
+#[test]
+fn expert_parallel_on_mlx_kernels_weights_other_ranks_pairs_by_zero() {
+    let stderrs = check_parity("a-mxfp4", "short.float32", "expert", 2, &["--cpu-kernels", "mlx"]);
+    assert_all_say(&stderrs, EVERY_PAIR);
 }
 
 #[test]
 fn expert_parallel_uneven_experts_whole_attention() {
     // 8 experts over 3 ranks: 3, 3 and 2; 2 kv heads do not split in 3, so
-    // every rank runs all of attention.
+    // every rank runs all of attention. Dense experts run on MLX's kernels.
     let stderrs = check_parity("a-bf16", "short.float32", "expert", 3, &[]);
     assert!(
         stderrs[2].contains("all 16 heads, experts 6..8 (2 of 8)"),
         "{}",
         stderrs[2]
     );
+    assert_all_say(&stderrs, EVERY_PAIR);
+    // 16 quantized experts over 3 ranks on our kernels: 6, 5 and 5, so the
+    // index naming another rank's expert differs between ranks.
+    let stderrs = check_parity("b-q4", "short.float32", "expert", 3, &[]);
+    assert!(stderrs[0].contains("experts 0..6 (6 of 16)"), "{}", stderrs[0]);
+    assert_all_say(&stderrs, OWN_PAIRS);
 }
 
 #[test]

@@ -10,7 +10,7 @@
 mod common;
 
 use common::*;
-use safeguard_mlx::kernels::{self, Precision};
+use safeguard_mlx::kernels::{self, ForeignExpert, Precision};
 use safeguard_mlx::mlx::{Array, Dtype, QuantMode, QuantSpec, Quantized};
 
 const EXACT: f64 = 1e-5;
@@ -114,7 +114,8 @@ fn gathered_experts_equal_gather_qmm_with_repeated_unsorted_indices() {
             &[5, 0, 3, 3, 1, 5, 0, 2, 4, 1, 5, 2, 4, 4, 0, 2, 3, 1],
             &[2, 3, 3],
         );
-        let ours = kernels::gather_matmul(&x, &q, &idx, Precision::Exact, None).unwrap();
+        let ours =
+            kernels::gather_matmul(&x, &q, &idx, ForeignExpert::Invalid, Precision::Exact, None).unwrap();
         let theirs = q.gather_matmul(&x, None, Some(&idx), true, false).unwrap();
         assert_eq!(ours.shape(), vec![2, 3, 3, 1, n], "{label}");
         assert_scaled_close(&format!("{label} decode"), &ours, &theirs);
@@ -123,14 +124,16 @@ fn gathered_experts_equal_gather_qmm_with_repeated_unsorted_indices() {
         let order = [0u32, 0, 0, 1, 2, 2, 4, 5, 5, 5, 5];
         let (x, _) = rand_array(&[order.len() as i32, 1, k], 400 + i as u64);
         let idx = indices(&order, &[order.len() as i32]);
-        let ours = kernels::gather_matmul(&x, &q, &idx, Precision::Exact, None).unwrap();
+        let ours =
+            kernels::gather_matmul(&x, &q, &idx, ForeignExpert::Invalid, Precision::Exact, None).unwrap();
         let theirs = q.gather_matmul(&x, None, Some(&idx), true, true).unwrap();
         assert_scaled_close(&format!("{label} sorted"), &ours, &theirs);
 
         // Several rows per pair (M > 1).
         let (x, _) = rand_array(&[3, 4, k], 500 + i as u64);
         let idx = indices(&[2, 2, 0], &[3]);
-        let ours = kernels::gather_matmul(&x, &q, &idx, Precision::Exact, None).unwrap();
+        let ours =
+            kernels::gather_matmul(&x, &q, &idx, ForeignExpert::Invalid, Precision::Exact, None).unwrap();
         let theirs = q.gather_matmul(&x, None, Some(&idx), true, false).unwrap();
         assert_eq!(ours.shape(), vec![3, 4, n]);
         assert_scaled_close(&format!("{label} M=4"), &ours, &theirs);
@@ -144,7 +147,8 @@ fn gathered_experts_equal_numpy() {
     let q = quantized(&[experts, n, k], spec, 11);
     let (x, xd) = rand_array(&[5, 1, k], 12);
     let order = [3u32, 1, 3, 0, 2];
-    let ours = kernels::gather_matmul(&x, &q, &indices(&order, &[5]), Precision::Exact, None).unwrap();
+    let idx = indices(&order, &[5]);
+    let ours = kernels::gather_matmul(&x, &q, &idx, ForeignExpert::Invalid, Precision::Exact, None).unwrap();
     let mut inputs = quant_inputs(&q);
     inputs.push(f32_input("x", &xd, &[5, 1, k]));
     inputs.push(input("idx", &order, &[5], "int64"));
@@ -160,6 +164,105 @@ fn gathered_experts_equal_numpy() {
     assert!(err <= EXACT, "scaled error {err:e}");
 }
 
+/// Expert parallel: an index one past the last held expert names another
+/// rank's. With [`ForeignExpert::Zero`] its pairs are exact zeros and the held
+/// pairs equal MLX's `gather_qmm`; without it that index is an error naming
+/// the pair, as any index out of range.
+#[test]
+fn foreign_expert_pairs_are_zeros_and_held_pairs_equal_gather_qmm() {
+    let (experts, n, k) = (4u32, 21, 128);
+    // Decode: repeated and unsorted, one token routed only elsewhere.
+    let decode = [4u32, 0, 3, 3, 4, 4, 0, 2, 4, 1, 4, 2, 4, 4, 4, 2, 3, 1];
+    // Sorted prefill: the model's sort puts the foreign pairs last.
+    let sorted = [0u32, 0, 1, 2, 2, 3, 4, 4, 4];
+    for (i, spec) in specs().into_iter().enumerate() {
+        let q = quantized(&[experts as i32, n, k], spec, 1300 + i as u64);
+        for m in [1, 5] {
+            let label = format!(
+                "{:?} bits {} group {} M={m}",
+                spec.mode, spec.bits, spec.group_size
+            );
+            let (x, _) = rand_array(&[2, 3, 1, m, k], 1400 + 10 * i as u64 + m as u64);
+            check_foreign_pairs(&label, &q, &x, &decode, &[2, 3, 3]);
+            let (x, _) = rand_array(&[sorted.len() as i32, m, k], 1500 + 10 * i as u64 + m as u64);
+            check_foreign_pairs(
+                &format!("{label} sorted"),
+                &q,
+                &x,
+                &sorted,
+                &[sorted.len() as i32],
+            );
+        }
+    }
+    // The opt-in covers one index only: past it is still out of range.
+    let q = quantized(&[2, 8, 64], specs()[0], 5);
+    let (x, _) = rand_array(&[1, 1, 64], 6);
+    let message = gather_error(&x, &q, &[3], &[1], ForeignExpert::Zero);
+    assert!(
+        message.contains("pair 0 names input 0 of 1 and expert 3 of 2"),
+        "{message}"
+    );
+}
+
+/// `order` (shaped `shape`) gathers `x` against `q`'s experts, where index
+/// `experts` is foreign: zeros with the opt-in, an error without it.
+fn check_foreign_pairs(label: &str, q: &Quantized, x: &Array, order: &[u32], shape: &[i32]) {
+    let foreign = q.weight.dim(0).unwrap() as u32;
+    let ours = kernels::gather_matmul(
+        x,
+        q,
+        &indices(order, shape),
+        ForeignExpert::Zero,
+        Precision::Exact,
+        None,
+    )
+    .unwrap();
+    // MLX's reference on the held pairs; the foreign ones name expert 0 there.
+    let held: Vec<u32> = order.iter().map(|&e| if e == foreign { 0 } else { e }).collect();
+    let theirs = q
+        .gather_matmul(x, None, Some(&indices(&held, shape)), true, false)
+        .unwrap();
+    assert_eq!(ours.shape(), theirs.shape(), "{label}");
+    let (ours, theirs) = (values(&ours), values(&theirs));
+    let per_pair = ours.len() / order.len();
+    let (mut got, mut want) = (Vec::new(), Vec::new());
+    for (pair, &e) in order.iter().enumerate() {
+        let rows = pair * per_pair..(pair + 1) * per_pair;
+        if e == foreign {
+            assert!(
+                ours[rows].iter().all(|&v| v == 0.0),
+                "{label}: pair {pair} is another rank's but not zeros"
+            );
+        } else {
+            got.extend_from_slice(&ours[rows.clone()]);
+            want.extend_from_slice(&theirs[rows]);
+        }
+    }
+    let err = scaled_error(&got, &want);
+    assert!(
+        err <= EXACT,
+        "{label}: held pairs' scaled error {err:e} > {EXACT:e}"
+    );
+
+    let first = order.iter().position(|&e| e == foreign).unwrap();
+    let message = gather_error(x, q, order, shape, ForeignExpert::Invalid);
+    assert!(
+        message.contains(&format!("pair {first} names"))
+            && message.contains(&format!("expert {foreign} of {foreign}")),
+        "{label}: {message}"
+    );
+}
+
+/// The error evaluating the gather of `order` (shaped `shape`) fails with:
+/// bad indices surface at evaluation, as an error rather than an abort.
+fn gather_error(x: &Array, q: &Quantized, order: &[u32], shape: &[i32], foreign: ForeignExpert) -> String {
+    kernels::gather_matmul(x, q, &indices(order, shape), foreign, Precision::Exact, None)
+        .unwrap()
+        .to_vec::<f32>()
+        .unwrap_err()
+        .to_string()
+}
+
 #[test]
 fn every_instruction_set_agrees_with_the_portable_path() {
     let isas = kernels::instruction_sets();
@@ -173,7 +276,15 @@ fn every_instruction_set_agrees_with_the_portable_path() {
             let x3 = x.reshape(&[1, rows, 256]).unwrap();
             let run = |isa: &str| {
                 let dense = kernels::quantized_matmul(&x, &first(&q), Precision::Exact, Some(isa)).unwrap();
-                let gathered = kernels::gather_matmul(&x3, &q, &idx, Precision::Exact, Some(isa)).unwrap();
+                let gathered = kernels::gather_matmul(
+                    &x3,
+                    &q,
+                    &idx,
+                    ForeignExpert::Invalid,
+                    Precision::Exact,
+                    Some(isa),
+                )
+                .unwrap();
                 (dense.to_vec::<f32>().unwrap(), gathered.to_vec::<f32>().unwrap())
             };
             let portable = run("generic");
@@ -251,8 +362,7 @@ fn unsupported_inputs_are_errors_naming_the_problem() {
     // An expert index past the last expert fails the evaluation, not the process.
     let experts = quantized(&[2, 8, 64], spec(4, 32), 5);
     let (x, _) = rand_array(&[1, 1, 64], 6);
-    let y = kernels::gather_matmul(&x, &experts, &indices(&[7], &[1]), Precision::Exact, None).unwrap();
-    let message = y.to_vec::<f32>().unwrap_err().to_string();
+    let message = gather_error(&x, &experts, &[7], &[1], ForeignExpert::Invalid);
     assert!(message.contains("expert 7 of 2"), "{message}");
 }
 
@@ -319,7 +429,8 @@ fn fast_gathered_experts_match_fast_dense_per_expert() {
         let q = quantized(&[experts, n, k], spec, 1000 + i as u64);
         let order = [4u32, 1, 4, 0, 3, 3];
         let (x, _) = rand_array(&[order.len() as i32, 1, k], 1100 + i as u64);
-        let gathered = kernels::gather_matmul(&x, &q, &indices(&order, &[6]), Precision::Fast, None)
+        let idx = indices(&order, &[6]);
+        let gathered = kernels::gather_matmul(&x, &q, &idx, ForeignExpert::Invalid, Precision::Fast, None)
             .unwrap()
             .to_vec::<f32>()
             .unwrap();

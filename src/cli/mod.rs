@@ -299,15 +299,16 @@ pub(crate) fn load_model(
         guard,
     )
     .map_err(|e| UsageError(e.into()))?;
-    announce(&rank);
+    announce(&rank, &model);
     Ok((model, Some(rank)))
 }
 
 /// Prints this rank's share of a split model, once it is loaded.
-fn announce(rank: &Rank) {
+fn announce(rank: &Rank, model: &GptOss) {
     eprintln!(
         "[{}; {:.1} MB of weights]",
-        rank.split.describe(rank.index()),
+        rank.split
+            .describe(rank.index(), model.computes_only_own_experts()),
         mlx::memory::active() as f64 / 1e6
     );
 }

@@ -260,7 +260,7 @@ fn split_load(
     Ok(Some(move || {
         let (model, rank) = distributed::load(&dir, load, parallel, backend, peers, guard)
             .map_err(|e| UsageError(e.into()))?;
-        super::announce(&rank);
+        super::announce(&rank, &model);
         let tokenizer = if rank.is_leader() {
             None
         } else {

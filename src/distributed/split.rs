@@ -199,8 +199,10 @@ impl Split {
         Ok(())
     }
 
-    /// One line: what rank `rank` holds.
-    pub fn describe(&self, rank: i32) -> String {
+    /// One line: what rank `rank` holds and, under expert parallel, whether
+    /// it computes only its own experts' pairs (`own_pairs_only`, as
+    /// [`crate::model::GptOss::computes_only_own_experts`] says).
+    pub fn describe(&self, rank: i32, own_pairs_only: bool) -> String {
         let heads = self.part(self.heads, self.split_heads);
         let kv = self.part(self.kv_heads, self.split_heads);
         let experts = self.experts(rank);
@@ -217,11 +219,17 @@ impl Split {
                 self.intermediate
             ),
             Parallel::Expert => format!(
-                "experts {}..{} ({} of {})",
+                "experts {}..{} ({} of {}), {}",
                 experts.start,
                 experts.end,
                 experts.len(),
-                self.experts
+                self.experts,
+                if own_pairs_only {
+                    "computing only its own experts' pairs"
+                } else {
+                    "computing every routed pair, other ranks' weighted by zero (MLX's kernels have no \
+                     data-dependent skip)"
+                }
             ),
         };
         format!(

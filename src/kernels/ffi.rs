@@ -28,6 +28,7 @@ pub(crate) mod bridge {
             biases: UniquePtr<Array>,
             lhs: &Array,
             rhs: &Array,
+            skip_foreign: bool,
             group_size: i32,
             bits: i32,
             mode: &str,

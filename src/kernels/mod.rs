@@ -147,6 +147,18 @@ pub fn quantized_matmul(x: &Array, w: &Quantized, precision: Precision, isa: Opt
     .map(Array::from_raw)
 }
 
+/// What [`gather_matmul`] makes of an expert index equal to the number of
+/// experts it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForeignExpert {
+    /// An index out of range like any other: the evaluation fails, naming the pair.
+    Invalid,
+    /// An expert another rank holds (expert parallel): the pair's output rows
+    /// are zeros and cost no work, so a rank computes only its own experts'
+    /// pairs without reading the routing back to the host.
+    Zero,
+}
+
 /// The expert matmul: `x [.., M, in]` against `W [experts, out, in]`, each
 /// entry of `indices` choosing the expert for the matching entry of `x`'s
 /// leading axes (broadcast together, as MLX's `gather_qmm` with
@@ -155,6 +167,7 @@ pub fn gather_matmul(
     x: &Array,
     w: &Quantized,
     indices: &Array,
+    foreign: ForeignExpert,
     precision: Precision,
     isa: Option<&str>,
 ) -> Result<Array> {
@@ -181,6 +194,7 @@ pub fn gather_matmul(
         Array::optional(w.biases.as_ref()),
         lhs.raw(),
         rhs.raw(),
+        foreign == ForeignExpert::Zero,
         w.spec.group_size,
         w.spec.bits,
         w.spec.mode.as_str(),

@@ -1,5 +1,6 @@
 #include "safeguard-mlx/src/kernels/primitive.h"
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 
@@ -25,12 +26,13 @@ Format format_of(std::string_view mode, int bits) {
 class QuantizedMatmulCpu : public mx::UnaryPrimitive {
  public:
   QuantizedMatmulCpu(mx::Stream stream, Format format, Precision precision, int group_size, bool gathered,
-                     std::string isa)
+                     bool skip_foreign, std::string isa)
       : mx::UnaryPrimitive(stream),
         format_(format),
         precision_(precision),
         group_size_(group_size),
         gathered_(gathered),
+        skip_foreign_(skip_foreign),
         isa_(std::move(isa)) {}
 
   // inputs: x, w, scales, [biases], [lhs, rhs]; all row-contiguous.
@@ -45,7 +47,7 @@ class QuantizedMatmulCpu : public mx::UnaryPrimitive {
     encoder.set_output_array(out);
     encoder.dispatch([held = std::move(held), out = mx::array::unsafe_weak_copy(out), format = format_,
                       precision = precision_, group_size = group_size_, gathered = gathered_,
-                      isa = isa_]() mutable {
+                      skip_foreign = skip_foreign_, isa = isa_]() mutable {
       const bool affine = format != Format::Mxfp4;
       const mx::array& x = held[0];
       const mx::array& w = held[1];
@@ -79,10 +81,16 @@ class QuantizedMatmulCpu : public mx::UnaryPrimitive {
         std::vector<int> job_of(experts, -1);
         for (size_t pair = 0; pair < lhs.size(); ++pair) {
           const uint32_t l = lhs.data<uint32_t>()[pair], e = rhs.data<uint32_t>()[pair];
-          if (l >= x_batches || e >= experts)
+          const bool foreign = skip_foreign && e == experts;
+          if (l >= x_batches || (e >= experts && !foreign))
             throw std::out_of_range("gathered quantized matmul: pair " + std::to_string(pair) + " names input " +
                                     std::to_string(l) + " of " + std::to_string(x_batches) + " and expert " +
                                     std::to_string(e) + " of " + std::to_string(experts));
+          if (foreign) {
+            // The output is fresh memory: the rows no job writes must be zeroed here.
+            std::fill_n(p.out + size_t(pair) * per_pair * p.out_dims, size_t(per_pair) * p.out_dims, 0.0f);
+            continue;
+          }
           if (job_of[e] < 0) {
             job_of[e] = int(jobs.size());
             jobs.push_back(ExpertJob{e, {}});
@@ -105,7 +113,7 @@ class QuantizedMatmulCpu : public mx::UnaryPrimitive {
   bool is_equivalent(const mx::Primitive& other) const override {
     auto* o = dynamic_cast<const QuantizedMatmulCpu*>(&other);
     return o && o->format_ == format_ && o->precision_ == precision_ && o->group_size_ == group_size_ && o->gathered_ == gathered_ &&
-           o->isa_ == isa_;
+           o->skip_foreign_ == skip_foreign_ && o->isa_ == isa_;
   }
 
  private:
@@ -113,6 +121,9 @@ class QuantizedMatmulCpu : public mx::UnaryPrimitive {
   Precision precision_;
   int group_size_;
   bool gathered_;
+  // Expert parallel: a pair naming expert `experts` (one past the last held)
+  // is another rank's; its rows are zeros and cost nothing.
+  bool skip_foreign_;
   std::string isa_;
 };
 
@@ -183,13 +194,14 @@ ArrayPtr quantized_matmul(const Array& x, const Array& w, const Array& scales, s
   shape.back() = w.shape(0);
   auto stream = mx::default_stream(mx::Device::cpu);
   return std::make_unique<Array>(
-      shape, mx::float32, std::make_shared<QuantizedMatmulCpu>(stream, format, precision_of(fast), group_size, false, checked_isa(isa)),
+      shape, mx::float32, std::make_shared<QuantizedMatmulCpu>(stream, format, precision_of(fast), group_size, false, false,
+                                                        checked_isa(isa)),
       std::move(inputs));
 }
 
 ArrayPtr gather_matmul(const Array& x, const Array& w, const Array& scales, std::unique_ptr<Array> biases,
-                       const Array& lhs, const Array& rhs, int32_t group_size, int32_t bits, rust::Str mode,
-                       bool fast, rust::Str isa) {
+                       const Array& lhs, const Array& rhs, bool skip_foreign, int32_t group_size, int32_t bits,
+                       rust::Str mode, bool fast, rust::Str isa) {
   const Format format = format_of(std::string_view(mode.data(), mode.size()), bits);
   check_input(x);
   if (x.ndim() != 3) throw std::invalid_argument("gathered inputs must be [batches, rows, in]");
@@ -204,7 +216,8 @@ ArrayPtr gather_matmul(const Array& x, const Array& w, const Array& scales, std:
   mx::Shape shape{lhs.shape(0), x.shape(1), w.shape(1)};
   auto stream = mx::default_stream(mx::Device::cpu);
   return std::make_unique<Array>(
-      shape, mx::float32, std::make_shared<QuantizedMatmulCpu>(stream, format, precision_of(fast), group_size, true, checked_isa(isa)),
+      shape, mx::float32, std::make_shared<QuantizedMatmulCpu>(stream, format, precision_of(fast), group_size, true, skip_foreign,
+                                                        checked_isa(isa)),
       std::move(inputs));
 }
 

@@ -18,10 +18,11 @@ ArrayPtr quantized_matmul(const Array& x, const Array& w, const Array& scales, s
                           int32_t group_size, int32_t bits, rust::Str mode, bool fast, rust::Str isa);
 
 // x [X, M, K] (float32), expert matrices [E, N, K]: pair p multiplies input
-// x[lhs[p]] by matrix rhs[p] → [P, M, N]. lhs, rhs: [P] uint32.
+// x[lhs[p]] by matrix rhs[p] → [P, M, N]. lhs, rhs: [P] uint32. With
+// `skip_foreign`, rhs[p] == E names another rank's expert: rows of zeros.
 ArrayPtr gather_matmul(const Array& x, const Array& w, const Array& scales, std::unique_ptr<Array> biases,
-                       const Array& lhs, const Array& rhs, int32_t group_size, int32_t bits, rust::Str mode,
-                       bool fast, rust::Str isa);
+                       const Array& lhs, const Array& rhs, bool skip_foreign, int32_t group_size, int32_t bits,
+                       rust::Str mode, bool fast, rust::Str isa);
 
 // Why no kernel computes this quantization over `in_dims` inputs; empty when one does.
 rust::String support_error(rust::Str mode, int32_t bits, int32_t group_size, int32_t in_dims);

@@ -10,6 +10,7 @@ use super::layers::{Embedding, Linear, Param, RmsNorm, SwitchLinear};
 use super::load::Scope;
 use super::rope::Rope;
 use super::{LoadOptions, Result, Shard, Weights};
+use crate::kernels::ForeignExpert;
 use crate::mlx::distributed::Group;
 use crate::mlx::fast::{self, AttentionMask};
 use crate::mlx::{self, Array, Dtype};
@@ -190,6 +191,8 @@ struct Experts {
     up_proj: SwitchLinear,
     down_proj: SwitchLinear,
     limit: f32,
+    /// How routing names another rank's expert (expert parallel).
+    foreign: ForeignExpert,
 }
 
 impl Experts {
@@ -211,11 +214,11 @@ impl Experts {
         } else {
             (x, indices.clone(), None)
         };
-        let up = self.up_proj.forward(&x, &idx, sort)?;
-        let gate = self.gate_proj.forward(&x, &idx, sort)?;
+        let up = self.up_proj.forward(&x, &idx, sort, self.foreign)?;
+        let gate = self.gate_proj.forward(&x, &idx, sort, self.foreign)?;
         let mut y = self
             .down_proj
-            .forward(&swiglu(&up, &gate, self.limit)?, &idx, sort)?;
+            .forward(&swiglu(&up, &gate, self.limit)?, &idx, sort, self.foreign)?;
         if let Some(inverse) = inverse {
             y = y.take(&inverse, 0)?;
             let mut unflat = shape;
@@ -244,20 +247,53 @@ impl MoeBlock {
         let inter = shard.map_or(cfg.intermediate_size, |s| s.intermediate(cfg.intermediate_size));
         let router = Linear::load(s.pp("router"), hidden, e, true)?;
         let mut experts = s.pp("experts");
+        let gate_proj = SwitchLinear::load(experts.pp("gate_proj"), held, hidden, inter)?;
+        let up_proj = SwitchLinear::load(experts.pp("up_proj"), held, hidden, inter)?;
+        let down_proj = SwitchLinear::load(experts.pp("down_proj"), held, inter, hidden)?;
+        let skips = [&gate_proj, &up_proj, &down_proj]
+            .iter()
+            .all(|p| p.foreign_expert() == ForeignExpert::Zero);
+        let experts = Experts {
+            foreign: if local_experts.is_some() && skips {
+                ForeignExpert::Zero
+            } else {
+                ForeignExpert::Invalid
+            },
+            gate_proj,
+            up_proj,
+            down_proj,
+            limit: cfg.swiglu_limit,
+        };
         Ok(MoeBlock {
             group: shard
                 .filter(|s| s.split_intermediate || local_experts.is_some())
                 .map(|s| s.group.clone()),
             local_experts,
             router,
-            experts: Experts {
-                gate_proj: SwitchLinear::load(experts.pp("gate_proj"), held, hidden, inter)?,
-                up_proj: SwitchLinear::load(experts.pp("up_proj"), held, hidden, inter)?,
-                down_proj: SwitchLinear::load(experts.pp("down_proj"), held, inter, hidden)?,
-                limit: cfg.swiglu_limit,
-            },
+            experts,
             top_k: cfg.num_experts_per_tok,
         })
+    }
+
+    /// Expert parallel: the router's choice as this rank's experts see it.
+    /// Pairs routed to another rank's experts weigh nothing here, and their
+    /// index is one past our last expert, which our CPU kernels skip; MLX's
+    /// kernels cannot skip, so there it names our expert 0, computed and
+    /// weighted by zero.
+    fn local_routing(&self, held: &Range<i32>, indices: &Array, weights: &Array) -> Result<(Array, Array)> {
+        let first = Array::scalar_int(held.start.into(), indices.dtype())?;
+        let end = Array::scalar_int(held.end.into(), indices.dtype())?;
+        let mine = indices.greater_equal(&first)?.logical_and(&indices.less(&end)?)?;
+        let foreign = match self.experts.foreign {
+            ForeignExpert::Zero => held.end - held.start,
+            ForeignExpert::Invalid => 0,
+        };
+        let indices = mlx::where_(
+            &mine,
+            &indices.subtract(&first)?,
+            &Array::scalar_int(foreign.into(), indices.dtype())?,
+        )?;
+        Ok((indices, weights.multiply(&mine.astype(weights.dtype())?)?))
     }
 
     fn forward(&self, x: &Array, probe: Probe<'_>) -> Result<Array> {
@@ -267,17 +303,11 @@ impl MoeBlock {
         let indices = g
             .argpartition(-self.top_k, -1)?
             .slice_axis(-1, -self.top_k, g.dim(-1)?)?;
-        let mut expert_weights = g.take_along_axis(&indices, -1)?.softmax(&[-1], true)?;
-        let mut indices = indices;
-        if let Some(held) = &self.local_experts {
-            // Pairs routed to another rank's experts weigh nothing here; their
-            // index only has to name one of ours.
-            let first = Array::scalar_int(held.start.into(), indices.dtype())?;
-            let end = Array::scalar_int(held.end.into(), indices.dtype())?;
-            let mine = indices.greater_equal(&first)?.logical_and(&indices.less(&end)?)?;
-            expert_weights = expert_weights.multiply(&mine.astype(expert_weights.dtype())?)?;
-            indices = mlx::where_(&mine, &indices.subtract(&first)?, &indices.scalar_like(0.0)?)?;
-        }
+        let expert_weights = g.take_along_axis(&indices, -1)?.softmax(&[-1], true)?;
+        let (indices, expert_weights) = match &self.local_experts {
+            Some(held) => self.local_routing(held, &indices, &expert_weights)?,
+            None => (indices, expert_weights),
+        };
         let y = self.experts.forward(x, &indices)?; // [B, L, k, hidden]
         let y = y.multiply(&expert_weights.expand_dims(-1)?)?.sum(&[-2], false)?;
         match &self.group {
@@ -383,6 +413,15 @@ impl GptOss {
             dtype,
             config,
         })
+    }
+
+    /// Under expert parallel, whether every layer computes only its own
+    /// experts' pairs (our CPU kernels skip the others'), rather than every
+    /// routed pair with other ranks' weighted by zero (MLX's kernels).
+    pub fn computes_only_own_experts(&self) -> bool {
+        self.layers
+            .iter()
+            .all(|l| l.mlp.experts.foreign == ForeignExpert::Zero)
     }
 
     /// The dtype activations are computed in.

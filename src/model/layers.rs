@@ -8,7 +8,7 @@
 use super::config::ModuleQuantization;
 use super::load::{QuantKernel, Scope};
 use super::{Error, Result, Weights};
-use crate::kernels;
+use crate::kernels::{self, ForeignExpert};
 use crate::mlx::distributed::Group;
 use crate::mlx::{fast, Array, Dtype, QuantMode, QuantSpec, Quantized};
 
@@ -281,19 +281,45 @@ impl SwitchLinear {
         }
     }
 
+    /// What the matmul can make of an index naming another rank's expert:
+    /// our CPU kernels skip its pairs; MLX's kernels have no data-dependent
+    /// skip.
+    pub(crate) fn foreign_expert(&self) -> ForeignExpert {
+        match &self.weight {
+            Matrix::Quantized(_, QuantKernel::Cpu(_)) => ForeignExpert::Zero,
+            _ => ForeignExpert::Invalid,
+        }
+    }
+
     /// `x [.., 1, in]` with `indices` naming each row's expert → `[.., 1, out]`.
     /// `sorted` promises the indices are sorted, which MLX exploits.
-    pub(crate) fn forward(&self, x: &Array, indices: &Array, sorted: bool) -> Result<Array> {
+    /// `foreign`: [`ForeignExpert::Zero`] (only where [`Self::foreign_expert`]
+    /// allows it) makes an index one past the last expert another rank's.
+    pub(crate) fn forward(
+        &self,
+        x: &Array,
+        indices: &Array,
+        sorted: bool,
+        foreign: ForeignExpert,
+    ) -> Result<Array> {
         let y = match &self.weight {
             Matrix::Dense(w) => x.gather_mm(&w.swapaxes(-1, -2)?, None, Some(indices), sorted)?,
             Matrix::Quantized(q, QuantKernel::Cpu(precision)) => {
-                kernels::gather_matmul(x, q, indices, *precision, None)?
+                kernels::gather_matmul(x, q, indices, foreign, *precision, None)?
             }
             Matrix::Quantized(q, QuantKernel::Mlx) => {
                 q.gather_matmul(x, None, Some(indices), true, sorted)?
             }
         };
-        Ok(y.add(&self.bias.take(indices, 0)?.expand_dims(-2)?)?)
+        // Another rank's expert has no bias row here, and `take` does not
+        // check bounds; its pair weighs zero, so any finite row will do.
+        let bias_rows = match foreign {
+            ForeignExpert::Zero => {
+                indices.minimum(&indices.scalar_like(f64::from(self.bias.dim(0)? - 1))?)?
+            }
+            ForeignExpert::Invalid => indices.clone(),
+        };
+        Ok(y.add(&self.bias.take(&bias_rows, 0)?.expand_dims(-2)?)?)
     }
 }
 
