@@ -1,8 +1,9 @@
 //! `classify` and `eval` with `--parallel data`, 2–3 ranks of the real
 //! binary on 127.0.0.1 (ring backend, the environment set here): results
-//! equal one process's item for item and in order; a rank killed mid-run
-//! ends the others with an error naming it, never a hang; a rerun with
-//! another rank count finishes the output with every item exactly once.
+//! equal one process's item for item and in order, with one policy or
+//! several; a rank killed mid-run ends the others with an error naming it,
+//! never a hang; a rerun with another rank count finishes the output with
+//! every item exactly once.
 
 mod common;
 
@@ -35,12 +36,15 @@ fn items(dir: &Path, count: usize) -> PathBuf {
     path
 }
 
-fn classify(input: &Path, output: &Path, max_tokens: &str, extra: &[&str]) -> Command {
+/// `classify` of `input` against `policies`, writing `output`.
+fn classify_by(policies: &[&str], input: &Path, output: &Path, max_tokens: &str, extra: &[&str]) -> Command {
     let mut command = safeguard();
+    command.arg("classify");
+    for policy in policies {
+        command.args(["--policy", policy]);
+    }
     command
-        .args([
-            "classify", "--policy", "spam", "--json", "--dtype", "float32", "-m",
-        ])
+        .args(["--dtype", "float32", "-m"])
         .arg(model())
         .arg("--input")
         .arg(input)
@@ -51,15 +55,28 @@ fn classify(input: &Path, output: &Path, max_tokens: &str, extra: &[&str]) -> Co
     command
 }
 
+fn classify(input: &Path, output: &Path, max_tokens: &str, extra: &[&str]) -> Command {
+    let mut command = classify_by(&["spam"], input, output, max_tokens, extra);
+    command.arg("--json");
+    command
+}
+
 /// Result lines without their timing, which differs between runs, and the
 /// count of prompt tokens served from the policy prefix cache: each rank
-/// fills its own cache with its first item.
+/// fills its own cache with its first item. With several policies, the
+/// same goes for each policy's line inside the combined one.
 fn lines(text: &str) -> Vec<Value> {
+    fn strip(v: &mut Value) {
+        v.as_object_mut().unwrap().remove("latency_ms");
+        v["usage"].as_object_mut().unwrap().remove("cached_tokens");
+    }
     text.lines()
         .map(|l| {
             let mut v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}"));
-            v.as_object_mut().unwrap().remove("latency_ms");
-            v["usage"].as_object_mut().unwrap().remove("cached_tokens");
+            strip(&mut v);
+            if let Some(each) = v.get_mut("policies").and_then(Value::as_array_mut) {
+                each.iter_mut().for_each(strip);
+            }
             v
         })
         .collect()
@@ -116,6 +133,97 @@ fn two_and_three_ranks_classify_as_one_process() {
         let written = lines(&std::fs::read_to_string(&out).unwrap());
         assert_eq!(written, reference, "{n} ranks, --output in input order");
     }
+}
+
+#[test]
+fn two_policies_under_ranks_classify_as_one_process_and_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = ["spam", "pii"];
+    let input = items(dir.path(), 8);
+    // --constrain: every judgement gets a verdict and its probability (the
+    // random fixture writes none in time), so the combination has work to do.
+    let classify_by = |input: &Path, output: &Path, extra: &[&str]| {
+        let mut command = classify_by(&policies, input, output, "16", extra);
+        command.arg("--constrain");
+        command
+    };
+    // One process, in words on stdout, its records in --output.
+    let reference_file = dir.path().join("alone.jsonl");
+    let output = classify_by(&input, &reference_file, &[]).output().unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let words = stdout(&output);
+    assert!(words.contains("(2 policies)"), "{words}");
+    assert!(
+        words.contains("VIOLATES (1)") && words.contains("SAFE (0)"),
+        "{words}"
+    );
+    let reference_text = std::fs::read_to_string(&reference_file).unwrap();
+    let reference = lines(&reference_text);
+    assert_eq!(reference.len(), 8);
+    for record in &reference {
+        let names: Vec<&Value> = record["policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| &p["name"])
+            .collect();
+        assert_eq!(names, [&json!("spam"), &json!("pii")], "{record}");
+    }
+
+    // Two ranks: the same words and the same records, in input order.
+    let out = dir.path().join("ranks2.jsonl");
+    let hostfile = ranks::hostfile(dir.path(), 2);
+    let commands = data_ranks(2, &hostfile, || classify_by(&input, &out, &["--batch-size", "2"]));
+    let outputs = ranks::run_all(commands, Duration::from_secs(240));
+    for (r, output) in outputs.iter().enumerate() {
+        assert!(output.status.success(), "rank {r}: {}", stderr(output));
+    }
+    assert_eq!(stdout(&outputs[1]), "", "only rank 0 prints");
+    assert_eq!(stdout(&outputs[0]), words, "2 ranks, printed");
+    let written = lines(&std::fs::read_to_string(&out).unwrap());
+    assert_eq!(written, reference, "2 ranks, --output");
+
+    // Three ranks finish an output that has items 1, 4 and 5 done already.
+    let out = dir.path().join("resumed.jsonl");
+    let done = [1, 4, 5];
+    let kept: String = reference_text
+        .lines()
+        .enumerate()
+        .filter(|(i, _)| done.contains(i))
+        .map(|(_, l)| format!("{l}\n"))
+        .collect();
+    std::fs::write(&out, kept).unwrap();
+    let hostfile = ranks::hostfile(dir.path(), 3);
+    let commands = data_ranks(3, &hostfile, || {
+        classify_by(&input, &out, &["--batch-size", "1", "--json"])
+    });
+    let outputs = ranks::run_all(commands, Duration::from_secs(240));
+    for (r, output) in outputs.iter().enumerate() {
+        assert!(output.status.success(), "rank {r}: {}", stderr(output));
+    }
+    assert!(
+        stderr(&outputs[0]).contains("3 items already done, 5 to go"),
+        "{}",
+        stderr(&outputs[0])
+    );
+    let left: Vec<Value> = (0..8)
+        .filter(|i| !done.contains(i))
+        .map(|i| reference[i].clone())
+        .collect();
+    assert_eq!(
+        lines(&stdout(&outputs[0])),
+        left,
+        "3 ranks print what was left, in order"
+    );
+    let mut written = lines(&std::fs::read_to_string(&out).unwrap());
+    let id = |v: &Value| v["id"].as_str().unwrap().to_string();
+    written.sort_by_key(id);
+    let mut reference = reference;
+    reference.sort_by_key(id);
+    assert_eq!(
+        written, reference,
+        "every item exactly once, as one process wrote it"
+    );
 }
 
 #[test]
@@ -229,6 +337,79 @@ fn eval_under_ranks_scores_as_one_process_and_shares_the_cache() {
             "{n} ranks: {}",
             run["cost"]
         );
+    }
+}
+
+#[test]
+fn eval_of_two_policies_and_two_efforts_under_ranks_scores_as_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    // The first three examples of each shipped set, labelled with its rule ids.
+    let set = dir.path().join("set.jsonl");
+    let shipped = |name: &str| {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("policies/{name}.eval.jsonl"));
+        let text = std::fs::read_to_string(path).unwrap();
+        text.lines().take(3).map(|l| format!("{l}\n")).collect::<String>()
+    };
+    std::fs::write(&set, shipped("spam") + &shipped("pii")).unwrap();
+    let cache = dir.path().join("cache");
+    let cache = cache.to_str().unwrap();
+    let eval = |extra: &[&str]| {
+        let mut command = safeguard();
+        command
+            .args([
+                "eval", "--policy", "spam", "--policy", "pii", "--effort", "low,high",
+            ])
+            // --constrain: a verdict and its probability for every judgement
+            // (the random fixture writes none in time), so the scores differ
+            // by item and policy.
+            .args(["--json", "--constrain", "--max-tokens", "12", "-m"])
+            .arg(model())
+            .arg("--input")
+            .arg(&set)
+            .args(extra);
+        command
+    };
+    let run_alone = |extra: &[&str]| -> Vec<Value> {
+        let output = eval(extra).output().unwrap();
+        assert!(output.status.success(), "{}", stderr(&output));
+        let report: Value = serde_json::from_str(&stdout(&output)).unwrap();
+        report["sweep"].as_array().expect("one run per effort").clone()
+    };
+    // What a run's scores are: the combined verdict's, and each policy's alone.
+    let scores = |run: &Value| {
+        let each: Vec<Value> = run["policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| json!([p["manifest"]["policy"]["name"], p["metrics"], p["mistakes"]]))
+            .collect();
+        json!([run["manifest"]["effort"], run["metrics"], run["mistakes"], each])
+    };
+    let single = run_alone(&["--no-cache"]);
+    assert_eq!(single.len(), 2);
+
+    let hostfile = ranks::hostfile(dir.path(), 2);
+    let commands = data_ranks(2, &hostfile, || eval(&["--cache-dir", cache]));
+    let outputs = ranks::run_all(commands, Duration::from_secs(240));
+    for (r, output) in outputs.iter().enumerate() {
+        assert!(output.status.success(), "rank {r}: {}", stderr(output));
+    }
+    assert_eq!(stdout(&outputs[1]), "", "only rank 0 reports");
+    let report: Value = serde_json::from_str(&stdout(&outputs[0])).unwrap();
+    let ranked = report["sweep"].as_array().expect("one run per effort");
+    assert_eq!(ranked.len(), 2);
+    for (run, alone) in ranked.iter().zip(&single) {
+        assert_eq!(scores(run), scores(alone), "2 ranks");
+        assert_eq!(
+            run["cost"]["classified"], 12,
+            "6 texts under 2 policies: {}",
+            run["cost"]
+        );
+    }
+    // Rank 0 kept each policy's results at each effort: one process finds them all.
+    for (run, alone) in run_alone(&["--cache-dir", cache]).iter().zip(&single) {
+        assert_eq!(scores(run), scores(alone), "from the ranks' cache");
+        assert_eq!(run["cost"]["classified"], 0, "{}", run["cost"]);
     }
 }
 

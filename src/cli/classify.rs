@@ -16,7 +16,6 @@ use crate::classify::verdict::Keywords;
 use crate::distributed;
 use crate::engine::sampler::SamplerOptions;
 use crate::harmony::Effort;
-use crate::mlx::distributed::Group;
 use crate::model::GptOss;
 use crate::tokenizer::Tokenizer;
 
@@ -179,89 +178,184 @@ pub fn run(args: Args) -> Result<()> {
         return Ok(());
     }
 
-    if let Some(group) = args.run.distributed.join_data()? {
-        let [policy] = policies.as_slice() else {
-            return Err(usage(anyhow::anyhow!(
-                "--parallel data takes one --policy; run each policy on its own, or several without --parallel"
-            ))
-            .into());
-        };
-        return run_data(&args, &items, &model_dir, &tokenizer, policy, options, &group);
+    let group = args.run.distributed.join_data()?;
+    // Under --parallel data only rank 0 reads and writes --output: the
+    // others may run on machines without it.
+    let leader = group.as_ref().is_none_or(|g| g.rank() == 0);
+    let log = match &args.output {
+        Some(path) if leader => Some(ResultLog::open(path).map_err(|e| usage(e.into()))?),
+        _ => None,
+    };
+    let left: Vec<usize> = (0..items.len())
+        .filter(|&i| log.as_ref().is_none_or(|l| !l.is_done(&items[i].id)))
+        .collect();
+    let todo = match &group {
+        Some(group) => {
+            let ids: Vec<&str> = items.iter().map(|item| item.id.as_str()).collect();
+            distributed::data::agree(group, &ids, &left)?
+        }
+        None => left,
+    };
+    say_resumed(&args, log.as_ref(), items.len(), todo.len());
+    if todo.is_empty() {
+        return Ok(());
     }
-    let model = args
-        .run
-        .load(&model_dir, &tokenizer, &policies, &options, items.iter())?;
+    let model = args.run.load(
+        &model_dir,
+        &tokenizer,
+        &policies,
+        &options,
+        todo.iter().map(|&i| &items[i]),
+    )?;
+    if let Some(group) = &group {
+        super::data::announce(group);
+    }
     let mut classifier = Classifier::with_policies(&model, &tokenizer, &policies, options)?;
     if args.run.constrain {
         classifier.constrain(model.config.vocab_size as usize)?;
     }
-    let mut log = args
-        .output
-        .as_deref()
-        .map(ResultLog::open)
-        .transpose()
-        .map_err(|e| usage(e.into()))?;
-    let todo: Vec<&Item> = items
-        .iter()
-        .filter(|item| log.as_ref().is_none_or(|l| !l.is_done(&item.id)))
-        .collect();
-    say_resumed(&args, log.as_ref(), items.len(), todo.len());
+    let batch_size = args.run.batch_size as usize;
+    let mut report = Report::new(&args, &policies, log, if leader { todo.len() } else { 0 });
+    match &group {
+        Some(group) => {
+            // The unit of work stays the item, so --output resumes by id with any rank count.
+            let judge = |mine: &[usize], done: &mut dyn FnMut(usize, Value) -> Result<()>| {
+                let mine: Vec<&Item> = mine.iter().map(|&i| &items[i]).collect();
+                judge_items(&mut classifier, &policies, &mine, batch_size, done)
+            };
+            super::data::classify(group, &args.run, &todo, judge, |i, record| {
+                report.log(&items[i].id, &record)?;
+                report.print(&record)
+            })?;
+        }
+        None => {
+            let todo: Vec<&Item> = todo.iter().map(|&i| &items[i]).collect();
+            // Records are logged as items finish and printed in input order.
+            let mut finished: Vec<Option<Value>> = vec![None; todo.len()];
+            let mut printed = 0;
+            judge_items(&mut classifier, &policies, &todo, batch_size, |i, record| {
+                report.log(&todo[i].id, &record)?;
+                finished[i] = Some(record);
+                while let Some(record) = finished.get_mut(printed).and_then(Option::take) {
+                    printed += 1;
+                    report.print(&record)?;
+                }
+                Ok(())
+            })?;
+        }
+    }
+    report.finish()
+}
 
-    let progress = progress_bar(todo.len());
-    let mut stdout = std::io::stdout().lock();
-    let colour = stdout.is_terminal();
-    let mut violations = 0;
-    // An item's policies are judged one after another, so each finishes soon after it starts.
-    let pairs: Vec<(usize, &Item)> = todo
+/// Judges each item against every policy, an item's policies one after
+/// another so each item finishes soon after it starts; `done` gets the
+/// item's index and its record: the policy's result line, or with several
+/// policies their combination. One process and every rank of `--parallel
+/// data` make their records here, so both write the same.
+fn judge_items(
+    classifier: &mut Classifier<'_>,
+    policies: &[Policy],
+    items: &[&Item],
+    batch_size: usize,
+    mut done: impl FnMut(usize, Value) -> Result<()>,
+) -> Result<()> {
+    let pairs: Vec<(usize, &Item)> = items
         .iter()
         .flat_map(|item| (0..policies.len()).map(move |p| (p, *item)))
         .collect();
-    // Results are logged as items finish and printed in input order.
-    let mut judged: Vec<Vec<Option<Classification>>> = vec![vec![None; policies.len()]; todo.len()];
-    let mut finished: Vec<Option<(Value, Vec<Classification>)>> = vec![None; todo.len()];
-    let mut printed = 0;
-    classifier.classify_pairs(&pairs, args.run.batch_size as usize, |pair, result| {
+    let mut judged: Vec<Vec<Option<Value>>> = vec![vec![None; policies.len()]; items.len()];
+    classifier.classify_pairs(&pairs, batch_size, |pair, result| {
         let (i, p) = (pair / policies.len(), pair % policies.len());
-        judged[i][p] = Some(result);
+        judged[i][p] = Some(result.to_json());
         if judged[i].iter().any(Option::is_none) {
             return Ok(());
         }
-        let results: Vec<Classification> = judged[i].iter_mut().filter_map(Option::take).collect();
-        let json = match results.as_slice() {
-            [one] => one.to_json(),
-            all => combine(
-                &todo[i].id,
-                &policies
-                    .iter()
-                    .zip(all)
-                    .map(|(p, r)| (p, r.to_json()))
-                    .collect::<Vec<_>>(),
-            ),
+        let mut lines: Vec<(&Policy, Value)> = policies
+            .iter()
+            .zip(judged[i].iter_mut().filter_map(Option::take))
+            .collect();
+        let record = match lines.len() {
+            1 => lines.remove(0).1,
+            _ => combine(&items[i].id, &lines),
         };
-        violations += usize::from(json["label"] == 1);
-        if let Some(log) = &mut log {
-            log.append(&todo[i].id, &json)?;
+        done(i, record)
+    })
+}
+
+/// Where each item's record goes: `--output`, the progress bar, stdout.
+struct Report<'a> {
+    args: &'a Args,
+    policies: &'a [Policy],
+    log: Option<ResultLog>,
+    progress: indicatif::ProgressBar,
+    stdout: std::io::StdoutLock<'static>,
+    colour: bool,
+    violations: usize,
+}
+
+impl<'a> Report<'a> {
+    /// `items`: how many records the progress bar counts to.
+    fn new(args: &'a Args, policies: &'a [Policy], log: Option<ResultLog>, items: usize) -> Report<'a> {
+        let stdout = std::io::stdout().lock();
+        Report {
+            args,
+            policies,
+            log,
+            progress: progress_bar(items),
+            colour: stdout.is_terminal(),
+            stdout,
+            violations: 0,
         }
-        progress.inc(1);
-        finished[i] = Some((json, results));
-        while let Some((json, results)) = finished.get_mut(printed).and_then(Option::take) {
-            printed += 1;
-            progress.suspend(|| -> Result<()> {
-                match results.as_slice() {
-                    [one] => return print_result(&mut stdout, one, &args, colour),
-                    _ if args.json => writeln!(stdout, "{json}")?,
-                    all => print_combined(&mut stdout, &json, &policies, all, colour, args.show_reasoning)?,
-                }
-                Ok(stdout.flush()?)
-            })?;
+    }
+
+    /// Counts a finished item and appends its record to `--output` at once,
+    /// so a killed run keeps it.
+    fn log(&mut self, id: &str, record: &Value) -> Result<()> {
+        self.violations += usize::from(record["label"] == 1);
+        if let Some(log) = &mut self.log {
+            log.append(id, record)?;
+        }
+        self.progress.inc(1);
+        Ok(())
+    }
+
+    fn print(&mut self, record: &Value) -> Result<()> {
+        let Report {
+            args,
+            policies,
+            progress,
+            stdout,
+            colour,
+            ..
+        } = self;
+        let read = |line: &Value| Classification::from_json(line).map_err(|e| anyhow::anyhow!(e));
+        progress.suspend(|| -> Result<()> {
+            if args.json {
+                writeln!(stdout, "{record}")?;
+            } else if let [_] = policies {
+                let result = read(record)?;
+                let head = format!("[{}]", result.id);
+                print_human(stdout, &head, &result, *colour, args.show_reasoning, "")?;
+            } else {
+                let results = record["policies"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(read)
+                    .collect::<Result<Vec<_>>>()?;
+                print_combined(stdout, record, policies, &results, *colour, args.show_reasoning)?;
+            }
+            Ok(stdout.flush()?)
+        })
+    }
+
+    fn finish(self) -> Result<()> {
+        self.progress.finish_and_clear();
+        if self.args.fail_on_violation && self.violations > 0 {
+            return Err(ViolationFound(self.violations).into());
         }
         Ok(())
-    })?;
-    progress.finish_and_clear();
-    if args.fail_on_violation && violations > 0 {
-        return Err(ViolationFound(violations).into());
     }
-    Ok(())
 }
 
 /// On resuming an `--output` file, how much is left.
@@ -275,85 +369,6 @@ fn say_resumed(args: &Args, log: Option<&ResultLog>, items: usize, todo: usize) 
             );
         }
     }
-}
-
-fn print_result(out: &mut impl Write, result: &Classification, args: &Args, colour: bool) -> Result<()> {
-    if args.json {
-        writeln!(out, "{}", result.to_json())?;
-    } else {
-        print_human(
-            out,
-            &format!("[{}]", result.id),
-            result,
-            colour,
-            args.show_reasoning,
-            "",
-        )?;
-    }
-    Ok(out.flush()?)
-}
-
-/// `--parallel data`: this rank classifies its share of the items; rank 0
-/// alone reads and writes `--output` (the others may run on machines
-/// without it) and prints every result in input order.
-fn run_data(
-    args: &Args,
-    items: &[Item],
-    model_dir: &Path,
-    tokenizer: &Tokenizer,
-    policy: &Policy,
-    options: ClassifyOptions,
-    group: &Group,
-) -> Result<()> {
-    let leader = group.rank() == 0;
-    let mut log = match &args.output {
-        Some(path) if leader => Some(ResultLog::open(path).map_err(|e| UsageError(e.into()))?),
-        _ => None,
-    };
-    let left: Vec<usize> = (0..items.len())
-        .filter(|&i| log.as_ref().is_none_or(|l| !l.is_done(&items[i].id)))
-        .collect();
-    let ids: Vec<&str> = items.iter().map(|item| item.id.as_str()).collect();
-    let todo = distributed::data::agree(group, &ids, &left)?;
-    say_resumed(args, log.as_ref(), items.len(), todo.len());
-    if todo.is_empty() {
-        return Ok(());
-    }
-    let model = args.run.load(
-        model_dir,
-        tokenizer,
-        std::slice::from_ref(policy),
-        &options,
-        todo.iter().map(|&i| &items[i]),
-    )?;
-    super::data::announce(group);
-    let mut classifier = Classifier::new(&model, tokenizer, policy, options)?;
-    if args.run.constrain {
-        classifier.constrain(model.config.vocab_size as usize)?;
-    }
-    let progress = if leader {
-        progress_bar(todo.len())
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    let mut stdout = std::io::stdout().lock();
-    let colour = stdout.is_terminal();
-    let mut violations = 0;
-    let refs: Vec<&Item> = items.iter().collect();
-    super::data::classify(group, &args.run, &mut classifier, &refs, &todo, |_, json| {
-        let result = Classification::from_json(&json).map_err(|e| anyhow::anyhow!(e))?;
-        violations += usize::from(result.violates());
-        if let Some(log) = &mut log {
-            log.append(&result.id, &json)?;
-        }
-        progress.inc(1);
-        progress.suspend(|| print_result(&mut stdout, &result, args, colour))
-    })?;
-    progress.finish_and_clear();
-    if args.fail_on_violation && violations > 0 {
-        return Err(ViolationFound(violations).into());
-    }
-    Ok(())
 }
 
 pub(super) fn progress_bar(len: usize) -> indicatif::ProgressBar {

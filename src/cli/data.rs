@@ -6,8 +6,6 @@ use anyhow::Result;
 use serde_json::Value;
 
 use super::classify::RunArgs;
-use crate::classify::input::Item;
-use crate::classify::run::Classifier;
 use crate::distributed::{data, Watchdog};
 use crate::mlx;
 use crate::mlx::distributed::Group;
@@ -28,28 +26,29 @@ pub(super) fn announce(group: &Group) {
     );
 }
 
-/// Classifies `items[i]` for every `i` in `todo` (the same list on every
-/// rank, from [`data::agree`]), `--batch-size` at a time on each rank; on
-/// rank 0, `collect` gets each result line (`Classification::to_json`) with
-/// its index, in `todo` order. A rank that finishes no item and hears from
-/// no neighbour within `--step-timeout` (a peer paused or cut off, which no
-/// closed connection reports) exits.
+/// Classifies the units `todo` (indices into the caller's list: items, or
+/// eval's (policy, text) pairs; the same list on every rank, from
+/// [`data::agree`]) in rounds of `--batch-size` × [`ROUND_BATCHES`] per
+/// rank: `judge` classifies this rank's share of a round, giving each
+/// result line to its callback with the unit's position in the share; on
+/// rank 0, `collect` gets every result with its unit's index, in `todo`
+/// order. A rank that finishes no unit and hears from no neighbour within
+/// `--step-timeout` (a peer paused or cut off, which no closed connection
+/// reports) exits.
 pub(super) fn classify(
     group: &Group,
     run: &RunArgs,
-    classifier: &mut Classifier<'_>,
-    items: &[&Item],
     todo: &[usize],
+    mut judge: impl FnMut(&[usize], &mut dyn FnMut(usize, Value) -> Result<()>) -> Result<()>,
     mut collect: impl FnMut(usize, Value) -> Result<()>,
 ) -> Result<()> {
     let batch_size = run.batch_size as usize;
     let watchdog = Watchdog::start(run.distributed.step_timeout(), group.rank());
     let work = |mine: &[usize]| -> Result<Vec<Value>> {
-        let mine: Vec<&Item> = mine.iter().map(|&i| items[i]).collect();
         let mut results = vec![Value::Null; mine.len()];
-        classifier.classify_batched(&mine, batch_size, |i, result| {
+        judge(mine, &mut |i, result| {
             watchdog.beat();
-            results[i] = result.to_json();
+            results[i] = result;
             Ok(())
         })?;
         // The hop from the neighbour above starts now.

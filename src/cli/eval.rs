@@ -143,12 +143,6 @@ pub fn run(args: Args) -> Result<()> {
         })
         .collect::<Result<Vec<_>>>()?;
     let group = args.run.distributed.join_data()?;
-    if group.is_some() && policies.len() > 1 {
-        return Err(usage(anyhow!(
-            "--parallel data takes one --policy; evaluate each policy on its own, or several without --parallel"
-        ))
-        .into());
-    }
     let mut evaluations = Vec::new();
     for effort in efforts {
         // Under --parallel data only rank 0 gets the results to score.
@@ -552,17 +546,24 @@ fn classify(
             progress.inc(1);
             Ok(())
         };
+        // The pairs of `indices`, each with its policy's index.
+        let share = |indices: &[usize]| -> Vec<(usize, &Item)> {
+            indices.iter().map(|&i| (pairs[i].0, &pairs[i].1)).collect()
+        };
         match group {
             Some(group) => {
-                // One policy under --parallel data (checked in `run`).
+                // The unit of work is the (policy, text) pair: the caches
+                // keep each policy's results apart anyway.
                 super::data::announce(group);
-                let refs: Vec<&Item> = pairs.iter().map(|(_, item)| item).collect();
-                super::data::classify(group, &args.run, &mut classifier, &refs, &todo, |_, json| {
-                    keep(0, json)
-                })?;
+                let judge = |mine: &[usize], done: &mut dyn FnMut(usize, Value) -> Result<()>| {
+                    classifier.classify_pairs(&share(mine), batch_size, |pair, result| {
+                        done(pair, result.to_json())
+                    })
+                };
+                super::data::classify(group, &args.run, &todo, judge, |i, json| keep(pairs[i].0, json))?;
             }
             None => {
-                let refs: Vec<(usize, &Item)> = todo.iter().map(|&i| (pairs[i].0, &pairs[i].1)).collect();
+                let refs = share(&todo);
                 classifier.classify_pairs(&refs, batch_size, |pair, result| {
                     keep(refs[pair].0, result.to_json())
                 })?;
