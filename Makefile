@@ -36,9 +36,23 @@ FIXTURES := target/fixtures
 FIXTURE_STAMP := $(FIXTURES)/.generated
 PIP := $(VENV)/bin/pip --disable-pip-version-check --quiet
 
-.PHONY: setup chromium fixtures build run test fmt clean bench soak
+.PHONY: setup chromium openblas fixtures build run test fmt clean bench soak
 
-setup: $(SETUP_STAMP) chromium
+setup: $(SETUP_STAMP) chromium openblas
+
+# On Linux, installs Debian package $(2) when $(1) is missing, for $(3);
+# without apt-get says how to get it ($(4)) and runs $(5) (exit 1: required).
+define apt_install
+	@if [ ! -e "$(1)" ] && [ "$$(uname -s)" = Linux ]; then \
+		if ! command -v apt-get >/dev/null 2>&1; then \
+			echo "$(1) is missing ($(3)), and apt-get is not here: install $(2) with this system's package manager ($(4))" >&2; $(5); \
+		else \
+			echo "installing $(2) for $(3) (apt-get)"; \
+			if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+			$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2); \
+		fi; \
+	fi
+endef
 
 # The browser tests (tests/web.rs) drive Debian's chromium through Playwright
 # (pip, in requirements.txt) with executable_path: Playwright never downloads a
@@ -46,14 +60,14 @@ setup: $(SETUP_STAMP) chromium
 # SAFEGUARD_CHROMIUM at a Chromium or Chrome binary.
 CHROMIUM ?= $(or $(SAFEGUARD_CHROMIUM),/usr/bin/chromium)
 chromium:
-	@if [ ! -x "$(CHROMIUM)" ] && [ "$$(uname -s)" = Linux ]; then \
-		if ! command -v apt-get >/dev/null 2>&1; then \
-			echo "the browser tests need chromium at $(CHROMIUM), and apt-get is not here: install chromium with this system's package manager (or set SAFEGUARD_CHROMIUM)" >&2; exit 1; \
-		fi; \
-		echo "installing chromium for the browser tests (apt-get)"; \
-		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-		$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
-	fi
+	$(call apt_install,$(CHROMIUM),chromium,the browser tests,or set SAFEGUARD_CHROMIUM,exit 1)
+
+# On Linux the binary links a serial OpenBLAS, which MLX's float32 matmuls
+# (attention) then call instead of the reference BLAS bundled with the mlx
+# wheel (see build.rs). Without it the build warns and runs slower.
+OPENBLAS := $(or $(SAFEGUARD_OPENBLAS_DIR),/usr/lib/$(shell uname -m)-linux-gnu/openblas-serial)/libopenblas.so.0
+openblas:
+	$(call apt_install,$(OPENBLAS),libopenblas0-serial,MLX's CPU attention,or set SAFEGUARD_OPENBLAS_DIR; without it attention runs several times slower,true)
 
 $(SETUP_STAMP): requirements.txt Makefile
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)

@@ -64,6 +64,49 @@ fn main() {
     // The binary and the tests find libmlx where it was at build time.
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     println!("cargo:rustc-env=SAFEGUARD_MLX_PREFIX={}", prefix.display());
+    link_openblas();
+}
+
+/// MLX's Linux CPU wheel bundles the reference (netlib) BLAS, and MLX's
+/// float32 matmuls — attention's scores and values — run through its
+/// `cblas_sgemm` at a few GFLOP/s: 65% of a 512-token prefill of the 20b's
+/// shapes. An OpenBLAS linked into the binary comes first in the global
+/// symbol scope, ahead of that copy (a dependency of libmlx), so libmlx calls
+/// OpenBLAS's `cblas_*` instead. The serial build: a threaded OpenBLAS keeps
+/// its threads spinning after each call, on the cores our kernels' pool
+/// needs. `make setup` installs it (Debian's libopenblas0-serial);
+/// SAFEGUARD_OPENBLAS_DIR names another folder holding libopenblas.so.0.
+fn link_openblas() {
+    println!("cargo:rerun-if-env-changed=SAFEGUARD_OPENBLAS_DIR");
+    if env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("linux") {
+        return; // macOS: MLX uses Accelerate.
+    }
+    let dir = match env::var_os("SAFEGUARD_OPENBLAS_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
+            PathBuf::from(format!("/usr/lib/{arch}-linux-gnu/openblas-serial"))
+        }
+    };
+    let library = dir.join("libopenblas.so.0");
+    if !library.exists() {
+        // Not watched while missing: a path that does not exist would rerun
+        // this script, and rebuild the shim and kernels, on every build.
+        println!(
+            "cargo:warning=no serial OpenBLAS at {}: MLX's float32 matmuls (attention) will run on the \
+             reference BLAS bundled with the mlx wheel, several times slower. `make setup` installs \
+             Debian's libopenblas0-serial (then `touch build.rs`); SAFEGUARD_OPENBLAS_DIR names another folder.",
+            library.display()
+        );
+        return;
+    }
+    println!("cargo:rerun-if-changed={}", library.display());
+    // Linked by path and kept although nothing of ours calls it: it is there
+    // for libmlx's calls.
+    println!("cargo:rustc-link-arg=-Wl,--push-state,--no-as-needed");
+    println!("cargo:rustc-link-arg={}", library.display());
+    println!("cargo:rustc-link-arg=-Wl,--pop-state");
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", dir.display());
 }
 
 /// The CPU kernels: the primitive glue, then the inner loops once per

@@ -37,7 +37,25 @@ import sys
 import tempfile
 import time
 
-import mlx.core as mx
+
+def same_blas_as_safeguard():
+    """On Linux our binary links the serial OpenBLAS that MLX's float32
+    matmuls then call (build.rs); mlx-lm gets it too, through LD_PRELOAD, so
+    the two differ in their own code only. Re-executes this script once."""
+    if not sys.platform.startswith("linux") or os.environ.get("SAFEGUARD_COMPARE_BLAS"):
+        return
+    arch = os.uname().machine
+    folder = os.environ.get("SAFEGUARD_OPENBLAS_DIR", f"/usr/lib/{arch}-linux-gnu/openblas-serial")
+    library = os.path.join(folder, "libopenblas.so.0")
+    env = dict(os.environ, SAFEGUARD_COMPARE_BLAS=library if os.path.exists(library) else "bundled")
+    if os.path.exists(library):
+        env["LD_PRELOAD"] = " ".join(filter(None, [library, os.environ.get("LD_PRELOAD")]))
+    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
+same_blas_as_safeguard()
+
+import mlx.core as mx  # noqa: E402  (after the re-execution above)
 import mlx_lm
 from mlx_lm.generate import batch_generate, stream_generate
 from mlx_lm.sample_utils import make_sampler
@@ -237,6 +255,8 @@ def main(model_dir, safeguard):
     print(f"\nmemory estimate (`safeguard estimate --context-length {P + G}`) {estimate / 1e6:.0f} MB against "
           f"{measured / 1e6:.0f} MB measured peak: {100 * (estimate / measured - 1):+.1f}% (the guardrail's bound: ±10%)")
     print(f"\nquantized matmuls: {machine['quantized_matmuls']}; 1-minute load average at the end {os.getloadavg()[0]:.2f}")
+    if sys.platform.startswith("linux"):
+        print(f"float32 matmuls (both runners): BLAS {os.environ.get('SAFEGUARD_COMPARE_BLAS', 'bundled')}")
     if "fidelity" in m:
         f = m["fidelity"]
         print(f"fast vs exact kernels, next-token distributions over {f['positions']} positions: top-1 agreement "
