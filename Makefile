@@ -38,7 +38,7 @@ PIP := $(VENV)/bin/pip --disable-pip-version-check --quiet
 
 .PHONY: setup chromium openblas fixtures build run test fmt clean bench soak
 
-setup: $(SETUP_STAMP) chromium openblas
+setup: $(SETUP_STAMP) chromium
 
 # On Linux, installs Debian package $(2) when $(1) is missing, for $(3);
 # without apt-get says how to get it ($(4)) and runs $(5) (exit 1: required).
@@ -62,12 +62,17 @@ CHROMIUM ?= $(or $(SAFEGUARD_CHROMIUM),/usr/bin/chromium)
 chromium:
 	$(call apt_install,$(CHROMIUM),chromium,the browser tests,or set SAFEGUARD_CHROMIUM,exit 1)
 
-# On Linux the binary links a serial OpenBLAS, which MLX's float32 matmuls
-# (attention) then call instead of the reference BLAS bundled with the mlx
-# wheel (see build.rs). Without it the build warns and runs slower.
-OPENBLAS := $(or $(SAFEGUARD_OPENBLAS_DIR),/usr/lib/$(shell uname -m)-linux-gnu/openblas-serial)/libopenblas.so.0
+# OPENBLAS=1 (Linux): installs Debian's serial OpenBLAS and links it into the
+# binary, where MLX's float32 matmuls (attention) call it instead of the naive
+# BLAS bundled with the mlx wheel: faster prefill, but chunked and batched
+# rows no longer give alone's exact bits (see build.rs). Off by default.
+OPENBLAS_DIR := /usr/lib/$(shell uname -m)-linux-gnu/openblas-serial
+ifeq ($(OPENBLAS),1)
+export SAFEGUARD_OPENBLAS_DIR := $(OPENBLAS_DIR)
+setup: openblas
+endif
 openblas:
-	$(call apt_install,$(OPENBLAS),libopenblas0-serial,MLX's CPU attention,or set SAFEGUARD_OPENBLAS_DIR; without it attention runs several times slower,true)
+	$(call apt_install,$(OPENBLAS_DIR)/libopenblas.so.0,libopenblas0-serial,OPENBLAS=1,or set SAFEGUARD_OPENBLAS_DIR to a folder holding libopenblas.so.0,exit 1)
 
 $(SETUP_STAMP): requirements.txt Makefile
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)

@@ -68,34 +68,27 @@ fn main() {
 }
 
 /// MLX's Linux CPU wheel bundles the reference (netlib) BLAS, and MLX's
-/// float32 matmuls — attention's scores and values — run through its
-/// `cblas_sgemm` at a few GFLOP/s: 65% of a 512-token prefill of the 20b's
-/// shapes. An OpenBLAS linked into the binary comes first in the global
+/// float32 matmuls — attention's scores and values — run through its naive
+/// `cblas_sgemm`: 65% of a 512-token prefill of the 20b's shapes. With
+/// SAFEGUARD_OPENBLAS_DIR naming a folder that holds a serial
+/// libopenblas.so.0, the binary links it, and it comes first in the global
 /// symbol scope, ahead of that copy (a dependency of libmlx), so libmlx calls
-/// OpenBLAS's `cblas_*` instead. The serial build: a threaded OpenBLAS keeps
-/// its threads spinning after each call, on the cores our kernels' pool
-/// needs. `make setup` installs it (Debian's libopenblas0-serial);
-/// SAFEGUARD_OPENBLAS_DIR names another folder holding libopenblas.so.0.
+/// OpenBLAS instead: 1.6x the prefill. Opt-in, because OpenBLAS picks its
+/// kernels by shape, so a prompt prefilled in chunks, or a row decoded beside
+/// others, no longer gives the same bits as alone (the reference BLAS adds
+/// every product in one order whatever the shape). Serial: a threaded OpenBLAS
+/// keeps its threads spinning after each call, on the cores our kernels' pool
+/// needs.
 fn link_openblas() {
     println!("cargo:rerun-if-env-changed=SAFEGUARD_OPENBLAS_DIR");
-    if env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("linux") {
-        return; // macOS: MLX uses Accelerate.
-    }
-    let dir = match env::var_os("SAFEGUARD_OPENBLAS_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => {
-            let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
-            PathBuf::from(format!("/usr/lib/{arch}-linux-gnu/openblas-serial"))
-        }
+    let Some(dir) = env::var_os("SAFEGUARD_OPENBLAS_DIR").map(PathBuf::from) else {
+        return;
     };
     let library = dir.join("libopenblas.so.0");
-    if !library.exists() {
-        // Not watched while missing: a path that does not exist would rerun
-        // this script, and rebuild the shim and kernels, on every build.
+    if env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("linux") || !library.exists() {
         println!(
-            "cargo:warning=no serial OpenBLAS at {}: MLX's float32 matmuls (attention) will run on the \
-             reference BLAS bundled with the mlx wheel, several times slower. `make setup` installs \
-             Debian's libopenblas0-serial (then `touch build.rs`); SAFEGUARD_OPENBLAS_DIR names another folder.",
+            "cargo:warning=SAFEGUARD_OPENBLAS_DIR: no {} to link (Linux only; Debian's libopenblas0-serial \
+             puts it in /usr/lib/<arch>-linux-gnu/openblas-serial): MLX keeps its bundled BLAS",
             library.display()
         );
         return;

@@ -39,16 +39,17 @@ import time
 
 
 def same_blas_as_safeguard():
-    """On Linux our binary links the serial OpenBLAS that MLX's float32
-    matmuls then call (build.rs); mlx-lm gets it too, through LD_PRELOAD, so
-    the two differ in their own code only. Re-executes this script once."""
+    """On Linux our binary may link an OpenBLAS that MLX's float32 matmuls
+    then call (OPENBLAS=1, build.rs); mlx-lm then gets the same one through
+    LD_PRELOAD, so the two differ in their own code only. Re-executes this
+    script once."""
     if not sys.platform.startswith("linux") or os.environ.get("SAFEGUARD_COMPARE_BLAS"):
         return
-    arch = os.uname().machine
-    folder = os.environ.get("SAFEGUARD_OPENBLAS_DIR", f"/usr/lib/{arch}-linux-gnu/openblas-serial")
-    library = os.path.join(folder, "libopenblas.so.0")
-    env = dict(os.environ, SAFEGUARD_COMPARE_BLAS=library if os.path.exists(library) else "bundled")
-    if os.path.exists(library):
+    linked = subprocess.run(["ldd", sys.argv[2]], capture_output=True, text=True).stdout
+    library = next((line.split("=>")[1].split("(")[0].strip() for line in linked.splitlines()
+                    if "libopenblas" in line and "=>" in line), None)
+    env = dict(os.environ, SAFEGUARD_COMPARE_BLAS=library or "the reference BLAS bundled with mlx")
+    if library:
         env["LD_PRELOAD"] = " ".join(filter(None, [library, os.environ.get("LD_PRELOAD")]))
     os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
@@ -256,7 +257,7 @@ def main(model_dir, safeguard):
           f"{measured / 1e6:.0f} MB measured peak: {100 * (estimate / measured - 1):+.1f}% (the guardrail's bound: ±10%)")
     print(f"\nquantized matmuls: {machine['quantized_matmuls']}; 1-minute load average at the end {os.getloadavg()[0]:.2f}")
     if sys.platform.startswith("linux"):
-        print(f"float32 matmuls (both runners): BLAS {os.environ.get('SAFEGUARD_COMPARE_BLAS', 'bundled')}")
+        print(f"float32 matmuls (both runners): {os.environ.get('SAFEGUARD_COMPARE_BLAS')}")
     if "fidelity" in m:
         f = m["fidelity"]
         print(f"fast vs exact kernels, next-token distributions over {f['positions']} positions: top-1 agreement "
