@@ -69,7 +69,7 @@ chromium:
 OPENBLAS_DIR := /usr/lib/$(shell uname -m)-linux-gnu/openblas-serial
 ifeq ($(OPENBLAS),1)
 export SAFEGUARD_OPENBLAS_DIR := $(OPENBLAS_DIR)
-setup: openblas
+setup bench: openblas
 endif
 openblas:
 	$(call apt_install,$(OPENBLAS_DIR)/libopenblas.so.0,libopenblas0-serial,OPENBLAS=1,or set SAFEGUARD_OPENBLAS_DIR to a folder holding libopenblas.so.0,exit 1)
